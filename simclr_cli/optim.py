@@ -1,0 +1,235 @@
+"""Optimisers, parameter groups, learning-rate scaling and the warmup + cosine schedule.
+
+LARS follows the SimCLR reference: SGD with momentum where each weight tensor's step is scaled
+by a trust ratio ``eta * ||w|| / ||g + wd * w||``. Biases and batch-norm parameters are excluded
+from both weight decay and adaptation; :func:`param_groups` marks them with ``lars_exclude`` and
+the same groups serve every optimiser.
+
+References:
+    You, Gitman and Ginsburg, "Large Batch Training of Convolutional Networks", 2017
+    (arXiv:1708.03888), algorithm 1.
+    Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
+    ICML 2020 (arXiv:2002.05709), section 2.2 and appendix B.1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from simclr_cli.errors import UsageError
+
+OPTIMIZERS = ("lars", "adam", "adamw", "sgd")
+LR_SCALINGS = ("linear", "sqrt")
+
+# Base learning rates: lr = base * B / 256 ("linear") or base * sqrt(B) ("sqrt").
+# LARS values are the paper's (appendix B.1). SGD has no layer adaptation, so it gets the usual
+# SGD-momentum value for contrastive ResNets; Adam/AdamW the common 3e-4 at B=256. For those,
+# the sqrt base is chosen so both rules give the same lr at B=256 (sqrt(256) = 16).
+BASE_LRS = {
+    ("lars", "linear"): 0.3,
+    ("lars", "sqrt"): 0.075,
+    ("sgd", "linear"): 0.06,
+    ("sgd", "sqrt"): 0.06 / 16,
+    ("adam", "linear"): 3e-4,
+    ("adam", "sqrt"): 3e-4 / 16,
+    ("adamw", "linear"): 3e-4,
+    ("adamw", "sqrt"): 3e-4 / 16,
+}
+
+# Warmup never takes more than this fraction of a run (10 epochs of the paper's 100-epoch runs).
+MAX_WARMUP_FRACTION = 0.1
+
+
+def _check_optimizer(optimizer: str) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise UsageError("--optimizer", optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _check_scaling(rule: str) -> None:
+    if rule not in LR_SCALINGS:
+        raise UsageError("--lr-scaling", rule, "choose linear or sqrt")
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling on top of SGD with momentum.
+
+    For each parameter ``w`` with gradient ``g`` in a group without ``lars_exclude``:
+    ``d = g + wd * w``; ``d *= eta * ||w|| / ||d||`` (ratio 1 when either norm is 0);
+    ``buf = momentum * buf + d``; ``w -= lr * buf``. Groups with ``lars_exclude=True`` skip the
+    decay and the ratio, i.e. they step exactly like ``torch.optim.SGD(momentum=...)``.
+    The trust ratio stays on the device (``torch.where``), so a step never waits on the host.
+
+    Reference: You et al. 2017 (arXiv:1708.03888), algorithm 1; Chen et al. 2020, appendix B.1.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.001,
+    ) -> None:
+        """Create the optimiser.
+
+        Args:
+            params: parameters or parameter groups (e.g. from :func:`param_groups`).
+            lr: learning rate.
+            momentum: momentum factor (paper: 0.9).
+            weight_decay: L2 penalty added to the gradient before adaptation.
+            eta: trust coefficient (paper: 0.001).
+        """
+        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if value < 0:
+                raise ValueError(f"LARS {name} must be >= 0, got {value}")
+        if eta <= 0:
+            raise ValueError(f"LARS eta must be > 0, got {eta}")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "eta": eta,
+            "lars_exclude": False,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one step; ``closure`` re-evaluates the loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        d = p.grad
+        if not group["lars_exclude"]:
+            if group["weight_decay"] != 0:
+                d = d.add(p, alpha=group["weight_decay"])
+            w_norm = torch.linalg.vector_norm(p)
+            d_norm = torch.linalg.vector_norm(d)
+            # Ratio 1 when either norm is 0 (strictly greater: zero-initialised weights must move).
+            ratio = torch.where(
+                (w_norm > 0) & (d_norm > 0),
+                group["eta"] * w_norm / d_norm.clamp_min(torch.finfo(d_norm.dtype).tiny),
+                torch.ones_like(w_norm),
+            )
+            d = d.mul(ratio)
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = d.detach().clone()  # as torch SGD: first buffer = step
+        else:
+            state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+        p.add_(state["momentum_buffer"], alpha=-group["lr"])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split trainable parameters into decayed weights and excluded biases/norm parameters.
+
+    Every parameter with at most one dimension (biases, batch-norm scales and shifts) goes into
+    a group with ``weight_decay=0`` and ``lars_exclude=True``; conv and linear weights get
+    ``weight_decay`` and layer adaptation. Frozen parameters are left out. Empty groups are dropped.
+
+    Reference: Chen et al. 2020, appendix B.1 (LARS excludes batch norm and bias parameters).
+    """
+    decay: list[nn.Parameter] = []
+    excluded: list[nn.Parameter] = []
+    for p in model.parameters():
+        if p.requires_grad:
+            (excluded if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
+        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def default_base_lr(optimizer: str, rule: str) -> float:
+    """Return the base learning rate of ``optimizer`` under scaling ``rule`` (see ``BASE_LRS``)."""
+    _check_optimizer(optimizer)
+    _check_scaling(rule)
+    return BASE_LRS[(optimizer, rule)]
+
+
+def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
+    """Scale a base learning rate by the global batch size.
+
+    Args:
+        base_lr: learning rate at the reference batch size.
+        batch_size: global batch size in pairs (all processes together).
+        rule: ``"linear"`` (``base * B / 256``) or ``"sqrt"`` (``base * sqrt(B)``).
+
+    Reference: Chen et al. 2020, appendix B.1 (0.3 x B/256, or 0.075 x sqrt(B) for small batches).
+    """
+    _check_scaling(rule)
+    if batch_size < 1:
+        raise UsageError("--batch-size", batch_size, "use a positive integer")
+    return base_lr * batch_size / 256 if rule == "linear" else base_lr * math.sqrt(batch_size)
+
+
+def build_optimizer(
+    model: nn.Module,
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """Build ``lars``, ``adam``, ``adamw`` or ``sgd`` (Nesterov momentum) over :func:`param_groups`.
+
+    Args:
+        model: the module to optimise.
+        optimizer: one of :data:`OPTIMIZERS`.
+        lr: the (already scaled) peak learning rate.
+        weight_decay: decay for weights; biases and norm parameters get none.
+        momentum: momentum for LARS and SGD (ignored by Adam/AdamW).
+
+    Raises:
+        UsageError: for an unknown optimiser or negative lr/decay/momentum.
+    """
+    _check_optimizer(optimizer)
+    for option, value in (("--lr", lr), ("--weight-decay", weight_decay), ("--momentum", momentum)):
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(option, value, "use a finite number >= 0")
+    groups = param_groups(model, weight_decay)
+    if optimizer == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def warmup_steps_for(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """Number of warmup steps: ``warmup_epochs`` worth, but at most 10% of the run.
+
+    The cap keeps short runs (smoke tests, ``--max-steps``) from spending most of their steps
+    in warmup; the paper's 10 epochs of a 100-epoch run are exactly at the cap.
+    """
+    wanted = round(warmup_epochs * steps_per_epoch)
+    return max(0, min(wanted, math.floor(MAX_WARMUP_FRACTION * total_steps)))
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Learning rate at ``step`` (0-based): linear warmup, then cosine decay to 0 without restarts.
+
+    Warmup reaches ``base_lr`` at step ``warmup_steps - 1`` (step 0 already gets
+    ``base_lr / warmup_steps``, so no step is wasted at lr 0); cosine then runs from ``base_lr``
+    at ``warmup_steps`` to 0 at ``total_steps``. Steps past the end get 0.
+
+    Reference: Chen et al. 2020, section 2.2 / appendix B.1 (warmup 10 epochs, cosine decay).
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
