@@ -1,0 +1,828 @@
+"""SimCLR pretraining, as phases: data, model, loss, optimizer, schedule, resume, loop.
+
+:func:`run_pretrain` is the library entry point: it launches one worker per process
+(:func:`simclr_cli.distributed.launch`), and each worker runs :func:`pretrain`. Every process
+builds the same model and optimizer and sees its own shard of each epoch; only rank 0 prints and
+writes files. Nothing is lost: checkpoints are atomic and hold everything a resume needs, a
+SIGINT/SIGTERM finishes the current step and writes one, and a non-finite loss stops the run
+without overwriting the last good checkpoint.
+
+Randomness is a pure function of ``(seed, epoch, rank)``: every epoch reseeds the generators, so
+a resumed run draws the same order and augmentations as an uninterrupted one (exactly so with
+``--workers 0`` or ``--augment-on device``; persistent worker processes keep their own streams).
+
+Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
+ICML 2020 (arXiv:2002.05709), section 2 and appendix B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from simclr_cli import checkpoint, distributed, evaluate, optim
+from simclr_cli.augment import (
+    BatchedSimCLRAugment,
+    SimCLRAugment,
+    TwoViews,
+    eval_transform,
+    to_uint8_transform,
+)
+from simclr_cli.config import PretrainConfig
+from simclr_cli.console import get_console, make_progress
+from simclr_cli.data import build_dataset, normalization, pretrain_split
+from simclr_cli.errors import CheckpointError, OutputExistsError, SimCLRError, TrainingError
+from simclr_cli.loss import NTXentLoss
+from simclr_cli.model import SimCLR, build_simclr, model_spec
+
+# Labelled subsets the kNN monitor embeds: a bank from the train split, queries from the test split.
+KNN_BANK_IMAGES = 10_000
+KNN_QUERY_IMAGES = 2_000
+# Datasets with a labelled train and test split (image folders have no test split).
+LABELLED_KINDS = ("cifar10", "cifar100", "stl10", "shapes")
+
+
+class Interrupted(SimCLRError):
+    """SIGINT/SIGTERM stopped the run after a checkpoint was written (exit code 130)."""
+
+    exit_code = 130
+
+
+# ----------------------------------------------------------------------------------------------
+# entry points
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Pretrain a SimCLR model as ``cfg`` describes, on one or many processes.
+
+    Args:
+        cfg: the validated options of ``simclr pretrain``.
+
+    Returns:
+        The summary of rank 0 (see :func:`pretrain`).
+
+    Raises:
+        OutputExistsError: the run folder already holds a run and ``--resume`` was not given.
+        Interrupted: SIGINT/SIGTERM; a checkpoint was written first.
+        TrainingError: the loss became non-finite.
+    """
+    check_run_dir(cfg)  # before any process starts: one clear error, not one per rank
+    return distributed.launch(pretrain_worker, cfg)
+
+
+def pretrain_worker(cfg: PretrainConfig) -> dict[str, Any]:
+    """The per-process function :func:`run_pretrain` launches (picklable, module level)."""
+    return pretrain(cfg)
+
+
+def check_run_dir(cfg: PretrainConfig) -> None:
+    """Refuse to start a fresh run on top of an existing one (its checkpoints would be replaced).
+
+    Raises:
+        OutputExistsError: the run folder has ``checkpoint_last.pt`` and ``--resume`` is unset.
+    """
+    last = cfg.resolved_out / "checkpoint_last.pt"
+    if cfg.resume is None and last.exists():
+        raise OutputExistsError(
+            f"{cfg.resolved_out} already holds a run ({last.name}); continue it with "
+            f"--resume auto --out {cfg.resolved_out}, or choose another --out"
+        )
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run pretraining in this process (one rank of the launch).
+
+    Phases: device, resume checkpoint, data, model, loss, optimizer, schedule, restore, loop.
+
+    Returns:
+        A summary dict: ``out``, ``checkpoint``, ``epochs``, ``global_step``, ``final_loss``,
+        ``time_s``, ``images_per_s``, ``seconds_per_epoch``, ``knn_accuracy``,
+        ``next_command``, ``resumed_from``.
+    """
+    device = select_device(cfg)
+    resume_path = resume_checkpoint_path(cfg)
+    payload = checkpoint.load_checkpoint(resume_path) if resume_path else None
+    if payload is not None:
+        check_resume_compatible(payload, cfg, resume_path)
+    seed_everything(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    data = build_pretrain_data(cfg, device)
+    spec = build_spec(cfg)
+    net = build_simclr(spec)
+    model = prepare_model(net, cfg, device)
+    criterion = NTXentLoss(cfg.temperature)
+    optimizer = optim.build_optimizer(
+        net,
+        optimizer=cfg.optimizer,
+        lr=cfg.resolved_lr,
+        weight_decay=cfg.resolved_weight_decay,
+        momentum=cfg.momentum,
+    )
+    scaler = build_scaler(cfg, device)
+    schedule = build_schedule(cfg, data.steps_per_epoch)
+    trainer = Trainer(cfg, device, spec, net, model, criterion, optimizer, scaler, schedule, data)
+    if payload is not None:
+        trainer.restore(payload)
+    trainer.resumed_from = str(resume_path) if resume_path else None
+    return trainer.fit()
+
+
+# ----------------------------------------------------------------------------------------------
+# phases
+
+
+def select_device(cfg: PretrainConfig) -> torch.device:
+    """The device of this process (``cuda:<local rank>`` or the CPU), with determinism settings."""
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed shapes: autotune once
+    return distributed.process_device(cfg.resolved_device)
+
+
+def resume_checkpoint_path(cfg: PretrainConfig) -> Path | None:
+    """The checkpoint to resume from: ``--resume PATH``, the run's last one for ``auto``, or None.
+
+    ``--resume auto`` with no checkpoint yet starts a fresh run (so one command both starts and
+    continues a run).
+    """
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        last = cfg.resolved_out / "checkpoint_last.pt"
+        return last if last.exists() else None
+    return Path(cfg.resume).expanduser()
+
+
+def check_resume_compatible(payload: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
+    """Raise unless ``payload`` continues the run ``cfg`` describes (same data, model and batch).
+
+    The number of processes may differ; the global batch may not (it fixes the schedule).
+
+    Raises:
+        CheckpointError: naming the first differing option.
+    """
+    if payload.get("kind") != "pretrain" or payload.get("optimizer") is None:
+        raise CheckpointError(
+            f"{path} is not a resumable pretraining checkpoint (no optimizer state); "
+            "start a new run, or pass it to linear-eval instead"
+        )
+    saved = payload.get("config") or {}
+    current = cfg.model_dump(mode="json")
+    for key in ("dataset", "limit", "arch", "head", "projection_dim", "batch_size", "image_size"):
+        if key in saved and saved[key] != current[key]:
+            flag = "--" + key.replace("_", "-")
+            raise CheckpointError(
+                f"{path} was trained with {flag} {saved[key]} but this run has {current[key]}; "
+                f"resume with {flag} {saved[key]} or start a new --out"
+            )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every GPU) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def epoch_seed(seed: int, epoch: int, rank: int, skip: int = 0) -> int:
+    """A well-mixed seed for one epoch of one rank (``skip``: batches already done this epoch)."""
+    return int(np.random.SeedSequence([seed, epoch, rank, skip]).generate_state(1)[0])
+
+
+@dataclass
+class PretrainData:
+    """The training stream of this process.
+
+    Attributes:
+        loader: yields ``((x_i, x_j), labels)`` (CPU augmentation) or ``(uint8 images, labels)``.
+        sampler: this rank's shard of each epoch; ``set_epoch`` reshuffles.
+        steps_per_epoch: optimizer steps per epoch (the same on every rank).
+        device_augment: the batched augmentation for ``--augment-on device``, else None.
+        mean, std: the normalisation the views were given (recorded in checkpoints).
+    """
+
+    loader: DataLoader
+    sampler: ResumableSampler
+    steps_per_epoch: int
+    device_augment: BatchedSimCLRAugment | None
+    mean: list[float] | None
+    std: list[float] | None
+
+
+class ResumableSampler(Sampler[int]):
+    """:class:`DistributedSampler` order that can start part-way into an epoch.
+
+    Each epoch is a fixed permutation of ``(seed, epoch)``, split across ranks, with the tail
+    dropped so every rank gets the same number of indices; ``skip`` leaves out the indices of
+    batches already trained on before an interruption.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        self.inner = DistributedSampler(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the permutation of ``epoch`` and skip its first ``skip`` indices on this rank."""
+        self.inner.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.inner), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.skip
+
+
+def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainData:
+    """The pretraining loader of this process (labels are loaded but not used by the loss).
+
+    ``--augment-on cpu``: DataLoader workers produce the two views per image (PIL/tensor ops).
+    ``--augment-on device``: workers only decode to fixed-size uint8 tensors; both views are
+    made on the training device for the whole batch at once.
+    """
+    size = cfg.resolved_image_size
+    stats = normalization(cfg.dataset_kind)
+    mean, std = (list(stats[0]), list(stats[1])) if stats is not None else (None, None)
+    jitter, blur = cfg.resolved_jitter_strength, cfg.resolved_blur
+    device_augment = None
+    if cfg.augment_on == "device":
+        transform = to_uint8_transform(size)
+        device_augment = BatchedSimCLRAugment(size, jitter, blur, mean, std).to(device)
+    else:
+        transform = TwoViews(SimCLRAugment(size, jitter, blur, mean, std))
+    dataset = build_dataset(
+        cfg.dataset, pretrain_split(cfg.dataset_kind), cfg.data_dir, transform, limit=cfg.limit
+    )
+    per_process = cfg.per_process_batch_size
+    if len(dataset) < cfg.batch_size:
+        raise TrainingError(
+            f"{cfg.dataset} has {len(dataset)} training images, fewer than one batch of "
+            f"{cfg.batch_size}; lower --batch-size or raise --limit"
+        )
+    sampler = ResumableSampler(dataset, distributed.world_size(), distributed.rank(), cfg.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=per_process,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,  # full batches only: NT-Xent's negatives and BN statistics stay comparable
+        persistent_workers=cfg.workers > 0,
+    )
+    steps = len(sampler.inner) // per_process
+    return PretrainData(loader, sampler, steps, device_augment, mean, std)
+
+
+def build_spec(cfg: PretrainConfig) -> dict[str, Any]:
+    """The self-description of the model that every checkpoint carries."""
+    stats = normalization(cfg.dataset_kind)
+    return model_spec(
+        arch=cfg.arch,
+        stem=cfg.resolved_stem,
+        head=cfg.head,
+        projection_dim=cfg.projection_dim,
+        hidden_dim=cfg.hidden_dim,
+        image_size=cfg.resolved_image_size,
+        mean=list(stats[0]) if stats is not None else None,
+        std=list(stats[1]) if stats is not None else None,
+    )
+
+
+def prepare_model(net: SimCLR, cfg: PretrainConfig, device: torch.device) -> nn.Module:
+    """Move ``net`` to the device and wrap it for training; ``net`` stays the unwrapped module.
+
+    Order matters: global batch norm replaces modules, so it comes before DDP (which registers
+    the parameters it all-reduces), and compilation wraps the finished module.
+    """
+    net.to(device)
+    if cfg.resolved_channels_last:
+        net.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on GPUs and oneDNN
+    model: nn.Module = net
+    if cfg.resolved_sync_bn and distributed.world_size() > 1:
+        model = distributed.convert_sync_batchnorm(model, device)  # apply global BN before DDP
+        assert model is net or isinstance(model, SimCLR), "conversion must keep the SimCLR module"
+    if distributed.world_size() > 1:
+        model = distributed.wrap_ddp(model, device)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+def build_scaler(cfg: PretrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 (its narrow range underflows small gradients); None otherwise."""
+    if cfg.resolved_precision == "fp16" and device.type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-step learning rate: linear warmup, then cosine decay to zero (paper appendix B.6)."""
+
+    base_lr: float
+    total_steps: int
+    warmup_steps: int
+
+    def __call__(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based)."""
+        return optim.warmup_cosine(step, self.total_steps, self.warmup_steps, self.base_lr)
+
+
+def build_schedule(cfg: PretrainConfig, steps_per_epoch: int) -> Schedule:
+    """The schedule spans ``--epochs`` (or ``--max-steps`` when that ends the run sooner)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = optim.warmup_steps_for(cfg.warmup_epochs, steps_per_epoch, total)
+    return Schedule(cfg.resolved_lr, total, warmup)
+
+
+def autocast_context(
+    cfg: PretrainConfig, device: torch.device
+) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass: bf16/fp16 autocast, or nothing for fp32."""
+    precision = cfg.resolved_precision
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# stopping on signals
+
+
+@dataclass
+class StopRequest:
+    """Set by SIGINT/SIGTERM; the loop stops after the current step."""
+
+    signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        """Whether a signal arrived."""
+        return self.signum is not None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Turn the first SIGINT/SIGTERM into a stop request; a second one interrupts at once."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if request.requested:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
+        request.signum = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------------------------
+# run folder: config, metrics, TensorBoard
+
+
+class RunLog:
+    """``config.json``, ``metrics.jsonl`` and (when installed) TensorBoard events; rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool) -> None:
+        self.out = out
+        self.enabled = enabled
+        self.writer: Any = None
+
+    def open(self, config: dict[str, Any], resume_step: int | None) -> None:
+        """Create the folder, write ``config.json`` and drop metrics past a resumed step."""
+        if not self.enabled:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out / "config.json", config)
+        if resume_step is not None:
+            truncate_metrics(self.out / "metrics.jsonl", resume_step)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # the tensorboard extra is optional
+            return
+        self.writer = SummaryWriter(log_dir=str(self.out))
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one ``metrics.jsonl`` line and mirror numbers to TensorBoard."""
+        if not self.enabled:
+            return
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"pretrain/{key}", value, record["step"])
+
+    def close(self) -> None:
+        """Flush TensorBoard events."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON next to ``path`` and rename it into place (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only ``metrics.jsonl`` records up to ``step``, so a resumed log stays monotone.
+
+    A run killed after its last checkpoint logged steps that the resumed run trains again.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if isinstance(record, dict) and record.get("step", math.inf) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resolved_config(cfg: PretrainConfig) -> dict[str, Any]:
+    """The options as given plus every derived value, JSON-able (``config.json``, checkpoints)."""
+    resolved = {
+        name: getattr(cfg, name)
+        for name in (
+            "resolved_image_size",
+            "resolved_stem",
+            "resolved_jitter_strength",
+            "resolved_blur",
+            "resolved_weight_decay",
+            "resolved_lr",
+            "resolved_device",
+            "resolved_precision",
+            "resolved_channels_last",
+            "resolved_sync_bn",
+            "world_size",
+            "per_process_batch_size",
+            "dataset_kind",
+        )
+    }
+    return {**cfg.model_dump(mode="json"), "resolved": resolved}
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class Window:
+    """Loss and throughput since the last log line; the loss sum stays on the device."""
+
+    loss_sum: Tensor | None = None
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: Tensor) -> None:
+        """Accumulate without a host sync."""
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.steps += 1
+
+
+class Trainer:
+    """Holds the built pieces of a run and runs its epochs (see :func:`pretrain`)."""
+
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        device: torch.device,
+        spec: dict[str, Any],
+        net: SimCLR,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
+        schedule: Schedule,
+        data: PretrainData,
+    ) -> None:
+        self.cfg, self.device, self.spec = cfg, device, spec
+        self.net, self.model, self.criterion = net, model, criterion
+        self.optimizer, self.scaler, self.schedule, self.data = optimizer, scaler, schedule, data
+        self.out = cfg.resolved_out
+        self.main = distributed.is_main()
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.global_step = 0
+        self.epoch = 0  # completed epochs
+        self.metrics: dict[str, Any] = {}
+        self.train_time = 0.0
+        self.images_seen = 0
+        self.resumed_from: str | None = None
+        self.knn_sets: tuple[Dataset, Dataset] | None = None
+        self.log = RunLog(self.out, self.main)
+        self.console = get_console()
+
+    # -- state ------------------------------------------------------------------------------
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Load weights, optimizer, scaler and position from a checkpoint payload."""
+        self.net.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scaler is not None and payload.get("scaler") is not None:
+            self.scaler.load_state_dict(payload["scaler"])
+        self.global_step = int(payload["global_step"])
+        self.epoch = self.global_step // self.data.steps_per_epoch
+        self.metrics = dict(payload.get("metrics") or {})
+
+    def payload(self) -> dict[str, Any]:
+        """Everything a resume or an evaluation needs, as primitives and tensors."""
+        return {
+            "format": checkpoint.FORMAT,
+            "format_version": checkpoint.FORMAT_VERSION,
+            "kind": "pretrain",
+            "model": self.spec,
+            "dataset": self.cfg.dataset,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "config": resolved_config(self.cfg),
+            "metrics": dict(self.metrics),
+            "state_dict": self.net.state_dict(),  # the unwrapped module: no "module." prefix
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_state(),
+            "converted_from": None,
+        }
+
+    def save(self, final: bool = False) -> Path | None:
+        """Write ``checkpoint_last.pt`` (and ``checkpoint_epoch_N.pt`` when due); rank 0 only."""
+        if not self.main:
+            return None
+        payload = self.payload()
+        last = self.out / "checkpoint_last.pt"
+        checkpoint.save_checkpoint(payload, last)
+        at_epoch_end = self.global_step % self.data.steps_per_epoch == 0
+        due = self.epoch % self.cfg.checkpoint_every == 0 or final
+        if at_epoch_end and self.epoch > 0 and due:
+            numbered = self.out / f"checkpoint_epoch_{self.epoch}.pt"
+            checkpoint.save_checkpoint(payload, numbered)
+            return numbered
+        return last
+
+    # -- loop -------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train until ``--epochs`` (or ``--max-steps``) is reached; return the summary."""
+        self.log.open(resolved_config(self.cfg), self.global_step if self.resumed_from else None)
+        if self.resumed_from:
+            self.console.print(f"resuming from {self.resumed_from} at step {self.global_step}")
+        checkpoint_path: Path | None = None
+        try:
+            with stop_on_signals() as stop, self.progress() as progress:
+                while not self.finished():
+                    self.run_epoch(stop, progress)
+                    if self.stopping(stop, force=True):
+                        self.save()
+                        raise Interrupted(self.interrupt_message(stop))
+                    checkpoint_path = self.end_of_epoch()
+        finally:
+            self.log.close()
+        return self.summary(checkpoint_path)
+
+    def finished(self) -> bool:
+        """Whether the run has reached its last step."""
+        return self.global_step >= self.schedule.total_steps
+
+    def run_epoch(self, stop: StopRequest, progress: Any) -> None:
+        """Train over this rank's shard of the current epoch (from where a resume left off)."""
+        done = self.global_step - self.epoch * self.data.steps_per_epoch  # steps already taken
+        self.data.sampler.set_epoch(self.epoch, skip=done * self.cfg.per_process_batch_size)
+        seed_everything(epoch_seed(self.cfg.seed, self.epoch, self.rank, done))
+        self.model.train()
+        window = Window()
+        start = time.perf_counter()
+        autocast = autocast_context(self.cfg, self.device)
+        for batch in self.data.loader:
+            views = self.views(batch)
+            with autocast:
+                loss = self.step(views)
+            window.add(loss)
+            self.global_step += 1
+            self.images_seen += self.cfg.batch_size
+            last_of_epoch = (self.global_step % self.data.steps_per_epoch == 0) or self.finished()
+            if self.global_step % self.cfg.log_every == 0 or last_of_epoch:
+                self.flush(window, progress)
+                window = Window()
+            if self.finished() or last_of_epoch or self.stopping(stop):
+                break
+        if window.steps:
+            self.flush(window, progress)
+        self.train_time += time.perf_counter() - start
+        if self.global_step % self.data.steps_per_epoch == 0:
+            self.epoch = self.global_step // self.data.steps_per_epoch
+
+    def views(self, batch: Any) -> Tensor:
+        """Both views of the batch as ONE tensor ``[x_i; x_j]``: (2n, C, S, S) on the device."""
+        if self.data.device_augment is None:
+            (x_i, x_j), _ = batch
+            x = torch.cat([x_i, x_j]).to(self.device, non_blocking=True)
+        else:
+            images, _ = batch  # (n, C, S, S) uint8
+            images = images.to(self.device, non_blocking=True)
+            # Independent random parameters per row, so the two copies become two views.
+            x = self.data.device_augment(torch.cat([images, images]))
+        if self.cfg.resolved_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def step(self, views: Tensor) -> Tensor:
+        """One optimizer step on ``views`` (2n, C, S, S); returns the detached loss (no sync)."""
+        lr = self.schedule(self.global_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        _, z = self.model(views)  # z: (2n, projection_dim), rows [z_i; z_j]
+        z_i, z_j = z.chunk(2)
+        loss = self.criterion(z_i, z_j)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach()
+
+    def flush(self, window: Window, progress: Any) -> None:
+        """Log the window: the one host sync of the loop; stops the run on a non-finite loss."""
+        assert window.loss_sum is not None
+        loss = distributed.all_reduce_mean(window.loss_sum / window.steps).item()  # host sync
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss became non-finite ({loss}) by step {self.global_step}; the last good "
+                f"checkpoint in {self.out} was kept; lower --lr or use --precision fp32"
+            )
+        elapsed = max(time.perf_counter() - window.start, 1e-9)
+        images_per_s = window.steps * self.cfg.batch_size / elapsed
+        lr = self.schedule(self.global_step - 1)
+        epoch = self.global_step / self.data.steps_per_epoch
+        self.metrics.update(loss=loss, lr=lr, images_per_s=images_per_s)
+        record = {"step": self.global_step, "epoch": round(epoch, 4), "loss": loss, "lr": lr}
+        record.update(images_per_s=round(images_per_s, 2), time=time.time())
+        self.log.log(record)
+        progress.update(
+            progress.task_ids[0],
+            completed=self.global_step,
+            loss=f"{loss:.4f}",
+            lr=f"{lr:.3g}",
+            ips=f"{images_per_s:.0f}",
+        )
+
+    def stopping(self, stop: StopRequest, force: bool = False) -> bool:
+        """Whether every rank should stop now; ranks agree at log steps (a collective)."""
+        if self.world_size == 1:
+            return stop.requested
+        if not force and self.global_step % self.cfg.log_every:
+            return False
+        flag = torch.tensor(float(stop.requested), device=self.device)
+        return distributed.all_reduce_mean(flag).item() > 0
+
+    def interrupt_message(self, stop: StopRequest) -> str:
+        """One line: what happened and the command that continues the run."""
+        name = signal.Signals(stop.signum).name if stop.signum else "a signal"
+        return (
+            f"stopped by {name} at step {self.global_step}; checkpoint saved in {self.out}; "
+            f"continue with: simclr pretrain ... --resume auto --out {self.out}"
+        )
+
+    def end_of_epoch(self) -> Path | None:
+        """kNN monitor when due, then the epoch checkpoint (after the loss was checked finite)."""
+        if self.epoch_complete() and self.knn_due():
+            self.metrics["knn_accuracy"] = self.knn_monitor()
+            self.metrics["knn_epoch"] = self.epoch
+            record = {"step": self.global_step, "epoch": self.epoch}
+            record.update(knn_accuracy=self.metrics["knn_accuracy"], time=time.time())
+            self.log.log(record)
+        return self.save(final=self.finished())
+
+    def epoch_complete(self) -> bool:
+        """Whether the step count sits on an epoch boundary."""
+        return self.global_step % self.data.steps_per_epoch == 0
+
+    def knn_due(self) -> bool:
+        """kNN every ``--knn-every`` epochs and at the end, for labelled datasets."""
+        every = self.cfg.knn_every
+        if not every or self.cfg.dataset_kind not in LABELLED_KINDS:
+            return False
+        return self.epoch % every == 0 or self.finished()
+
+    def knn_monitor(self) -> float:
+        """kNN top-1 accuracy of ``h`` on labelled train/test subsets (rank 0 computes it)."""
+        accuracy = math.nan
+        if self.main:
+            if self.knn_sets is None:
+                self.knn_sets = knn_datasets(self.cfg)
+            accuracy = knn_eval(self.net, *self.knn_sets, self.cfg, self.device)
+            self.console.print(f"epoch {self.epoch}: kNN accuracy {accuracy:.2%}")
+        distributed.barrier()
+        return accuracy
+
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[Any]:
+        """The rich progress bar over all steps (disabled off rank 0)."""
+        progress = make_progress("loss", "lr", "ips")
+        progress.add_task(
+            "pretrain",
+            total=self.schedule.total_steps,
+            completed=self.global_step,
+            loss="-",
+            lr="-",
+            ips="-",
+        )
+        with progress:
+            yield progress
+
+    def summary(self, checkpoint_path: Path | None) -> dict[str, Any]:
+        """The one-screen result of the run, and the command to run next."""
+        images_per_s = self.images_seen / self.train_time if self.train_time else math.nan
+        epoch_images = self.data.steps_per_epoch * self.cfg.batch_size
+        ckpt = checkpoint_path or self.out / "checkpoint_last.pt"
+        return {
+            "out": str(self.out),
+            "checkpoint": str(ckpt),
+            "epochs": self.global_step / self.data.steps_per_epoch,
+            "global_step": self.global_step,
+            "final_loss": self.metrics.get("loss", math.nan),
+            "time_s": self.train_time,
+            "images_per_s": images_per_s,
+            "seconds_per_epoch": epoch_images / images_per_s if images_per_s > 0 else math.nan,
+            "knn_accuracy": self.metrics.get("knn_accuracy"),
+            "resumed_from": self.resumed_from,
+            "next_command": f"simclr linear-eval --checkpoint {ckpt} --dataset {self.cfg.dataset}",
+        }
+
+
+def rng_state() -> dict[str, Any]:
+    """Generator states at save time (informational: the loop reseeds from (seed, epoch, rank))."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# kNN monitor
+
+
+def knn_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset]:
+    """Labelled bank (train split) and queries (test split) for the kNN monitor, eval transform."""
+    stats = normalization(cfg.dataset_kind)
+    mean, std = (stats[0], stats[1]) if stats is not None else (None, None)
+    transform = eval_transform(cfg.resolved_image_size, mean, std)
+    bank_size = min(KNN_BANK_IMAGES, cfg.limit or KNN_BANK_IMAGES)
+    bank = build_dataset(cfg.dataset, "train", cfg.data_dir, transform, limit=bank_size)
+    queries = build_dataset(cfg.dataset, "test", cfg.data_dir, transform, limit=KNN_QUERY_IMAGES)
+    return bank, queries
+
+
+def knn_eval(
+    net: SimCLR, bank: Dataset, queries: Dataset, cfg: PretrainConfig, device: torch.device
+) -> float:
+    """Weighted kNN (k=200, temperature 0.1) top-1 accuracy of the encoder's ``h``.
+
+    Reference: Wu et al. 2018 (arXiv:1805.01978), section 3.4, as the SimCLR/MoCo monitors.
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        options = {"workers": cfg.workers, "precision": cfg.resolved_precision}
+        bank_h, bank_y = evaluate.extract_features(
+            net, bank, cfg.batch_size, device, "encoder", **options
+        )
+        query_h, query_y = evaluate.extract_features(
+            net, queries, cfg.batch_size, device, "encoder", **options
+        )
+    finally:
+        net.train(was_training)
+    return evaluate.knn_accuracy(bank_h, bank_y, query_h, query_y, k=200, temperature=0.1)
