@@ -1,0 +1,564 @@
+"""The ``simclr`` command line: Typer declares flags, a config model validates them.
+
+Each command builds one frozen config from its flags, calls one library function and prints
+a summary. Errors a user can fix become one line on stderr (exit 2 for a bad option value, 1
+for a runtime failure, 130 for Ctrl-C); ``SIMCLR_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from simclr_cli import __version__
+from simclr_cli.config import (
+    DownloadConfig,
+    FeaturesConfig,
+    InfoConfig,
+    LinearEvalConfig,
+    PretrainConfig,
+    flag_name,
+)
+from simclr_cli.errors import SimCLRError
+
+try:  # typer >= 0.29 ships its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer depends on click
+    from click import exceptions as click_exceptions
+
+_EXITS = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
+_ABORTS = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort), KeyboardInterrupt})
+
+app = typer.Typer(
+    name="simclr",
+    help="SimCLR from the command line: pretrain, evaluate, export features, fetch checkpoints.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _default(model: type[BaseModel], field: str) -> str:
+    info = model.model_fields[field]
+    if info.default_factory is not None:
+        value = info.default_factory()  # type: ignore[call-arg]
+    else:
+        value = info.default
+    return "auto" if value is None else str(value)
+
+
+def _help(model: type[BaseModel], field: str, text: str) -> str:
+    """Help text with the model's default, so defaults are declared in one place."""
+    return f"{text} \\[default: {_default(model, field)}]"
+
+
+def _build(model: type[BaseModel], **flags: Any) -> Any:
+    """Validate flags into a config; ``None`` means "use the model's default"."""
+    return model(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _examples(*lines: str) -> str:
+    return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"simclr-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """SimCLR (Chen et al. 2020) from the command line."""
+
+
+P = PretrainConfig
+
+
+@app.command(
+    epilog=_examples(
+        "simclr pretrain --dataset shapes --epochs 20 --batch-size 256",
+        "simclr pretrain --dataset cifar10 --epochs 500 --batch-size 1024 --gpus 4",
+        "simclr pretrain --dataset ./my_images --image-size 224 --arch resnet50 --optimizer adam",
+        "simclr pretrain --resume auto --out runs/cifar10-resnet18",
+    )
+)
+def pretrain(
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(P, "dataset", "cifar10, cifar100, stl10, shapes (built in) or a folder.")
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help=_help(P, "data_dir", "Where datasets are downloaded/read.")),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help=_help(P, "limit", "Use only the first N images."))
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help=_help(P, "image_size", "Crop size; auto = dataset's native size.")),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help=_help(P, "arch", "Encoder: resnet18/34/50/101/152, wide_resnet50_2.")),
+    ] = None,
+    stem: Annotated[
+        str | None,
+        typer.Option(help=_help(P, "stem", "auto (cifar for <= 64 px), cifar or imagenet.")),
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(help=_help(P, "head", "Projection head: v1 (2 layers) or v2 (3, with BN).")),
+    ] = None,
+    projection_dim: Annotated[
+        int | None, typer.Option(help=_help(P, "projection_dim", "Output dim of the head z."))
+    ] = None,
+    hidden_dim: Annotated[
+        int | None,
+        typer.Option(help=_help(P, "hidden_dim", "Hidden dim of the head; auto = feature dim.")),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help=_help(P, "batch_size", "GLOBAL batch (images per step, all processes).")),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help=_help(P, "epochs", "Epochs."))] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help=_help(P, "max_steps", "Stop after N steps (smoke runs)."))
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help=_help(P, "optimizer", "lars, adam, adamw or sgd."))
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help=_help(P, "lr", "Peak learning rate; auto = scaled by --lr-scaling.")),
+    ] = None,
+    lr_scaling: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(P, "lr_scaling", "linear (base x B/256) or sqrt (0.075 x sqrt(B)).")
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(help=_help(P, "weight_decay", "Weight decay; auto = 1e-6 for LARS/Adam.")),
+    ] = None,
+    momentum: Annotated[
+        float | None, typer.Option(help=_help(P, "momentum", "Momentum (LARS, SGD)."))
+    ] = None,
+    warmup_epochs: Annotated[
+        float | None,
+        typer.Option(help=_help(P, "warmup_epochs", "Linear warmup, then cosine decay.")),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help=_help(P, "temperature", "NT-Xent temperature (> 0)."))
+    ] = None,
+    jitter_strength: Annotated[
+        float | None,
+        typer.Option(help=_help(P, "jitter_strength", "Colour jitter s; auto = 0.5 small/1.0.")),
+    ] = None,
+    blur: Annotated[
+        bool | None,
+        typer.Option("--blur/--no-blur", help=_help(P, "blur", "Gaussian blur; auto: >= 96 px.")),
+    ] = None,
+    augment_on: Annotated[
+        str | None,
+        typer.Option(help=_help(P, "augment_on", "cpu (DataLoader workers) or device (batched).")),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help=_help(P, "workers", "DataLoader worker processes."))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_help(P, "seed", "Random seed."))] = None,
+    device: Annotated[
+        str | None, typer.Option(help=_help(P, "device", "auto, cpu or cuda."))
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help=_help(P, "precision", "auto (bf16/fp16 on GPU), fp32, bf16, fp16.")),
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help=_help(P, "channels_last", "NHWC memory format; auto = on for CUDA."),
+        ),
+    ] = None,
+    compile: Annotated[
+        bool | None, typer.Option(help=_help(P, "compile", "torch.compile the model."))
+    ] = None,
+    deterministic: Annotated[
+        bool | None,
+        typer.Option(help=_help(P, "deterministic", "Deterministic kernels (slower).")),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder. \\[default: runs/<dataset>-<arch>-<timestamp>]"),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(help=_help(P, "checkpoint_every", "Keep checkpoint_epoch_N every N epochs.")),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Resume from a checkpoint path, or 'auto' (the run's last one)."),
+    ] = None,
+    knn_every: Annotated[
+        int | None,
+        typer.Option(help=_help(P, "knn_every", "kNN accuracy every N epochs (0 = off).")),
+    ] = None,
+    log_every: Annotated[
+        int | None, typer.Option(help=_help(P, "log_every", "Log metrics every N steps."))
+    ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(help=_help(P, "gpus", "Spawn one process per GPU on this node (NCCL).")),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(help=_help(P, "processes", "CPU processes on this node (gloo).")),
+    ] = None,
+    nodes: Annotated[int | None, typer.Option(help=_help(P, "nodes", "Number of nodes."))] = None,
+    node_rank: Annotated[
+        int | None, typer.Option(help=_help(P, "node_rank", "This node's rank (0 = master)."))
+    ] = None,
+    master_addr: Annotated[
+        str | None, typer.Option(help=_help(P, "master_addr", "Address of node 0."))
+    ] = None,
+    master_port: Annotated[
+        int | None,
+        typer.Option(help=_help(P, "master_port", "Port on node 0; auto = a free port.")),
+    ] = None,
+    sync_bn: Annotated[
+        bool | None,
+        typer.Option(
+            "--sync-bn/--no-sync-bn",
+            help=_help(P, "sync_bn", "Global batch norm; auto = on with > 1 process."),
+        ),
+    ] = None,
+) -> None:
+    """Pretrain a ResNet encoder with SimCLR (NT-Xent on two augmented views)."""
+    cfg = _build(PretrainConfig, **locals())
+    from simclr_cli.train import run_pretrain
+
+    summary = run_pretrain(cfg)
+    _print_summary("Pretraining finished", summary)
+
+
+E = LinearEvalConfig
+
+
+@app.command(
+    "linear-eval",
+    epilog=_examples(
+        "simclr linear-eval --checkpoint runs/shapes-resnet18/checkpoint_last.pt --dataset shapes",
+        "simclr linear-eval --checkpoint resnet50-stl10 --dataset stl10",
+        "simclr linear-eval --checkpoint ck.pt --train-dir data/train --test-dir data/test",
+        "simclr linear-eval --checkpoint ck.pt --dataset cifar10 --protocol augment --epochs 100",
+    ),
+)
+def linear_eval(
+    checkpoint: Annotated[
+        str, typer.Option(help="Checkpoint file, or a release name (see simclr download --list).")
+    ],
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="cifar10, cifar100, stl10, shapes, or a folder with class subfolders."),
+    ] = None,
+    train_dir: Annotated[
+        Path | None, typer.Option(help="Folder of training images, one subfolder per class.")
+    ] = None,
+    test_dir: Annotated[
+        Path | None, typer.Option(help="Folder of test images, one subfolder per class.")
+    ] = None,
+    val_split: Annotated[
+        float | None,
+        typer.Option(help="Test fraction of a single folder (fixed seed). \\[default: 0.2]"),
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(E, "protocol", "features (frozen features, fast) or augment (paper's).")
+        ),
+    ] = None,
+    solver: Annotated[
+        str | None, typer.Option(help=_help(E, "solver", "lbfgs (full batch) or adam."))
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs of the augment protocol. \\[default: 100]")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_help(E, "batch_size", "Batch for feature extraction."))
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help=_help(E, "image_size", "Input size; auto = the checkpoint's.")),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help=_help(E, "data_dir", "Where datasets live."))
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help=_help(E, "cache_dir", "Checkpoint cache."))
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help=_help(E, "device", "auto, cpu or cuda."))
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help=_help(E, "precision", "auto, fp32, bf16 or fp16."))
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help=_help(E, "workers", "DataLoader worker processes."))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_help(E, "seed", "Random seed."))] = None,
+    limit: Annotated[
+        int | None, typer.Option(help=_help(E, "limit", "Use only the first N images per split."))
+    ] = None,
+    knn_k: Annotated[
+        int | None, typer.Option(help=_help(E, "knn_k", "Neighbours of the kNN classifier."))
+    ] = None,
+    knn_temperature: Annotated[
+        float | None, typer.Option(help=_help(E, "knn_temperature", "kNN vote temperature."))
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for linear_eval.json. \\[default: next to the checkpoint]"),
+    ] = None,
+) -> None:
+    """Linear evaluation: a classifier on frozen encoder features (top-1/top-5, kNN)."""
+    cfg = _build(LinearEvalConfig, **locals())
+    from simclr_cli.evaluate import run_linear_eval
+
+    result = run_linear_eval(cfg)
+    _print_summary("Linear evaluation", result)
+
+
+F = FeaturesConfig
+
+
+@app.command(
+    epilog=_examples(
+        "simclr features --checkpoint ck.pt --dataset shapes --split test --out feats/",
+        "simclr features --checkpoint resnet50-stl10 --dataset stl10 --split train --out stl/",
+        "simclr features --checkpoint ck.pt --dataset ./photos --layer projection --out emb/",
+    )
+)
+def features(
+    checkpoint: Annotated[
+        str, typer.Option(help="Checkpoint file, or a release name (see simclr download --list).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder for features.npy, labels.npy, ...")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(help=_help(F, "dataset", "cifar10, cifar100, stl10, shapes or a folder.")),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help=_help(F, "split", "train, test, unlabeled (stl10), all."))
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(help=_help(F, "layer", "encoder (h, representation) or projection (z).")),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_help(F, "batch_size", "Images per forward pass."))
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help=_help(F, "image_size", "Input size; auto = the checkpoint's.")),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help=_help(F, "data_dir", "Where datasets live."))
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help=_help(F, "cache_dir", "Checkpoint cache."))
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help=_help(F, "device", "auto, cpu or cuda."))
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help=_help(F, "precision", "auto, fp32, bf16 or fp16."))
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help=_help(F, "workers", "DataLoader worker processes."))
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help=_help(F, "limit", "Export only the first N images."))
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option(help=_help(F, "overwrite", "Replace existing output files."))
+    ] = None,
+) -> None:
+    """Export embeddings (h or z) of a dataset as .npy files, in dataset order."""
+    cfg = _build(FeaturesConfig, **locals())
+    from simclr_cli.features import export_features
+
+    result = export_features(cfg)
+    _print_summary("Features written", result)
+
+
+D = DownloadConfig
+
+
+@app.command(
+    epilog=_examples(
+        "simclr download resnet50-stl10",
+        "simclr download --list",
+        "simclr download resnet18-stl10 --from-file ~/Downloads/checkpoint_100.tar",
+    )
+)
+def download(
+    name: Annotated[
+        str | None, typer.Argument(help="Release checkpoint name (see --list) or an http(s) URL.")
+    ] = None,
+    list_only: Annotated[
+        bool | None, typer.Option("--list", help="List release checkpoints and the cache.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help=_help(D, "cache_dir", "Checkpoint cache."))
+    ] = None,
+    force: Annotated[
+        bool | None, typer.Option(help=_help(D, "force", "Download again even if cached."))
+    ] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(help="Import a file fetched by hand (offline machines) instead."),
+    ] = None,
+) -> None:
+    """Fetch a release checkpoint (or any checkpoint URL) into the cache, verified."""
+    cfg = _build(DownloadConfig, **locals())
+    from simclr_cli import hub
+
+    if cfg.list_only and cfg.name is None:
+        _print_registry(cfg.cache_dir)
+        return
+    path = hub.download(
+        cfg.name, cache_dir=cfg.cache_dir, force=cfg.force, from_file=cfg.from_file
+    )
+    typer.echo(str(path))
+
+
+I = InfoConfig
+
+
+@app.command(
+    epilog=_examples("simclr info", "simclr info --json", "simclr info runs/x/checkpoint_last.pt")
+)
+def info(
+    target: Annotated[
+        str | None, typer.Argument(help="A checkpoint file or release name to describe.")
+    ] = None,
+    as_json: Annotated[
+        bool | None, typer.Option("--json", help="Machine-readable output on stdout.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help=_help(I, "cache_dir", "Checkpoint cache."))
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help=_help(I, "data_dir", "Dataset folder."))
+    ] = None,
+) -> None:
+    """What is installed, which devices, what is cached; or what a checkpoint holds."""
+    cfg = _build(InfoConfig, **locals())
+    from simclr_cli import report
+
+    data = report.checkpoint_info(cfg) if cfg.target else report.system_info(cfg)
+    if cfg.as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        report.render(data)
+
+
+# -- output helpers --------------------------------------------------------------------------
+
+
+def _print_summary(title: str, summary: Any) -> None:
+    from simclr_cli import report
+
+    report.render_summary(title, summary)
+
+
+def _print_registry(cache_dir: Path) -> None:
+    from simclr_cli import report
+
+    report.render_registry(cache_dir)
+
+
+# -- error boundary --------------------------------------------------------------------------
+
+
+def _validation_line(error: ValidationError) -> str:
+    """The first problem of a config validation, as ``--flag: ...``."""
+    first = error.errors()[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:
+        return msg
+    flag = flag_name(str(first["loc"][0]))
+    value = first.get("input")
+    allowed = msg[0].lower() + msg[1:] if msg else msg
+    return f"{flag}: invalid value {value!r}; {allowed}"
+
+
+def _usage_line(error: Exception, argv: list[str]) -> str:
+    """Click's message, plus the offending value when a flag could not be parsed."""
+    message = error.format_message().replace("\n", " ")  # type: ignore[attr-defined]
+    param = getattr(error, "param", None)
+    opts = getattr(param, "opts", None) or []
+    for i, token in enumerate(argv):
+        name, _, inline = token.partition("=")
+        if name in opts:
+            value = inline if inline else (argv[i + 1] if i + 1 < len(argv) else "")
+            return f"{opts[0]}: invalid value {value!r}; {message}"
+    return message
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (``main`` exits with it)."""
+    debug = os.environ.get("SIMCLR_DEBUG", "") not in ("", "0")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        command = typer.main.get_command(app)
+        result = command.main(args=argv, prog_name="simclr", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except _EXITS as exit_:
+        return exit_.exit_code
+    except click_exceptions.UsageError as error:
+        if type(error).__name__ == "NoArgsIsHelpError":
+            sys.stdout.write(error.format_message() + "\n")
+            return 0
+        if debug:
+            traceback.print_exc()
+        return _fail(_usage_line(error, argv), 2)
+    except ValidationError as error:
+        if debug:
+            traceback.print_exc()
+        return _fail(_validation_line(error), 2)
+    except SimCLRError as error:
+        if debug:
+            traceback.print_exc()
+        return _fail(str(error).replace("\n", " "), error.exit_code)
+    except _ABORTS:
+        if debug:
+            traceback.print_exc()
+        return _fail("interrupted", 130)
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,469 @@
+"""Validated options, one frozen model per command.
+
+The CLI builds one of these from its flags; library entry points receive nothing else. Field
+names are the flag names with ``_`` for ``-`` (``batch_size`` is ``--batch-size``), so a
+validation error can name the flag. Defaults that depend on other options (image size, stem,
+learning rate, ...) are ``resolved_*`` properties, never mutations.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
+DATASETS = ("cifar10", "cifar100", "stl10", "shapes")
+# Native resolution of each dataset; image folders are resized to the ImageNet size.
+DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "shapes": 32, "stl10": 96, "folder": 224}
+# Weight decay per optimiser: 1e-6 is the SimCLR paper's LARS value (appendix B.6).
+DEFAULT_WEIGHT_DECAY = {"lars": 1e-6, "adam": 1e-6, "adamw": 1e-4, "sgd": 1e-4}
+CPU_COUNT = os.cpu_count() or 1
+
+
+def default_cache_dir() -> Path:
+    """Where downloaded checkpoints live: ``$SIMCLR_CACHE_DIR`` or the user cache folder."""
+    env = os.environ.get("SIMCLR_CACHE_DIR")
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("simclr-cli"))
+
+
+def default_data_dir() -> Path:
+    """Where datasets are downloaded: ``$SIMCLR_DATA_DIR`` or the user data folder."""
+    env = os.environ.get("SIMCLR_DATA_DIR")
+    return Path(env).expanduser() if env else Path(platformdirs.user_data_dir("simclr-cli"))
+
+
+def default_workers() -> int:
+    """DataLoader workers: one per core, at most 8 (more rarely helps and costs memory)."""
+    return min(8, CPU_COUNT)
+
+
+def dataset_kind(dataset: str) -> str:
+    """``cifar10``/``cifar100``/``stl10``/``shapes``, or ``folder`` for a directory path."""
+    if dataset in DATASETS:
+        return dataset
+    if Path(dataset).expanduser().is_dir():
+        return "folder"
+    raise ValueError(
+        f"{dataset!r} is not one of {', '.join(DATASETS)} and not an existing folder of images"
+    )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if _cuda_available() else "cpu"
+    return device
+
+
+def _resolve_precision(precision: str, device: str) -> str:
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _check_device(device: str, precision: str) -> None:
+    if device == "cuda" and not _cuda_available():
+        raise ValueError("CUDA was requested but no GPU is visible; use --device cpu or auto")
+    if precision == "fp16" and _resolve_device(device) != "cuda":
+        raise ValueError("fp16 needs a GPU; on the CPU use fp32 or bf16 (--precision)")
+
+
+def _check_checkpoint(value: str) -> str:
+    """A checkpoint option is an existing file or the name of a release checkpoint."""
+    from simclr_cli.hub import REGISTRY
+
+    if value in REGISTRY or Path(value).expanduser().is_file():
+        return value
+    names = ", ".join(sorted(REGISTRY))
+    raise ValueError(f"no such file, and not a release checkpoint name ({names})")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", allow_inf_nan=False, protected_namespaces=()
+    )
+
+
+class PretrainConfig(_Frozen):
+    """Options of ``simclr pretrain``; ``batch_size`` is the global batch over all processes."""
+
+    # data
+    dataset: str = "shapes"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    limit: int | None = Field(default=None, ge=1)
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+    # model
+    arch: Literal[ARCHS] = "resnet18"  # type: ignore[valid-type]
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"
+    head: Literal["v1", "v2"] = "v1"
+    projection_dim: int = Field(default=128, ge=1)
+    hidden_dim: int | None = Field(default=None, ge=1)
+    # optimisation
+    batch_size: int = Field(default=256, ge=2)
+    epochs: int = Field(default=100, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    optimizer: Literal["lars", "adam", "adamw", "sgd"] = "lars"
+    lr: float | None = Field(default=None, gt=0)
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
+    weight_decay: float | None = Field(default=None, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    warmup_epochs: float = Field(default=10, ge=0)
+    temperature: float = Field(default=0.5, gt=0)
+    # augmentation
+    jitter_strength: float | None = Field(default=None, ge=0, le=4)
+    blur: bool | None = None
+    augment_on: Literal["cpu", "device"] = "cpu"
+    workers: int = Field(default_factory=default_workers, ge=0)
+    # runtime
+    seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    deterministic: bool = False
+    # outputs
+    out: Path | None = None
+    checkpoint_every: int = Field(default=10, ge=1)
+    resume: str | None = None
+    knn_every: int = Field(default=0, ge=0)
+    log_every: int = Field(default=10, ge=1)
+    # distributed
+    gpus: int = Field(default=0, ge=0)
+    processes: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1)
+    node_rank: int = Field(default=0, ge=0)
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = Field(default=None, ge=1, le=65535)
+    sync_bn: bool | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        dataset_kind(value)
+        return value
+
+    @field_validator("resume")
+    @classmethod
+    def _resume(cls, value: str | None) -> str | None:
+        if value is None or value == "auto" or Path(value).expanduser().is_file():
+            return value
+        raise ValueError("use 'auto' or the path of an existing checkpoint file")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_out(cls, data: Any) -> Any:
+        """Pick the run folder once, so every later use (and every process) agrees on it."""
+        if isinstance(data, dict) and data.get("out") is None:
+            data = dict(data)
+            data["out"] = default_run_dir(
+                str(data.get("dataset", "shapes")),
+                str(data.get("arch", "resnet18")),
+                resume_auto=data.get("resume") == "auto",
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> PretrainConfig:
+        if self.gpus and self.processes > 1:
+            raise ValueError("give either --gpus (one process per GPU) or --processes, not both")
+        if self.gpus and self.device == "cpu":
+            raise ValueError("--gpus needs --device cuda or auto; on the CPU use --processes")
+        if self.node_rank >= self.nodes:
+            raise ValueError(f"--node-rank {self.node_rank} must be below --nodes {self.nodes}")
+        _check_device("cuda" if self.gpus else self.device, self.precision)
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"--batch-size {self.batch_size} is the global batch and must be divisible by "
+                f"the number of processes ({self.world_size})"
+            )
+        if self.per_process_batch_size < 2 and self.world_size == 1:
+            raise ValueError("--batch-size must be at least 2 (NT-Xent needs negatives)")
+        if self.resolved_stem == "imagenet" and self.resolved_image_size < 32:
+            raise ValueError(
+                f"--image-size {self.resolved_image_size} is too small for the ImageNet stem "
+                "(needs >= 32); use --stem cifar"
+            )
+        return self
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def dataset_kind(self) -> str:
+        return dataset_kind(self.dataset)
+
+    @property
+    def resolved_image_size(self) -> int:
+        return self.image_size or DEFAULT_IMAGE_SIZE[self.dataset_kind]
+
+    @property
+    def resolved_stem(self) -> str:
+        """CIFAR stem (3x3 conv, no max-pool; paper appendix B.9) for images of 64 px or less."""
+        if self.stem != "auto":
+            return self.stem
+        return "cifar" if self.resolved_image_size <= 64 else "imagenet"
+
+    @property
+    def resolved_jitter_strength(self) -> float:
+        """Paper: 0.5 for CIFAR-size images, 1.0 for ImageNet-size ones."""
+        if self.jitter_strength is not None:
+            return self.jitter_strength
+        return 0.5 if self.resolved_image_size <= 64 else 1.0
+
+    @property
+    def resolved_blur(self) -> bool:
+        """Gaussian blur hurts on tiny images (paper appendix B.9), so on only from 96 px."""
+        return self.blur if self.blur is not None else self.resolved_image_size >= 96
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return DEFAULT_WEIGHT_DECAY[self.optimizer]
+
+    @property
+    def resolved_lr(self) -> float:
+        """``--lr`` when given, otherwise the optimiser's base lr scaled by the GLOBAL batch."""
+        if self.lr is not None:
+            return self.lr
+        from simclr_cli.optim import default_base_lr, scaled_lr
+
+        base = default_base_lr(self.optimizer, self.lr_scaling)
+        return scaled_lr(base, self.batch_size, self.lr_scaling)
+
+    @property
+    def resolved_device(self) -> str:
+        return "cuda" if self.gpus else _resolve_device(self.device)
+
+    @property
+    def resolved_precision(self) -> str:
+        return _resolve_precision(self.precision, self.resolved_device)
+
+    @property
+    def resolved_channels_last(self) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        return self.resolved_device == "cuda"
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.gpus or self.processes
+
+    @property
+    def world_size(self) -> int:
+        """Processes over all nodes; a torchrun or SLURM launch sets it through the environment."""
+        for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+            if var in os.environ and ("RANK" in os.environ or "SLURM_PROCID" in os.environ):
+                return int(os.environ[var])
+        return self.procs_per_node * self.nodes
+
+    @property
+    def per_process_batch_size(self) -> int:
+        return self.batch_size // self.world_size
+
+    @property
+    def resolved_sync_bn(self) -> bool:
+        """Global batch norm is the default as soon as there is more than one process."""
+        return self.sync_bn if self.sync_bn is not None else self.world_size > 1
+
+    @property
+    def resolved_out(self) -> Path:
+        assert self.out is not None  # filled by _default_out
+        return self.out
+
+
+def default_run_dir(dataset: str, arch: str, resume_auto: bool = False) -> Path:
+    """``runs/<dataset>-<arch>-<timestamp>``; with ``--resume auto``, the newest such run."""
+    name = Path(dataset).name if dataset not in DATASETS else dataset
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "data"
+    if resume_auto:
+        runs = sorted(Path("runs").glob(f"{name}-{arch}-*/checkpoint_last.pt"))
+        if runs:
+            return runs[-1].parent
+    return Path("runs") / f"{name}-{arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+class _EvalCommon(_Frozen):
+    checkpoint: str
+    data_dir: Path = Field(default_factory=default_data_dir)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    workers: int = Field(default_factory=default_workers, ge=0)
+    limit: int | None = Field(default=None, ge=1)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, value: str) -> str:
+        return _check_checkpoint(value)
+
+    @model_validator(mode="after")
+    def _device(self) -> _EvalCommon:
+        _check_device(self.device, self.precision)
+        return self
+
+    @property
+    def resolved_device(self) -> str:
+        return _resolve_device(self.device)
+
+    @property
+    def resolved_precision(self) -> str:
+        return _resolve_precision(self.precision, self.resolved_device)
+
+
+class LinearEvalConfig(_EvalCommon):
+    """Options of ``simclr linear-eval``: a linear classifier on frozen features."""
+
+    dataset: str | None = None
+    train_dir: Path | None = None
+    test_dir: Path | None = None
+    val_split: float | None = Field(default=None, gt=0, lt=1)
+    protocol: Literal["features", "augment"] = "features"
+    solver: Literal["lbfgs", "adam"] = "lbfgs"
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=512, ge=1)
+    seed: int = Field(default=0, ge=0)
+    out: Path | None = None
+    knn_k: int = Field(default=200, ge=1)
+    knn_temperature: float = Field(default=0.1, gt=0)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str | None) -> str | None:
+        if value is not None:
+            dataset_kind(value)
+        return value
+
+    @field_validator("train_dir", "test_dir")
+    @classmethod
+    def _dirs(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_dir():
+            raise ValueError("folder does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _which_data(self) -> LinearEvalConfig:
+        if self.dataset is None and self.train_dir is None:
+            raise ValueError("give --dataset, or --train-dir (with --test-dir or --val-split)")
+        if self.dataset is not None and self.train_dir is not None:
+            raise ValueError("give either --dataset or --train-dir, not both")
+        if self.test_dir is not None and self.val_split is not None:
+            raise ValueError("give either --test-dir or --val-split, not both")
+        if self.dataset in DATASETS and self.val_split is not None:
+            raise ValueError(f"--val-split is for image folders; {self.dataset} has a test split")
+        return self
+
+    @property
+    def dataset_kind(self) -> str:
+        return "folder" if self.dataset is None else dataset_kind(self.dataset)
+
+    @property
+    def resolved_epochs(self) -> int:
+        """Epochs of the ``augment`` protocol (the paper trains the linear head for 100)."""
+        return self.epochs or 100
+
+    @property
+    def resolved_val_split(self) -> float | None:
+        """A single folder without ``--test-dir`` is split 80/20 with a fixed seed."""
+        if self.dataset_kind != "folder" or self.test_dir is not None:
+            return None
+        return self.val_split if self.val_split is not None else 0.2
+
+
+class FeaturesConfig(_EvalCommon):
+    """Options of ``simclr features``: embeddings of a dataset as ``.npy`` files."""
+
+    dataset: str = "shapes"
+    split: Literal["train", "test", "unlabeled", "all"] = "test"
+    layer: Literal["encoder", "projection"] = "encoder"
+    batch_size: int = Field(default=256, ge=1)
+    out: Path
+    overwrite: bool = False
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        dataset_kind(value)
+        return value
+
+    @model_validator(mode="after")
+    def _split(self) -> FeaturesConfig:
+        if self.split == "unlabeled" and self.dataset != "stl10":
+            raise ValueError("--split unlabeled exists only for stl10")
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; give a folder")
+        return self
+
+    @property
+    def dataset_kind(self) -> str:
+        return dataset_kind(self.dataset)
+
+
+class DownloadConfig(_Frozen):
+    """Options of ``simclr download``."""
+
+    name: str | None = None
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    force: bool = False
+    from_file: Path | None = None
+    list_only: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        from simclr_cli.hub import REGISTRY
+
+        if value is None or value in REGISTRY or re.match(r"^https?://\S+$", value):
+            return value
+        names = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"not a release checkpoint name ({names}) or an http(s) URL")
+
+    @field_validator("from_file")
+    @classmethod
+    def _from_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_file():
+            raise ValueError("file does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _what(self) -> DownloadConfig:
+        if self.name is None and not self.list_only:
+            raise ValueError("give a checkpoint NAME or URL, or --list")
+        return self
+
+
+class InfoConfig(_Frozen):
+    """Options of ``simclr info``; ``target`` is a checkpoint path or release name."""
+
+    target: str | None = None
+    as_json: bool = False
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str | None) -> str | None:
+        return None if value is None else _check_checkpoint(value)
+
+
+# Fields whose flag is not simply the field name with dashes.
+_FLAGS = {"name": "NAME", "target": "CHECKPOINT", "as_json": "--json", "list_only": "--list"}
+
+
+def flag_name(field: str) -> str:
+    """``batch_size`` -> ``--batch-size``; positional arguments keep their upper-case name."""
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
