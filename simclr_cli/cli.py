@@ -444,13 +444,11 @@ def download(
     if cfg.list_only and cfg.name is None:
         _print_registry(cfg.cache_dir)
         return
-    path = hub.download(
-        cfg.name, cache_dir=cfg.cache_dir, force=cfg.force, from_file=cfg.from_file
-    )
+    path = hub.download(cfg.name, cache_dir=cfg.cache_dir, force=cfg.force, from_file=cfg.from_file)
     typer.echo(str(path))
 
 
-I = InfoConfig
+INFO = InfoConfig
 
 
 @app.command(
@@ -464,10 +462,10 @@ def info(
         bool | None, typer.Option("--json", help="Machine-readable output on stdout.")
     ] = None,
     cache_dir: Annotated[
-        Path | None, typer.Option(help=_help(I, "cache_dir", "Checkpoint cache."))
+        Path | None, typer.Option(help=_help(INFO, "cache_dir", "Checkpoint cache."))
     ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option(help=_help(I, "data_dir", "Dataset folder."))
+        Path | None, typer.Option(help=_help(INFO, "data_dir", "Dataset folder."))
     ] = None,
 ) -> None:
     """What is installed, which devices, what is cached; or what a checkpoint holds."""

@@ -121,7 +121,9 @@ def render(data: dict[str, Any]) -> None:
     console.print(_key_value_table("Versions", data["versions"]))
     devices = dict(data["devices"])
     gpus = devices.pop("gpus")
-    devices["gpus"] = [f"{g['index']}: {g['name']} ({human_bytes(g['memory_bytes'])})" for g in gpus]
+    devices["gpus"] = [
+        f"{g['index']}: {g['name']} ({human_bytes(g['memory_bytes'])})" for g in gpus
+    ]
     devices["distributed_backends"] = data["distributed_backends"]
     console.print(_key_value_table("Devices", devices))
     console.print(_key_value_table("Folders", data["folders"]))
