@@ -59,7 +59,7 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5) -> t
         temperature: softmax temperature ``tau`` > 0.
 
     Returns:
-        Scalar float32 loss: mean over the 2n local anchors.
+        Scalar loss (float32, or float64 for float64 inputs): mean over the 2n local anchors.
 
     Raises:
         UsageError: for a temperature that is not positive.
@@ -69,13 +69,13 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5) -> t
     """
     tau = check_temperature(temperature)
     if z_i.shape != z_j.shape or z_i.dim() != 2 or z_i.shape[0] == 0:
-        raise ValueError(
-            f"z_i and z_j must be equal non-empty (n, D); got {z_i.shape}, {z_j.shape}"
-        )
+        raise ValueError(f"z_i, z_j must be equal non-empty (n, D); got {z_i.shape}, {z_j.shape}")
     n = z_i.shape[0]
     # Autocast off: half-precision logits of 1/tau-scaled cosines lose the loss's resolution.
     with torch.autocast(device_type=z_i.device.type, enabled=False):
-        z = F.normalize(torch.cat([z_i, z_j]).float(), dim=1)  # (2n, D), unit rows
+        # float32 at least (float64 stays float64, for exact checks): (2n, D), unit rows
+        z = torch.cat([z_i, z_j])
+        z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
         columns, offset = _gathered(z)  # (2N, D) with N = n * world_size
         rows = torch.arange(2 * n, device=z.device)
         # Scale the small (2n, D) side, not the (2n, 2N) product: one fewer (2n, 2N) buffer.
