@@ -494,7 +494,7 @@ def _fetch(url: str, part: Path, settings: DownloadSettings, progress: bool) -> 
                         "hand and run `simclr download NAME --from-file FILE`"
                     ) from None
                 delay = settings.backoff * 2 ** (attempt - 1)
-                bar.console.print(f"{e}; retrying in {delay:.1f} s", highlight=False)
+                _say(progress, f"{e}; retrying in {delay:.1f} s")
                 time.sleep(delay)
 
 

@@ -1,0 +1,547 @@
+"""Downloads against a real HTTP server on 127.0.0.1 that misbehaves on request."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+import torch
+
+from simclr_cli import hub
+from simclr_cli.checkpoint import FORMAT, load_checkpoint, load_model
+from simclr_cli.errors import CheckpointError, DownloadError, UsageError
+from simclr_cli.hub import DownloadSettings, Published, RegistryEntry
+from tests.release_fixtures import make_release_checkpoint
+
+torch.set_num_threads(1)
+
+FAST = DownloadSettings(
+    connect_timeout=2.0,
+    read_timeout=5.0,
+    retries=2,
+    backoff=0.01,
+    chunk_size=4096,
+    lock_timeout=30.0,
+)
+
+
+# ---------------------------------------------------------------------------- the test server
+
+
+@dataclass
+class Route:
+    """A file the server offers, and how it misbehaves.
+
+    mode: "ok" (Range honoured), "drop_once" (first response cut mid-body), "ignore_range"
+    (drop_once, then full 200 bodies whatever the Range), "truncate" (every response cut
+    mid-body), "404", "500", "slow" (small chunks with pauses), "redirect" (302 to ``target``).
+    """
+
+    body: bytes = b""
+    mode: str = "ok"
+    target: str = ""
+    served: int = 0
+
+
+@dataclass
+class Loopback:
+    base: str
+    routes: dict[str, Route] = field(default_factory=dict)
+    log: list[tuple[str, str | None, int]] = field(default_factory=list)  # path, Range, status
+
+    def add(self, path: str, body: bytes, mode: str = "ok", target: str = "") -> str:
+        self.routes[path] = Route(body, mode, target)
+        return self.base + path
+
+    def requests_for(self, path: str) -> list[tuple[str, str | None, int]]:
+        return [r for r in self.log if r[0] == path]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: Loopback
+
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        route = self.state.routes.get(self.path)
+        wanted = self.headers.get("Range")
+        if route is None or route.mode == "404":
+            return self._status(404, wanted)
+        if route.mode == "500":
+            return self._status(500, wanted)
+        if route.mode == "redirect":
+            self.state.log.append((self.path, wanted, 302))
+            self.send_response(302)
+            self.send_header("Location", route.target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        route.served += 1
+        body, start = route.body, 0
+        honour_range = route.mode in ("ok", "drop_once", "slow")
+        if wanted and honour_range:
+            start = int(wanted.removeprefix("bytes=").split("-")[0])
+        status = 206 if start else 200
+        self.state.log.append((self.path, wanted, status))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body) - start))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        cut = route.mode == "truncate" or (
+            route.mode in ("drop_once", "ignore_range") and route.served == 1
+        )
+        if cut:  # promise the whole body, send half, hang up
+            self.wfile.write(body[start : start + (len(body) - start) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if route.mode == "slow":
+            for i in range(start, len(body), 8192):
+                self.wfile.write(body[i : i + 8192])
+                self.wfile.flush()
+                time.sleep(0.01)
+            return
+        self.wfile.write(body[start:])
+
+    def _status(self, code: int, wanted: str | None) -> None:
+        self.state.log.append((self.path, wanted, code))
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def server() -> Iterator[Loopback]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    state = Loopback(base=f"http://127.0.0.1:{httpd.server_address[1]}")
+    httpd.RequestHandlerClass = type("Handler", (_Handler,), {"state": state})
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+# ---------------------------------------------------------------------------- payloads
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A valid (tiny) simclr-cli checkpoint, ~64 KiB so it spans many chunks."""
+    path = tmp_path_factory.mktemp("small") / "small.pt"
+    torch.save(
+        {
+            "format": FORMAT,
+            "format_version": 1,
+            "kind": "pretrain",
+            "model": {"arch": "resnet18"},
+            "state_dict": {"w": torch.arange(16384, dtype=torch.float32)},
+        },
+        path,
+    )
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def release_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("releases")
+    out = {}
+    for layout in ("1.0", "1.1", "ddp"):
+        make_release_checkpoint(folder / f"{layout}.tar", layout)
+        out[layout] = (folder / f"{layout}.tar").read_bytes()
+    return out
+
+
+def _entry(name: str, url: str, epochs: int = 100, sha256: str | None = None, bias: bool = False):
+    return RegistryEntry(
+        name=name,
+        url=url,
+        arch="resnet18",
+        epochs=epochs,
+        hidden_dim=512,
+        projection_dim=64,
+        head_bias=bias,
+        batch_size=256,
+        optimizer="adam",
+        published=Published("stl10", 0.5, "test protocol", "test"),
+        sha256=sha256,
+    )
+
+
+def _use_registry(monkeypatch: pytest.MonkeyPatch, *entries: RegistryEntry) -> None:
+    monkeypatch.setattr(hub, "REGISTRY", MappingProxyType({e.name: e for e in entries}))
+
+
+def _visible(cache: Path) -> list[str]:
+    """Cache entries a user would see (lock files are hidden dot files)."""
+    return sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+
+
+# ---------------------------------------------------------------------------- success and cache
+
+
+def test_download_streams_verifies_and_records_hash(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    url = server.add("/files/checkpoint_100.tar", small_checkpoint)
+    path = hub.download(url, tmp_path, progress=True, settings=FAST)
+    assert path.parent == tmp_path.resolve() and path.name.endswith("-checkpoint_100.tar")
+    assert path.read_bytes() == small_checkpoint
+    manifest = json.loads((tmp_path / hub.MANIFEST).read_text())
+    assert manifest[path.name]["sha256"] == hashlib.sha256(small_checkpoint).hexdigest()
+    assert manifest[path.name]["size"] == len(small_checkpoint)
+    assert _visible(tmp_path) == sorted([path.name, hub.MANIFEST])
+    assert "saved" in capsys.readouterr().err
+
+    # A second download is served from the cache: no request, and it says so.
+    again = hub.download(url, tmp_path, progress=True, settings=FAST)
+    assert again == path and len(server.log) == 1
+    assert "already cached" in capsys.readouterr().err
+
+
+def test_urls_with_the_same_basename_do_not_collide(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    a = hub.download(
+        server.add("/1.1/checkpoint_100.tar", small_checkpoint),
+        tmp_path,
+        progress=False,
+        settings=FAST,
+    )
+    b = hub.download(
+        server.add("/1.2/checkpoint_100.tar", small_checkpoint),
+        tmp_path,
+        progress=False,
+        settings=FAST,
+    )
+    assert a != b and a.parent == b.parent == tmp_path.resolve()
+
+
+def test_hostile_url_names_stay_inside_the_cache(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    url = server.add("/x/..%2F..%2Fescape.pt", small_checkpoint)
+    path = hub.download(url, cache, progress=False, settings=FAST)
+    assert path.parent == cache.resolve() and path.name.endswith("-.._.._escape.pt") is False
+    assert "/" not in path.name and not path.name.startswith(".")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_force_downloads_again_and_redirects_are_followed(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    server.add("/objects/blob", small_checkpoint)
+    url = server.add(
+        "/releases/ckpt.pt", b"", mode="redirect", target=server.base + "/objects/blob"
+    )
+    path = hub.download(url, tmp_path, progress=False, settings=FAST)
+    hub.download(url, tmp_path, force=True, progress=False, settings=FAST)
+    assert len(server.requests_for("/objects/blob")) == 2
+    assert path.read_bytes() == small_checkpoint
+
+
+def test_cached_file_with_wrong_size_is_fetched_again(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    url = server.add("/c.pt", small_checkpoint)
+    path = hub.download(url, tmp_path, progress=False, settings=FAST)
+    path.write_bytes(small_checkpoint[:100])  # damaged on disk
+    hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert path.read_bytes() == small_checkpoint and len(server.log) == 2
+
+
+# ---------------------------------------------------------------------------- resume and retry
+
+
+def test_resume_after_the_connection_drops(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    url = server.add("/drop.pt", small_checkpoint, mode="drop_once")
+    path = hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert path.read_bytes() == small_checkpoint
+    (_, first_range, first), (_, second_range, second) = server.requests_for("/drop.pt")
+    assert first_range is None and first == 200
+    # Resumed from the bytes kept on disk (up to where the body stopped), rest sent as 206.
+    resumed_at = int(second_range.removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at <= len(small_checkpoint) // 2 and second == 206
+    manifest = json.loads((tmp_path / hub.MANIFEST).read_text())
+    assert manifest[path.name]["sha256"] == hashlib.sha256(small_checkpoint).hexdigest()
+
+
+def test_server_ignoring_range_gets_a_full_download(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    url = server.add("/norange.pt", small_checkpoint, mode="ignore_range")
+    path = hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert path.read_bytes() == small_checkpoint
+    (_, _, first), (_, second_range, second) = server.requests_for("/norange.pt")
+    assert second_range is not None and second == 200  # asked to resume, got everything
+
+
+def test_404_is_not_retried(server: Loopback, tmp_path: Path) -> None:
+    url = server.base + "/missing.pt"
+    with pytest.raises(DownloadError, match="HTTP 404") as info:
+        hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert "--from-file" in str(info.value) and url in str(info.value)
+    assert len(server.log) == 1
+    assert _visible(tmp_path) == []
+
+
+def test_500_is_retried_then_fails(server: Loopback, tmp_path: Path) -> None:
+    url = server.add("/broken.pt", b"", mode="500")
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="after 3 attempts") as info:
+        hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert "--from-file" in str(info.value) and "HTTP 500" in str(info.value)
+    assert len(server.log) == 1 + FAST.retries
+    assert time.monotonic() - started < 5
+    assert _visible(tmp_path) == []
+
+
+def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
+    probe = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    port = probe.server_address[1]
+    probe.server_close()  # nothing listens on this port any more
+    with pytest.raises(DownloadError, match="connection failed"):
+        hub.download(f"http://127.0.0.1:{port}/x.pt", tmp_path, progress=False, settings=FAST)
+
+
+def test_truncated_transfers_fail_without_installing(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    url = server.add("/trunc.pt", small_checkpoint, mode="truncate")
+    with pytest.raises(DownloadError, match="failed after 3 attempts"):
+        hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert not any(name.endswith("trunc.pt") for name in _visible(tmp_path))
+    assert len(server.requests_for("/trunc.pt")) == 3
+
+
+def test_truncated_file_on_the_server_is_removed(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    url = server.add("/short.pt", small_checkpoint[: len(small_checkpoint) // 2])
+    with pytest.raises(CheckpointError, match="not a usable checkpoint and was removed"):
+        hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert _visible(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------- verification
+
+
+def test_registry_sha256_mismatch_removes_the_file(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = server.add("/r.tar", small_checkpoint)
+    _use_registry(monkeypatch, _entry("pinned", url, sha256="0" * 64))
+    with pytest.raises(DownloadError, match="sha256 mismatch for pinned.tar"):
+        hub.download("pinned", tmp_path, progress=False, settings=FAST)
+    assert _visible(tmp_path) == []
+
+
+def test_registry_sha256_match_installs(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = server.add("/r.tar", small_checkpoint)
+    digest = hashlib.sha256(small_checkpoint).hexdigest()
+    _use_registry(monkeypatch, _entry("pinned", url, sha256=digest))
+    path = hub.download("pinned", tmp_path, progress=False, settings=FAST)
+    assert path.name == "pinned.tar" and path.read_bytes() == small_checkpoint
+
+
+def test_recorded_hash_is_verified_on_later_downloads(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    url = server.add("/changing.pt", small_checkpoint)
+    path = hub.download(url, tmp_path, progress=False, settings=FAST)
+    other = bytearray(small_checkpoint)
+    other[-100] ^= 0xFF  # upstream file silently changed
+    server.routes["/changing.pt"].body = bytes(other)
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        hub.download(url, tmp_path, force=True, progress=False, settings=FAST)
+    assert path.read_bytes() == small_checkpoint  # the verified copy is kept
+    assert not any(n.endswith(".part") for n in _visible(tmp_path))
+
+
+def test_not_a_checkpoint_is_removed(server: Loopback, tmp_path: Path) -> None:
+    url = server.add("/page.html", b"<html>rate limited</html>" * 100)
+    with pytest.raises(CheckpointError, match="removed from the cache") as info:
+        hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert "corrupt or not a torch checkpoint" in str(info.value)
+    assert _visible(tmp_path) == []
+
+
+class _Marker:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_malicious_pickle_never_runs(server: Loopback, tmp_path: Path) -> None:
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Marker(marker)}, evil, _use_new_zipfile_serialization=False)
+    url = server.add("/evil.pt", evil.read_bytes())
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError, match="refused for safety"):
+        hub.download(url, cache, progress=False, settings=FAST)
+    assert not marker.exists()
+    assert _visible(cache) == []
+
+
+# ---------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_downloads_of_one_file(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    url = server.add("/slow.pt", small_checkpoint, mode="slow")
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            results.append(hub.download(url, tmp_path, progress=False, settings=FAST))
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and len(results) == 2 and results[0] == results[1]
+    assert results[0].read_bytes() == small_checkpoint
+    assert len(server.requests_for("/slow.pt")) == 1  # the second waited, then found it cached
+    assert [n for n in _visible(tmp_path) if n != hub.MANIFEST] == [results[0].name]
+
+
+# ---------------------------------------------------------------------------- release layouts
+
+
+@pytest.mark.parametrize(
+    ("layout", "bias", "epochs"), [("1.0", True, 40), ("1.1", False, 100), ("ddp", False, 100)]
+)
+def test_release_layouts_download_convert_and_load(
+    server: Loopback,
+    release_files: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    layout: str,
+    bias: bool,
+    epochs: int,
+) -> None:
+    url = server.add(f"/{layout}/checkpoint_{epochs}.tar", release_files[layout])
+    _use_registry(monkeypatch, _entry("r18", url, epochs=epochs, bias=bias))
+    path = hub.resolve_checkpoint("r18", tmp_path, progress=False)
+    assert path.name == "r18.tar"
+    payload = load_checkpoint(path)
+    spec = payload["model"]
+    assert (spec["arch"], spec["stem"], spec["head_bias"]) == ("resnet18", "imagenet", bias)
+    assert (spec["hidden_dim"], spec["projection_dim"]) == (512, 64)
+    assert payload["epoch"] == epochs  # from the registry entry the file is named after
+    model = load_model(payload)
+    with torch.no_grad():
+        h, z = model(torch.randn(1, 3, 64, 64))
+    assert h.shape == (1, 512) and z.shape == (1, 64)
+    assert len(server.log) == 1
+    assert hub.resolve_checkpoint("r18", tmp_path, progress=False) == path
+    assert len(server.log) == 1  # second use comes from the cache
+
+
+# ---------------------------------------------------------------------------- --from-file
+
+
+def test_from_file_imports_without_network(
+    server: Loopback,
+    release_files: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = tmp_path / "by_hand.tar"
+    src.write_bytes(release_files["1.1"])
+    _use_registry(monkeypatch, _entry("r18", server.base + "/never.tar"))
+    cache = tmp_path / "cache"
+    path = hub.download("r18", cache, from_file=src, progress=False)
+    assert path == cache.resolve() / "r18.tar" and path.read_bytes() == src.read_bytes()
+    assert server.log == []
+    assert [row["name"] for row in hub.cached(cache)] == ["r18"]
+
+
+def test_from_file_rejects_non_checkpoints(
+    server: Loopback, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "notes.txt"
+    src.write_text("not weights")
+    _use_registry(monkeypatch, _entry("r18", server.base + "/never.tar"))
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError, match="not a usable checkpoint"):
+        hub.download("r18", cache, from_file=src, progress=False)
+    assert _visible(cache) == []
+    with pytest.raises(DownloadError, match="does not exist"):
+        hub.download("r18", cache, from_file=tmp_path / "absent.tar", progress=False)
+
+
+# ---------------------------------------------------------------------------- names and listing
+
+
+@pytest.mark.parametrize(
+    "bad", ["ftp://example.org/x.tar", "file:///etc/passwd", "no-such-model", "http://"]
+)
+def test_only_registry_names_and_http_urls(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(UsageError, match="release name"):
+        hub.download(bad, tmp_path, progress=False)
+
+
+def test_resolve_checkpoint_paths_and_unknown_names(tmp_path: Path) -> None:
+    file = tmp_path / "mine.pt"
+    file.write_bytes(b"x")
+    assert hub.resolve_checkpoint(str(file), tmp_path / "cache") == file
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint_last.pt").write_bytes(b"x")
+    assert hub.resolve_checkpoint(run, tmp_path / "cache") == run / "checkpoint_last.pt"
+    with pytest.raises(
+        CheckpointError, match="resnet50-stl10, resnet18-stl10, resnet18-stl10-40ep"
+    ):
+        hub.resolve_checkpoint("resnet99", tmp_path / "cache")
+
+
+def test_registry_declares_the_three_releases() -> None:
+    rows = {row["name"]: row for row in hub.registry_table()}
+    assert rows["resnet50-stl10"]["url"].endswith("/1.2/checkpoint_100.tar")
+    assert rows["resnet18-stl10"]["url"].endswith("/1.1/checkpoint_100.tar")
+    assert rows["resnet18-stl10-40ep"]["url"].endswith("/1.0/checkpoint_40.tar")
+    assert rows["resnet50-stl10"]["head"] == "2048-2048-64 without bias"
+    assert rows["resnet18-stl10-40ep"]["head"] == "512-512-64 with bias"
+    assert all(0 < row["published_top1"] < 1 for row in rows.values())
+    with pytest.raises(AttributeError):
+        hub.REGISTRY["resnet18-stl10"].url = "http://elsewhere"  # type: ignore[misc]
+
+
+def test_registry_table_shows_what_is_cached(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = server.add("/a.tar", small_checkpoint)
+    _use_registry(monkeypatch, _entry("a", url), _entry("b", server.base + "/b.tar"))
+    hub.download("a", tmp_path, progress=False, settings=FAST)
+    rows = {row["name"]: row for row in hub.registry_table(tmp_path)}
+    assert rows["a"]["cached"] and rows["a"]["size"] == len(small_checkpoint)
+    assert not rows["b"]["cached"] and rows["b"]["size"] is None
+    (listed,) = hub.cached(tmp_path)
+    assert listed["name"] == "a" and listed["url"] == url
+    assert listed["sha256"] == hashlib.sha256(small_checkpoint).hexdigest()
