@@ -11,8 +11,14 @@ Every function below the "metrics" line is pure tensor code and is what the test
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
-from collections.abc import Iterator, Sequence
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -366,25 +372,33 @@ def iter_features(
     if layer not in LAYERS:
         raise UsageError("--layer", layer, "use one of: encoder, projection")
     dtype = autocast_dtype(device, precision)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     was_training = model.training
     model.eval()
     try:
         for x, y in loader:
-            x = x.to(device, non_blocking=True, memory_format=memory_format)  # (B, 3, H, W)
-            with (
-                torch.inference_mode(),
-                torch.autocast(device.type, dtype, enabled=dtype is not None),
-            ):
-                h = model.encoder(x)  # (B, feature_dim)
-                out = h if layer == "encoder" else model.projector(h)
-                out = out.float().cpu()  # a host sync per batch; the copy is what we need anyway
-            yield (
-                out.clone(),
-                torch.as_tensor(y).long().clone(),
-            )  # clone: plain, not inference, tensors
+            out = encode(model, x.to(device, non_blocking=True), layer, dtype).cpu()
+            # clone outside inference mode: plain tensors that autograd may save later
+            yield out.clone(), torch.as_tensor(y).long().clone()
     finally:
         model.train(was_training)
+
+
+def encode(model: nn.Module, x: Tensor, layer: str, dtype: torch.dtype | None) -> Tensor:
+    """h (or z = g(h)) of a batch already on the model's device, float32, inference mode.
+
+    Args:
+        x: (B, 3, H, W) images; made channels-last on CUDA (faster convolutions).
+        dtype: autocast dtype, or None for full precision.
+
+    Returns:
+        (B, D) float32 inference tensor on the same device.
+    """
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(x.device.type, dtype, enabled=dtype is not None)
+    with torch.inference_mode(), autocast:
+        h = model.encoder(x)  # (B, feature_dim)
+        return (h if layer == "encoder" else model.projector(h)).float()
 
 
 def extract_features(
@@ -411,3 +425,392 @@ def extract_features(
         )
     features, labels = (torch.cat(p) for p in zip(*parts, strict=True))
     return features, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# the two protocols on a frozen model
+
+
+def probe_features(
+    train_h: Tensor,
+    train_y: Tensor,
+    test_h: Tensor,
+    num_classes: int,
+    solver: str = "lbfgs",
+    seed: int = 0,
+    **fit_kwargs: Any,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Linear probe on extracted features: standardise, pick the weight decay, refit, predict.
+
+    Reference: Chen et al. 2020 (SimCLR), section 4 "linear evaluation protocol"; the
+    held-out weight-decay search and L-BFGS follow the logistic-regression evaluation of
+    Kolesnikov et al. 2019 / Radford et al. 2021 (CLIP linear probes).
+
+    Args:
+        train_h: (N, D) train features; train_y: (N,) labels in [0, C).
+        test_h: (M, D) test features.
+
+    Returns:
+        ``(test_logits (M, C) on CPU, details)``; details hold the chosen ``weight_decay`` and the
+        held-out accuracy of every candidate (``weight_decay_scores``).
+    """
+    mean, std = fit_standardization(train_h)
+    x, x_test = standardize(train_h, mean, std), standardize(test_h.to(train_h.device), mean, std)
+    options = {"solver": solver, **fit_kwargs}
+    if train_h.shape[0] >= 10:
+        wd, scores = select_weight_decay(x, train_y, num_classes, seed=seed, **options)
+    else:  # too few rows to hold any out: a middle-of-the-grid decay
+        wd, scores = 1e-4, {}
+    head = fit_logistic_regression(x, train_y, num_classes, wd, seed=seed, **options)
+    details = {"weight_decay": wd, "weight_decay_scores": {str(k): v for k, v in scores.items()}}
+    return head(x_test).cpu(), details
+
+
+def augmented_transform(
+    image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> Callable[[Any], Tensor]:
+    """Training views of the ``augment`` protocol: random resized crop + horizontal flip.
+
+    Reference: Chen et al. 2020, appendix B.6 ("random cropping with resize and random flips").
+    """
+    from torchvision import transforms
+
+    steps = [
+        transforms.RandomResizedCrop(image_size),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+    ]
+    if mean is not None and std is not None:
+        steps.append(transforms.Normalize(mean, std))
+    return transforms.Compose(steps)
+
+
+def probe_augmented(
+    model: nn.Module,
+    train_views: Dataset,
+    train_h: Tensor,
+    test_h: Tensor,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "auto",
+    workers: int = 0,
+    seed: int = 0,
+) -> tuple[Tensor, dict[str, Any]]:
+    """The paper's linear evaluation: a linear head trained on freshly augmented crops.
+
+    Each epoch re-augments every training image, encodes it with the frozen encoder and takes
+    SGD steps (Nesterov momentum 0.9, lr 0.1 x batch/256, cosine decay, no weight decay) on
+    the head alone. Features are standardised with the statistics of the clean train features
+    (a fixed affine map, so the classifier stays linear in h). Test logits come from the
+    centre-crop test features.
+
+    Reference: Chen et al. 2020, appendix B.6 (linear evaluation protocol).
+
+    Returns:
+        ``(test_logits (M, C) on CPU, details)``.
+    """
+    mean, std = (t.to(device) for t in fit_standardization(train_h))
+    head = nn.Linear(train_h.shape[1], num_classes).to(device)
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=0.1 * batch_size / 256, momentum=0.9, nesterov=True
+    )
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        train_views,
+        batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
+    dtype = autocast_dtype(device, precision)
+    model.eval()  # BN running statistics stay frozen
+    for _ in range(epochs):
+        for x, y in loader:
+            h = encode(model, x.to(device, non_blocking=True), "encoder", dtype).clone()
+            loss = F.cross_entropy(head(standardize(h, mean, std)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    with torch.no_grad():
+        logits = head(standardize(test_h.to(device), mean, std)).cpu()
+    return logits, {"epochs": epochs, "lr": 0.1 * batch_size / 256, "final_loss": loss.item()}
+
+
+def classification_metrics(
+    logits: Tensor, targets: Tensor, num_classes: int, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Top-1/top-5, per-class accuracy and the confusion matrix of test logits (all rows)."""
+    top = topk_accuracy(logits, targets, ks=(1, 5))
+    confusion = confusion_matrix(logits.argmax(dim=1), targets, num_classes)
+    per_class = per_class_accuracy(confusion)
+    names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
+    return {
+        "top1": top[1],
+        "top5": top[5],
+        "per_class": [
+            {"class": names[c], "accuracy": None if math.isnan(a) else a, "support": int(n)}
+            for c, (a, n) in enumerate(
+                zip(per_class.tolist(), confusion.sum(1).tolist(), strict=True)
+            )
+        ],
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate_frozen(
+    model: nn.Module,
+    train: Dataset,
+    test: Dataset,
+    num_classes: int,
+    device: torch.device,
+    protocol: str = "features",
+    solver: str = "lbfgs",
+    batch_size: int = 512,
+    epochs: int = 100,
+    train_views: Dataset | None = None,
+    precision: str = "auto",
+    workers: int = 0,
+    seed: int = 0,
+    knn_k: int = 200,
+    knn_temperature: float = 0.1,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Linear and kNN evaluation of a frozen model on a labelled train/test pair.
+
+    The model's weights and buffers are not modified (eval mode, no gradient into it).
+
+    Args:
+        train, test: labelled datasets with the test-time transform (centre crop).
+        protocol: ``"features"`` (logistic regression on extracted features) or ``"augment"``
+            (the paper's SGD on re-augmented crops; needs ``train_views``).
+
+    Returns:
+        Metrics over the WHOLE test split: top1, top5, per_class, confusion_matrix, knn_top1,
+        plus protocol details and split sizes.
+    """
+    extract = {"device": device, "precision": precision, "workers": workers}
+    train_h, train_y = extract_features(model, train, batch_size, **extract)
+    test_h, test_y = extract_features(model, test, batch_size, **extract)
+    if protocol == "features":
+        logits, details = probe_features(
+            train_h.to(device), train_y.to(device), test_h, num_classes, solver, seed
+        )
+    elif protocol == "augment" and train_views is not None:
+        logits, details = probe_augmented(
+            model, train_views, train_h, test_h, num_classes, epochs, batch_size, device,
+            precision, workers, seed,
+        )  # fmt: skip
+    else:
+        raise UsageError("--protocol", protocol, "use features or augment")
+    metrics = classification_metrics(logits, test_y, num_classes, class_names)
+    metrics["knn_top1"] = knn_accuracy(
+        train_h.to(device), train_y, test_h, test_y, knn_k, knn_temperature, num_classes
+    )
+    return {
+        **metrics,
+        "protocol": protocol,
+        **({"solver": solver} if protocol == "features" else {}),
+        **details,
+        "knn": {"k": knn_k, "temperature": knn_temperature},
+        "train_images": int(train_h.shape[0]),
+        "test_images": int(test_h.shape[0]),
+        "feature_dim": int(train_h.shape[1]),
+        "num_classes": num_classes,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# `simclr linear-eval`
+
+
+def load_frozen_model(checkpoint_ref: str, cache_dir: Path) -> tuple[nn.Module, dict, Path]:
+    """Rebuild the SimCLR model from a checkpoint file or release name alone, frozen.
+
+    Returns:
+        ``(model in eval mode with requires_grad off, payload, checkpoint path)``.
+
+    Raises:
+        CheckpointError: missing, corrupt, unsafe or not a pretraining checkpoint.
+    """
+    from simclr_cli.checkpoint import load_checkpoint, load_model
+    from simclr_cli.hub import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint_ref, cache_dir)
+    payload = load_checkpoint(path)
+    model = load_model(payload).eval().requires_grad_(False)
+    return model, payload, path
+
+
+def checkpoint_transform(
+    payload: dict, image_size: int | None, kind: str, augment: bool = False
+) -> Callable[[Any], Tensor]:
+    """Test-time (resize + centre crop) or ``augment``-protocol transform with the checkpoint's
+    own image size and normalisation (``None`` mean/std: no normalisation)."""
+    from simclr_cli.augment import eval_transform
+    from simclr_cli.data import default_image_size
+
+    spec = payload["model"]
+    size = image_size or spec.get("image_size") or default_image_size(kind)
+    mean, std = spec.get("mean"), spec.get("std")
+    return augmented_transform(size, mean, std) if augment else eval_transform(size, mean, std)
+
+
+def _limited(dataset: Dataset, limit: int | None) -> Dataset:
+    from torch.utils.data import Subset
+
+    if limit is None or limit >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    return Subset(dataset, range(limit))
+
+
+def linear_eval_splits(cfg: Any, transform: Callable[[Any], Tensor]) -> tuple[Dataset, Dataset]:
+    """The (train, test) datasets a LinearEvalConfig names, both with ``transform``.
+
+    Folders: ``--train-dir``/``--test-dir``, a folder ``--dataset`` with ``--test-dir``, or one
+    folder split by ``--val-split`` (stratified, fixed ``--seed``).
+    """
+    from simclr_cli import data
+
+    if cfg.dataset_kind != "folder":
+        kw = {"transform": transform, "limit": cfg.limit}
+        return (
+            data.build_dataset(cfg.dataset, "train", cfg.data_dir, **kw),
+            data.build_dataset(cfg.dataset, "test", cfg.data_dir, **kw),
+        )
+    train = data.ImageFolderDataset(cfg.train_dir or cfg.dataset, transform)
+    if cfg.test_dir is not None:
+        test = data.ImageFolderDataset(cfg.test_dir, transform)
+        if test.classes != train.classes:
+            raise DatasetError(
+                f"class subfolders of {cfg.test_dir} ({len(test.classes)}) differ from those of "
+                f"the training folder ({len(train.classes)}); use the same class names in both"
+            )
+    else:
+        _require_labels(train, str(cfg.train_dir or cfg.dataset))
+        train, test = data.train_test_split(train, cfg.resolved_val_split, seed=cfg.seed)
+    return _limited(train, cfg.limit), _limited(test, cfg.limit)
+
+
+def _require_labels(dataset: Dataset, name: str) -> None:
+    from simclr_cli.data import labels_of
+
+    if any(label < 0 for label in labels_of(dataset)):
+        raise DatasetError(
+            f"{name} has unlabelled images; linear evaluation needs labels: put each class "
+            "in its own subfolder (or use `simclr features` for unlabelled images)"
+        )
+
+
+def _class_names(dataset: Dataset) -> list[str] | None:
+    while hasattr(dataset, "dataset"):  # Subset
+        dataset = dataset.dataset
+    names = getattr(dataset, "classes", None)
+    return [str(n) for n in names] if names else None
+
+
+def run_linear_eval(cfg: Any) -> dict[str, Any]:
+    """``simclr linear-eval``: frozen encoder, features once, linear probe, kNN, report.
+
+    Args:
+        cfg: a :class:`simclr_cli.config.LinearEvalConfig`.
+
+    Returns:
+        A summary (accuracies, split sizes, where the results were written).
+
+    Raises:
+        CheckpointError, DatasetError, UsageError: with one-line messages.
+    """
+    from simclr_cli.data import labels_of
+
+    start = time.perf_counter()
+    model, payload, path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
+    device = resolve_device(cfg.resolved_device)
+    transform = checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind)
+    train, test = linear_eval_splits(cfg, transform)
+    name = str(cfg.dataset or cfg.train_dir)
+    _require_labels(train, f"{name} (train)")
+    _require_labels(test, f"{name} (test)")
+    classes = _class_names(train)
+    num_classes = len(classes) if classes else max(labels_of(train) + labels_of(test)) + 1
+    views = None
+    if cfg.protocol == "augment":
+        views, _ = linear_eval_splits(
+            cfg, checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind, augment=True)
+        )
+    result = evaluate_frozen(
+        model.to(device), train, test, num_classes, device, cfg.protocol, cfg.solver,
+        cfg.batch_size, cfg.resolved_epochs, views, cfg.resolved_precision, cfg.workers,
+        cfg.seed, cfg.knn_k, cfg.knn_temperature, classes,
+    )  # fmt: skip
+    result = {"checkpoint": str(path), "dataset": name, **result}
+    result["time_s"] = round(time.perf_counter() - start, 3)
+    out_dir = Path(cfg.out) if cfg.out is not None else path.parent
+    files = write_linear_eval(result, out_dir)
+    print_linear_eval(result)
+    return linear_eval_summary(result, files)
+
+
+def linear_eval_summary(result: dict[str, Any], files: dict[str, Path]) -> dict[str, Any]:
+    """The few numbers the CLI prints after the run; everything else is in the JSON."""
+    keys = ("top1", "top5", "knn_top1", "protocol", "weight_decay", "train_images", "test_images")
+    summary = {k: result[k] for k in keys if k in result}
+    return {**summary, "time_s": result["time_s"], **{k: str(v) for k, v in files.items()}}
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, so a
+    reader sees the old file or the complete new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_linear_eval(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write ``linear_eval.json`` and ``confusion_matrix.csv`` (rows true, columns predicted)."""
+    names = [row["class"] for row in result["per_class"]]
+    rows = [",".join(["true\\predicted", *names])]
+    rows += [
+        ",".join([n, *map(str, r)]) for n, r in zip(names, result["confusion_matrix"], strict=True)
+    ]
+    return {
+        "results": write_text_atomic(out_dir / "linear_eval.json", json.dumps(result, indent=2)),
+        "confusion": write_text_atomic(out_dir / "confusion_matrix.csv", "\n".join(rows) + "\n"),
+    }
+
+
+def print_linear_eval(result: dict[str, Any]) -> None:
+    """Per-class accuracy and the headline numbers as a rich table (rank-aware console)."""
+    from rich.table import Table
+
+    from simclr_cli.console import get_console
+
+    table = Table(title=f"Linear evaluation ({result['protocol']}) of {result['checkpoint']}")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    table.add_column("test images", justify="right")
+    for row in result["per_class"]:
+        acc = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f}%"
+        table.add_row(row["class"], acc, str(row["support"]))
+    table.add_section()
+    table.add_row("[bold]top-1", f"[bold]{100 * result['top1']:.2f}%", str(result["test_images"]))
+    table.add_row("top-5", f"{100 * result['top5']:.2f}%", str(result["test_images"]))
+    knn = result["knn"]
+    table.add_row(
+        f"kNN (k={knn['k']}, T={knn['temperature']})", f"{100 * result['knn_top1']:.2f}%", ""
+    )
+    get_console().print(table)

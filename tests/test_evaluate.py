@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from simclr_cli import evaluate as ev
 from simclr_cli.errors import UsageError
@@ -114,6 +115,8 @@ def newton_reference(x, y, classes, wd, steps=30):
     theta = torch.zeros(classes * (d + 1), dtype=torch.float64)
     for _ in range(steps):
         grad = torch.autograd.functional.jacobian(f, theta)
+        if grad.abs().max() < 1e-12:
+            break
         # pinv: the bias is shift-invariant, so the Hessian is singular along (1, ..., 1).
         step = torch.linalg.pinv(torch.autograd.functional.hessian(f, theta)) @ grad
         t = 1.0
@@ -171,3 +174,203 @@ def test_weight_decay_selection_rejects_a_crippling_decay():
     assert set(scores) == {1e3, 1e-3}
     assert scores[1e-3] > scores[1e3]
     assert best == 1e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# feature extraction and the linear-eval command
+
+
+class TinySimCLR(nn.Module):
+    """A stand-in with the SimCLR interface: .encoder (h) and .projector (z), with a BN buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.BatchNorm1d(5))
+        self.projector = nn.Linear(5, 3)
+
+
+class IndexedImages(Dataset):
+    """Item i is a (3, 2, 2) image filled from i, label i % 4 (or -1 when unlabelled)."""
+
+    def __init__(self, n: int, labelled: bool = True) -> None:
+        self.n, self.labelled = n, labelled
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.arange(12.0).view(3, 2, 2) * 0.1 + i, i % 4 if self.labelled else -1
+
+
+@pytest.mark.parametrize("layer", ["encoder", "projection"])
+def test_extract_features_covers_the_whole_dataset_in_order(layer):
+    model = TinySimCLR().train()
+    data = IndexedImages(11)  # 11 = 2 full batches of 4 + a partial one, which must be kept
+    feats, labels = ev.extract_features(model, data, batch_size=4, device="cpu", layer=layer)
+    images = torch.stack([data[i][0] for i in range(11)])
+    with torch.no_grad():
+        model.eval()
+        h = model.encoder(images)
+        expected = h if layer == "encoder" else model.projector(h)
+    assert feats.shape == (11, 5 if layer == "encoder" else 3) and feats.dtype == torch.float32
+    assert torch.allclose(feats, expected, atol=1e-6)
+    assert labels.dtype == torch.int64 and labels.tolist() == [i % 4 for i in range(11)]
+    model.train()
+    ev.extract_features(model, data, batch_size=4, device="cpu", layer=layer)
+    assert model.training  # the kNN monitor calls this mid-training
+
+
+def test_extract_features_rejects_an_unknown_layer():
+    with pytest.raises(UsageError, match="--layer"):
+        ev.extract_features(TinySimCLR(), IndexedImages(3), 2, "cpu", layer="fc")
+
+
+def save_native_checkpoint(path, kind="pretrain", stem="imagenet", image_size=32, seed=0, **spec):
+    """A simclr-cli checkpoint of a randomly initialised ResNet-18 (what run_linear_eval reads)."""
+    from simclr_cli.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
+    from simclr_cli.data import normalization
+    from simclr_cli.model import build_simclr, model_spec
+
+    mean, std = normalization("shapes")
+    spec = model_spec("resnet18", stem, image_size=image_size, mean=mean, std=std, **spec)
+    torch.manual_seed(seed)
+    model = build_simclr(spec)
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "model": spec,
+        "dataset": "shapes", "epoch": 1, "global_step": 1, "config": {}, "metrics": {},
+        "state_dict": model.state_dict(), "optimizer": None, "scaler": None, "rng": {},
+        "converted_from": None,
+    }  # fmt: skip
+    save_checkpoint(payload, path)
+    return model
+
+
+def eval_config(checkpoint, **overrides):
+    from simclr_cli.config import LinearEvalConfig
+
+    options = {"dataset": "shapes", "limit": 61, "batch_size": 16, "device": "cpu", "workers": 0}
+    return LinearEvalConfig(checkpoint=str(checkpoint), **{**options, **overrides})
+
+
+def test_linear_eval_counts_the_whole_test_split_and_writes_results(tmp_path):
+    import json
+
+    ck = tmp_path / "run" / "checkpoint_last.pt"
+    ck.parent.mkdir()
+    save_native_checkpoint(ck)
+    summary = ev.run_linear_eval(eval_config(ck))
+    result = json.loads((tmp_path / "run" / "linear_eval.json").read_text())
+    # 61 = 3 batches of 16 + a partial batch of 13: every test image is counted once.
+    assert result["test_images"] == 61 and result["train_images"] == 61
+    cm = torch.tensor(result["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 61
+    assert [row["support"] for row in result["per_class"]] == cm.sum(1).tolist()
+    assert result["top1"] == pytest.approx(cm.diagonal().sum().item() / 61)
+    assert 0 <= result["top1"] <= result["top5"] <= 1 and 0 <= result["knn_top1"] <= 1
+    assert result["per_class"][0]["class"] == "circle"
+    assert float(result["weight_decay"]) in ev.WEIGHT_DECAY_GRID
+    csv = (tmp_path / "run" / "confusion_matrix.csv").read_text().splitlines()
+    assert len(csv) == 11 and csv[1].split(",")[1:] == [str(v) for v in cm[0].tolist()]
+    assert summary["top1"] == result["top1"] and summary["results"].endswith("linear_eval.json")
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp left
+
+
+@pytest.mark.parametrize("protocol", ["features", "augment"])
+def test_linear_eval_leaves_the_checkpoint_weights_unchanged(tmp_path, monkeypatch, protocol):
+    ck = tmp_path / "ck.pt"
+    original = {k: v.clone() for k, v in save_native_checkpoint(ck).state_dict().items()}
+    loaded = []
+    real_loader = ev.load_frozen_model
+
+    def spy(*args):
+        model, payload, path = real_loader(*args)
+        loaded.append(model)
+        return model, payload, path
+
+    monkeypatch.setattr(ev, "load_frozen_model", spy)
+    cfg = eval_config(ck, limit=24, out=tmp_path / "out", protocol=protocol, epochs=1)
+    result = ev.run_linear_eval(cfg)
+    assert result["protocol"] == protocol and (tmp_path / "out" / "linear_eval.json").is_file()
+    (model,) = loaded
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    after = model.state_dict()  # parameters AND buffers (BN running statistics)
+    assert after.keys() == original.keys()
+    assert all(torch.equal(after[k], original[k]) for k in original)
+
+
+def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
+    from simclr_cli.errors import CheckpointError
+
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck, kind="classifier")
+    with pytest.raises(CheckpointError, match="not a simclr-cli pretraining checkpoint"):
+        ev.run_linear_eval(eval_config(ck))
+    assert not (tmp_path / "linear_eval.json").exists()
+
+
+def write_folder(root, classes, per_class, size=12):
+    """Image folders: ``classes`` None -> flat unlabelled folder; colour depends on the class."""
+    from PIL import Image
+
+    for c, name in enumerate(classes or [None]):
+        folder = root / name if name else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            colour = (40 * c + 3 * i, 255 - 50 * c, 7 * i)
+            Image.new("RGB", (size, size), colour).save(folder / f"img{i:02d}.png")
+
+
+def test_linear_eval_on_train_and_test_folders(tmp_path):
+    write_folder(tmp_path / "train", ["cat", "dog", "owl"], 6)
+    write_folder(tmp_path / "test", ["cat", "dog", "owl"], 2)
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    cfg = eval_config(ck, dataset=None, train_dir=tmp_path / "train", test_dir=tmp_path / "test")
+    result = ev.run_linear_eval(cfg)
+    assert (result["train_images"], result["test_images"]) == (18, 6)
+    import json
+
+    saved = json.loads((tmp_path / "linear_eval.json").read_text())
+    assert [row["class"] for row in saved["per_class"]] == ["cat", "dog", "owl"]
+
+
+def test_linear_eval_splits_one_folder_with_a_fixed_seed(tmp_path):
+    write_folder(tmp_path / "photos", ["a", "b"], 10)
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    cfg = eval_config(ck, dataset=str(tmp_path / "photos"), val_split=0.3, limit=None)
+    train, test = ev.linear_eval_splits(cfg, transform=None)
+    again = ev.linear_eval_splits(cfg, transform=None)[1]
+    assert (len(train), len(test)) == (14, 6) and list(test.indices) == list(again.indices)
+    assert not set(train.indices) & set(test.indices)
+    result = ev.run_linear_eval(cfg)
+    assert (result["train_images"], result["test_images"]) == (14, 6)
+
+
+def test_folders_without_labels_or_with_other_classes_are_refused(tmp_path):
+    from simclr_cli.errors import DatasetError
+
+    write_folder(tmp_path / "flat", None, 6)
+    write_folder(tmp_path / "train", ["a", "b"], 3)
+    write_folder(tmp_path / "test", ["a", "c"], 3)
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    with pytest.raises(DatasetError, match="unlabelled images; linear evaluation needs labels"):
+        ev.run_linear_eval(eval_config(ck, dataset=str(tmp_path / "flat")))
+    with pytest.raises(DatasetError, match="differ"):
+        ev.run_linear_eval(
+            eval_config(ck, dataset=None, train_dir=tmp_path / "train", test_dir=tmp_path / "test")
+        )
+    assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.parametrize("layout", ["1.0", "ddp"])
+def test_linear_eval_reads_release_layout_checkpoints(tmp_path, layout):
+    from release_fixtures import make_release_checkpoint
+
+    ck = tmp_path / "checkpoint_100.tar"
+    make_release_checkpoint(ck, layout)
+    result = ev.run_linear_eval(eval_config(ck, limit=20, image_size=32))
+    assert result["test_images"] == 20 and 0 <= result["top1"] <= 1
+    assert (tmp_path / "linear_eval.json").is_file()
