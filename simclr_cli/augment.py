@@ -185,13 +185,12 @@ class SimCLRAugment:
                 image = _JITTER_FUNCTIONS[op](image, params["factors"][op])
         if params["grayscale"]:
             image = F.rgb_to_grayscale(image, num_output_channels=3)
-        if params["blur"]:
-            sigma = params["sigma"]
-            image = F.gaussian_blur(image, [self.kernel_size] * 2, [sigma, sigma])
         if isinstance(image, Image.Image):
-            tensor = F.to_tensor(image)
-        else:
-            tensor = F.convert_image_dtype(image, torch.float32)
+            image = F.pil_to_tensor(image)  # uint8 (3, S, S); faster than to_tensor
+        tensor = F.convert_image_dtype(image, torch.float32)
+        if params["blur"]:  # on the float tensor: PIL's blur is a box-filter approximation
+            sigma = params["sigma"]
+            tensor = F.gaussian_blur(tensor, [self.kernel_size] * 2, [sigma, sigma])
         if self.mean is not None and self.std is not None:
             tensor = F.normalize(tensor, self.mean, self.std)
         return tensor
@@ -390,18 +389,25 @@ class BatchedSimCLRAugment(nn.Module):
         return torch.stack([top, left, h, w], dim=1)
 
     def _crop_and_flip(self, x: Tensor, crop: Tensor, flip: Tensor) -> Tensor:
-        """Resample each crop box of (B, C, H, W) to (B, C, S, S), mirrored where ``flip``."""
-        b, c, height, width = x.shape
-        top, left, h, w = crop.to(x.dtype).unbind(1)
-        sign = 1.0 - 2.0 * flip.to(x.dtype)
-        # theta maps output coords in [-1, 1] to input coords (align_corners=False convention).
-        theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
-        theta[:, 0, 0] = sign * w / width
-        theta[:, 0, 2] = (2.0 * left + w) / width - 1.0
-        theta[:, 1, 1] = h / height
-        theta[:, 1, 2] = (2.0 * top + h) / height - 1.0
-        size = (b, c, self.image_size, self.image_size)
-        grid = nnf.affine_grid(theta, list(size), align_corners=False)
+        """Resample each crop box of (B, C, H, W) to (B, C, S, S), mirrored where ``flip``.
+
+        Sample positions are those of a bilinear resize of the cropped pixels (half-pixel
+        centres, clamped to the crop's edge pixels), so this equals crop-then-resize.
+        """
+        b, _, height, width = x.shape
+        top, left, h, w = crop.to(x.dtype).unbind(1)  # (B,) each
+        steps = (torch.arange(self.image_size, device=x.device, dtype=x.dtype) + 0.5) / (
+            self.image_size
+        )  # (S,)
+        xs = left[:, None] + steps * w[:, None] - 0.5  # (B, S) source pixel coordinates
+        ys = top[:, None] + steps * h[:, None] - 0.5
+        xs = torch.clamp(xs, left[:, None], (left + w - 1)[:, None])
+        ys = torch.clamp(ys, top[:, None], (top + h - 1)[:, None])
+        xs = torch.where(flip[:, None], xs.flip(1), xs)
+        # pixel coordinates -> grid_sample's [-1, 1] (align_corners=False)
+        gx = ((2.0 * xs + 1.0) / width - 1.0)[:, None, :].expand(b, self.image_size, -1)
+        gy = ((2.0 * ys + 1.0) / height - 1.0)[:, :, None].expand(b, -1, self.image_size)
+        grid = torch.stack([gx, gy], dim=-1)  # (B, S, S, 2)
         return nnf.grid_sample(x, grid, "bilinear", padding_mode="border", align_corners=False)
 
     def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
