@@ -534,8 +534,12 @@ def run(argv: list[str] | None = None) -> int:
     try:
         command = typer.main.get_command(app)
         result = command.main(args=argv, prog_name="simclr", standalone_mode=False)
+        if result == 130:  # typer turns Ctrl-C into an exit code of 130
+            return _fail("interrupted (Ctrl-C)", 130)
         return result if isinstance(result, int) else 0
     except _EXITS as exit_:
+        if exit_.exit_code == 130:  # typer turns Ctrl-C into Exit(130)
+            return _fail("interrupted (Ctrl-C)", 130)
         return exit_.exit_code
     except click_exceptions.UsageError as error:
         if type(error).__name__ == "NoArgsIsHelpError":

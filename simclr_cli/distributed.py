@@ -264,7 +264,7 @@ class GlobalBatchNorm(_BatchNorm):
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
         shape = (1, -1) + (1,) * (input.dim() - 2)
-        out = (input.float() - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        out = (input.to(mean.dtype) - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out.to(input.dtype)
@@ -283,11 +283,13 @@ def _global_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-channel mean and biased variance of ``x`` (N, C, *) over every rank's batch.
 
     Returns:
-        mean (C,), var (C,) and the global element count per channel (0-dim tensor), float32.
+        mean (C,), var (C,) and the global element count per channel (0-dim tensor), in float32
+        or wider.
     """
     dims = [0, *range(2, x.dim())]
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    xf = x.float()
+    # float32 at least (bf16/fp16 statistics are too coarse); float64 stays float64.
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     local_mean = xf.mean(dims)  # (C,)
     local_m2 = (xf - local_mean.view(shape)).square().sum(dims)  # (C,)
     local_count = torch.full_like(local_mean, x.numel() // x.shape[1])  # (C,), no grad
@@ -792,3 +794,10 @@ def _worker_failure(err_dir: Path, plan: LaunchPlan, exc: Exception) -> Distribu
     error.worker_rank = first["rank"]  # type: ignore[attr-defined]
     error.worker_traceback = first["traceback"]  # type: ignore[attr-defined]
     return error
+
+
+def available_backends() -> list[str]:
+    """Process-group backends this torch build offers (for ``simclr info``)."""
+    checks = {"nccl": dist.is_nccl_available, "gloo": dist.is_gloo_available}
+    checks["mpi"] = dist.is_mpi_available
+    return [name for name, check in checks.items() if dist.is_available() and check()]

@@ -1,0 +1,229 @@
+"""The command-line surface: help, version, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simclr_cli import __version__
+from simclr_cli.cli import run
+
+COMMANDS = ("pretrain", "linear-eval", "features", "download", "info")
+
+
+def _listing(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"simclr-cli {__version__}"
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_top_level_help_lists_every_command(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([flag]) == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help_has_defaults_and_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([command, "-h"]) == 0
+    out = capsys.readouterr().out
+    assert "Examples" in out
+    assert f"$ simclr {command}" in out
+
+
+def test_pretrain_help_shows_model_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["pretrain", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    # Defaults come from PretrainConfig, so help and behaviour cannot drift apart.
+    assert "[default: 0.5]" in out  # temperature
+    assert "[default: lars]" in out
+
+
+@pytest.fixture
+def a_file(workdir: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "not_a_checkpoint.pt"
+    path.write_bytes(b"hello")
+    return path
+
+
+# (argv, flag the message must name). FILE is replaced by an existing file outside the cwd.
+BAD_INPUTS: list[tuple[list[str], str]] = [
+    (["pretrain", "--batch-size", "0"], "--batch-size"),
+    (["pretrain", "--batch-size", "-5"], "--batch-size"),
+    (["pretrain", "--batch-size", "abc"], "--batch-size"),
+    (["pretrain", "--arch", "resnet9"], "--arch"),
+    (["pretrain", "--dataset", "no-such-dataset"], "--dataset"),
+    (["pretrain", "--temperature", "0"], "--temperature"),
+    (["pretrain", "--temperature", "-1"], "--temperature"),
+    (["pretrain", "--temperature", "nan"], "--temperature"),
+    (["pretrain", "--image-size", "4"], "--image-size"),
+    (["pretrain", "--stem", "imagenet", "--image-size", "16"], "--image-size"),
+    (["pretrain", "--optimizer", "rmsprop"], "--optimizer"),
+    (["pretrain", "--epochs", "0"], "--epochs"),
+    (["pretrain", "--precision", "fp8"], "--precision"),
+    (["pretrain", "--device", "tpu"], "--device"),
+    (["pretrain", "--head", "v3"], "--head"),
+    (["pretrain", "--lr", "-0.1"], "--lr"),
+    (["pretrain", "--workers", "-1"], "--workers"),
+    (["pretrain", "--jitter-strength", "-1"], "--jitter-strength"),
+    (["pretrain", "--augment-on", "tpu"], "--augment-on"),
+    (["pretrain", "--resume", "missing.pt"], "--resume"),
+    (["pretrain", "--device", "cpu", "--processes", "3", "--batch-size", "256"], "--batch-size"),
+    (["pretrain", "--nodes", "2", "--node-rank", "2"], "--node-rank"),
+    (["pretrain", "--gpus", "2", "--device", "cpu"], "--gpus"),
+    (["pretrain", "--no-such-flag"], "--no-such-flag"),
+    (["linear-eval", "--checkpoint", "missing.pt", "--dataset", "shapes"], "--checkpoint"),
+    (["linear-eval", "--checkpoint", "FILE"], "--dataset"),
+    (["linear-eval", "--checkpoint", "FILE", "--dataset", "nope"], "--dataset"),
+    (["linear-eval", "--checkpoint", "FILE", "--train-dir", "nope"], "--train-dir"),
+    (
+        ["linear-eval", "--checkpoint", "FILE", "--dataset", "shapes", "--val-split", "1.5"],
+        "--val-split",
+    ),
+    (["linear-eval", "--dataset", "shapes"], "--checkpoint"),
+    (["features", "--checkpoint", "missing.pt", "--out", "feats"], "--checkpoint"),
+    (["features", "--checkpoint", "FILE", "--out", "feats", "--layer", "middle"], "--layer"),
+    (["features", "--checkpoint", "FILE", "--out", "feats", "--split", "val"], "--split"),
+    (["features", "--checkpoint", "FILE", "--out", "feats", "--batch-size", "0"], "--batch-size"),
+    (["download", "not-a-model"], "NAME"),
+    (["download", "ftp://example.org/x.pt"], "NAME"),
+    (["download", "resnet50-stl10", "--from-file", "missing.tar"], "--from-file"),
+    (["download"], "--list"),
+    (["info", "missing.pt"], "CHECKPOINT"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2(
+    argv: list[str],
+    flag: str,
+    a_file: Path,
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [str(a_file) if token == "FILE" else token for token in argv]
+    before = _listing(workdir)
+    code = run(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: ")
+    assert flag in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert _listing(workdir) == before  # nothing created
+    assert not (workdir / "runs").exists()
+
+
+def test_bad_value_message_names_value_and_allowed(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["pretrain", "--arch", "resnet9"]) == 2
+    err = capsys.readouterr().err
+    assert "'resnet9'" in err and "resnet18" in err and "wide_resnet50_2" in err
+
+
+def test_runtime_error_is_one_line_exit_1(
+    a_file: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file that exists but is not a checkpoint is a runtime failure, not a usage error.
+    code = run(["info", str(a_file)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert "Traceback" not in err[0]
+
+
+def _simclr(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "simclr_cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_module_entry_point_exit_codes(workdir: Path) -> None:
+    ok = _simclr("--version", cwd=workdir)
+    assert ok.returncode == 0 and __version__ in ok.stdout
+    bad = _simclr("pretrain", "--temperature", "0", cwd=workdir)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "--temperature" in bad.stderr
+
+
+def test_debug_env_shows_traceback(a_file: Path, workdir: Path) -> None:
+    quiet = _simclr("info", str(a_file), cwd=workdir)
+    loud = _simclr("info", str(a_file), cwd=workdir, env={"SIMCLR_DEBUG": "1"})
+    assert quiet.returncode == loud.returncode == 1
+    assert "Traceback" not in quiet.stderr
+    assert "Traceback" in loud.stderr
+
+
+def test_keyboard_interrupt_exits_130(
+    monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simclr_cli import report
+
+    def interrupted(cfg):  # noqa: ANN001 - stands in for a long-running command
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "system_info", interrupted)
+    assert run(["info"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_pretrain_receives_validated_config(
+    monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simclr_cli import train
+    from simclr_cli.config import PretrainConfig
+
+    seen: list[PretrainConfig] = []
+    monkeypatch.setattr(train, "run_pretrain", lambda cfg: seen.append(cfg) or {"loss": 1.0})
+    argv = ["pretrain", "--batch-size", "64", "--temperature", "0.2", "--optimizer", "adam"]
+    assert run([*argv, "--device", "cpu", "--no-blur"]) == 0
+    (cfg,) = seen
+    assert isinstance(cfg, PretrainConfig)
+    assert (cfg.batch_size, cfg.temperature, cfg.optimizer) == (64, 0.2, "adam")
+    assert cfg.blur is False and cfg.resolved_blur is False
+    assert cfg.dataset == "shapes" and cfg.resolved_image_size == 32
+    assert cfg.resolved_stem == "cifar"
+    assert str(cfg.out).startswith("runs")
+
+
+def test_info_json_reports_this_machine(workdir: Path) -> None:
+    import json
+
+    import torch
+
+    result = _simclr("info", "--json", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["versions"]["torch"] == torch.__version__
+    assert data["versions"]["simclr-cli"] == __version__
+    assert data["devices"]["cuda_available"] == torch.cuda.is_available()
+    assert data["devices"]["cpu_count"] == os.cpu_count()
+    assert "gloo" in data["distributed_backends"]
+    assert data["folders"]["cache_dir"] == os.environ["SIMCLR_CACHE_DIR"]
+    names = {row["name"] for row in data["checkpoints"]}
+    assert {"resnet50-stl10", "resnet18-stl10", "resnet18-stl10-40ep"} <= names
+
+
+def test_info_table(workdir: Path) -> None:
+    result = _simclr("info", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    for word in ("torch", "torchvision", "gloo", "cache_dir", "resnet50-stl10"):
+        assert word in result.stdout
