@@ -283,7 +283,7 @@ def convert_release_state_dict(
     }
     converted = {f"encoder.{k}": v for k, v in encoder.items()}
     converted.update({f"projector.{k}": v for k, v in projector.items()})
-    epoch = _epoch_from_name(name)
+    epoch, release = _release_info(name)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -308,6 +308,7 @@ def convert_release_state_dict(
             "stripped_prefix": _DDP_PREFIX if stripped else None,
             "filled_buffers": filled,
             "epoch": epoch,
+            "release": release,
         },
     }
 
@@ -436,15 +437,25 @@ def _infer_head(projector: Mapping[str, torch.Tensor], feature_dim: int, name: s
     }
 
 
-def _epoch_from_name(name: str) -> int | None:
-    """Epoch from Spijkervet's ``checkpoint_<epoch>.tar``, or from a registry file name."""
-    match = re.fullmatch(r"checkpoint_(\d+)\.tar", name)
-    if match:
-        return int(match.group(1))
+def _release_info(name: str) -> tuple[int | None, dict[str, Any] | None]:
+    """Epoch and registry facts for a file name.
+
+    Spijkervet names files ``checkpoint_<epoch>.tar``; the cache names them after the registry
+    entry (``resnet50-stl10.tar``), whose epochs and published accuracy are then recorded.
+    """
     from simclr_cli import hub  # lazy: hub imports this module
 
     entry = hub.REGISTRY.get(name.split(".")[0])
-    return entry.epochs if entry is not None else None
+    match = re.fullmatch(r"checkpoint_(\d+)\.tar", name)
+    epoch = int(match.group(1)) if match else (entry.epochs if entry is not None else None)
+    if entry is None:
+        return epoch, None
+    return epoch, {
+        "name": entry.name,
+        "url": entry.url,
+        "published_top1": entry.published.top1,
+        "protocol": entry.published.protocol,
+    }
 
 
 # --------------------------------------------------------------------------------------------

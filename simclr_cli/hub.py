@@ -215,8 +215,7 @@ def download(
         CheckpointError: the file is not a usable checkpoint (it is removed from the cache).
     """
     target = _target(name_or_url)
-    cache = Path(cache_dir).expanduser().resolve()
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = _make_cache(cache_dir)
     dest = cache / target.filename
     assert dest.parent == cache, dest  # filenames are sanitised; never write outside the cache
     with _locked(cache / f".{target.filename}{_LOCK}", target, settings, progress):
@@ -228,7 +227,7 @@ def download(
         part = dest.with_name(dest.name + _PART)
         if force:
             part.unlink(missing_ok=True)
-        digest, size = _fetch(target.url, part, settings, progress)
+        digest, size = _fetch(target, part, settings, progress)
         _install(part, dest, target, digest, size, source=target.url)
     _say(progress, f"saved {target.filename} ({_human(size)}) to {dest}")
     return dest
@@ -343,6 +342,23 @@ def _url_filename(url: str) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".") or "checkpoint"
     # Different URLs often share a basename (checkpoint_100.tar): the hash keeps them apart.
     return f"{hashlib.sha256(url.encode()).hexdigest()[:10]}-{base[:100]}"
+
+
+def _make_cache(cache_dir: str | os.PathLike[str]) -> Path:
+    cache = Path(cache_dir).expanduser().resolve()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(
+            f"cannot create the cache folder {cache} ({e.strerror}); choose another with "
+            "--cache-dir or SIMCLR_CACHE_DIR"
+        ) from None
+    if not os.access(cache, os.W_OK):
+        raise DownloadError(
+            f"the cache folder {cache} is not writable; choose another with --cache-dir or "
+            "SIMCLR_CACHE_DIR"
+        )
+    return cache
 
 
 def _cached_ok(dest: Path, target: _Target) -> bool:
@@ -478,20 +494,27 @@ def _locked(
 # --------------------------------------------------------------------------------------------
 
 
-def _fetch(url: str, part: Path, settings: DownloadSettings, progress: bool) -> tuple[str, int]:
-    """Download ``url`` into ``part`` with retries and resume; return (sha256 hex, size)."""
+def _fetch(
+    target: _Target, part: Path, settings: DownloadSettings, progress: bool
+) -> tuple[str, int]:
+    """Download ``target.url`` into ``part`` with retries and resume; return (sha256 hex, size)."""
+    url, hint = target.url, _from_file_hint(target)
     attempt = 0
     with _progress_bar(progress) as bar, requests.Session() as session:
         task = bar.add_task(part.name.removesuffix(_PART), total=None)
         while True:
             try:
-                return _attempt(session, url, part, settings, bar, task)
+                return _attempt(session, url, part, settings, bar, task, hint)
+            except OSError as e:  # writing the part file (requests' errors are handled inside)
+                raise DownloadError(
+                    f"cannot write {part} ({e.strerror or e}); free disk space or choose "
+                    "another --cache-dir"
+                ) from None
             except _Retry as e:
                 attempt += 1
                 if attempt > settings.retries:
                     raise DownloadError(
-                        f"download of {url} failed after {attempt} attempts ({e}); fetch it by "
-                        "hand and run `simclr download NAME --from-file FILE`"
+                        f"download of {url} failed after {attempt} attempts ({e}); {hint}"
                     ) from None
                 delay = settings.backoff * 2 ** (attempt - 1)
                 _say(progress, f"{e}; retrying in {delay:.1f} s")
@@ -505,10 +528,14 @@ def _attempt(
     settings: DownloadSettings,
     bar: Progress,
     task: Any,
+    hint: str,
 ) -> tuple[str, int]:
     """One GET: resume from ``part`` when it has bytes, stream, hash, check the length."""
     offset = part.stat().st_size if part.is_file() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # identity: the Content-Length must count the bytes written (no transparent gzip).
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     try:
         response = session.get(
             url,
@@ -518,8 +545,10 @@ def _attempt(
         )
     except (requests.ConnectionError, requests.Timeout) as e:
         raise _Retry(f"connection failed: {type(e).__name__}") from None
+    except requests.RequestException as e:  # invalid URL, redirect loop, ...
+        raise DownloadError(f"request to {url} failed ({type(e).__name__}); {hint}") from None
     with response:
-        offset = _check_status(response, url, part, offset)
+        offset = _check_status(response, url, part, offset, hint)
         digest = _hash_prefix(part, offset)
         total = _expected_total(response, offset)
         bar.update(task, total=total, completed=offset)
@@ -529,10 +558,16 @@ def _attempt(
     return digest.hexdigest(), size
 
 
-def _check_status(response: requests.Response, url: str, part: Path, offset: int) -> int:
+def _from_file_hint(target: _Target) -> str:
+    """The offline fallback, spelled out for this file."""
+    name = target.name or target.url
+    return f"fetch {target.url} by hand and run `simclr download {name} --from-file FILE`"
+
+
+def _check_status(response: requests.Response, url: str, part: Path, offset: int, hint: str) -> int:
     """Map the status to an offset to resume from (0 when the server ignored Range)."""
     status = response.status_code
-    if status == 206 and offset:
+    if status == 206:
         first = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
         if first and int(first.group(1)) == offset:
             return offset
@@ -545,10 +580,7 @@ def _check_status(response: requests.Response, url: str, part: Path, offset: int
         raise _Retry("server rejected the resume range")
     if status >= 500:
         raise _Retry(f"HTTP {status} from server")
-    raise DownloadError(
-        f"HTTP {status} for {url}; check the name or URL, or fetch the file by hand and run "
-        "`simclr download NAME --from-file FILE`"
-    )
+    raise DownloadError(f"HTTP {status} for {url}; check the name or URL, or {hint}")
 
 
 def _hash_prefix(part: Path, offset: int) -> Any:
