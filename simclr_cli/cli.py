@@ -46,18 +46,18 @@ app = typer.Typer(
 )
 
 
-def _default(model: type[BaseModel], field: str) -> str:
+def _default(model: type[BaseModel], field: str, none: str = "auto") -> str:
     info = model.model_fields[field]
     if info.default_factory is not None:
         value = info.default_factory()  # type: ignore[call-arg]
     else:
         value = info.default
-    return "auto" if value is None else str(value)
+    return none if value is None else str(value)
 
 
-def _help(model: type[BaseModel], field: str, text: str) -> str:
+def _help(model: type[BaseModel], field: str, text: str, none: str = "auto") -> str:
     """Help text with the model's default, so defaults are declared in one place."""
-    return f"{text} \\[default: {_default(model, field)}]"
+    return f"{text} \\[default: {_default(model, field, none)}]"
 
 
 def _build(model: type[BaseModel], **flags: Any) -> Any:
@@ -108,7 +108,7 @@ def pretrain(
         typer.Option(help=_help(P, "data_dir", "Where datasets are downloaded/read.")),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option(help=_help(P, "limit", "Use only the first N images."))
+        int | None, typer.Option(help=_help(P, "limit", "Use only the first N images.", "all"))
     ] = None,
     image_size: Annotated[
         int | None,
@@ -139,7 +139,8 @@ def pretrain(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help=_help(P, "epochs", "Epochs."))] = None,
     max_steps: Annotated[
-        int | None, typer.Option(help=_help(P, "max_steps", "Stop after N steps (smoke runs)."))
+        int | None,
+        typer.Option(help=_help(P, "max_steps", "Stop after N steps (smoke runs).", "none")),
     ] = None,
     optimizer: Annotated[
         str | None, typer.Option(help=_help(P, "optimizer", "lars, adam, adamw or sgd."))
@@ -325,7 +326,8 @@ def linear_eval(
     ] = None,
     seed: Annotated[int | None, typer.Option(help=_help(E, "seed", "Random seed."))] = None,
     limit: Annotated[
-        int | None, typer.Option(help=_help(E, "limit", "Use only the first N images per split."))
+        int | None,
+        typer.Option(help=_help(E, "limit", "Use only the first N images per split.", "all")),
     ] = None,
     knn_k: Annotated[
         int | None, typer.Option(help=_help(E, "knn_k", "Neighbours of the kNN classifier."))
@@ -395,7 +397,7 @@ def features(
         int | None, typer.Option(help=_help(F, "workers", "DataLoader worker processes."))
     ] = None,
     limit: Annotated[
-        int | None, typer.Option(help=_help(F, "limit", "Export only the first N images."))
+        int | None, typer.Option(help=_help(F, "limit", "Export only the first N images.", "all"))
     ] = None,
     overwrite: Annotated[
         bool | None, typer.Option(help=_help(F, "overwrite", "Replace existing output files."))
