@@ -301,13 +301,13 @@ def registry_table(cache_dir: str | os.PathLike[str] | None = None) -> list[dict
             "head": e.head,
             "dataset": e.dataset,
             "image_size": e.image_size,
-            "published_top1": e.published.top1,
+            "accuracy": e.published.top1,  # published STL-10 top-1, see "protocol"
             "protocol": e.published.protocol,
             "source": e.published.source,
             "url": e.url,
             "sha256": e.sha256,
             "cached": e.name in present,
-            "size": present[e.name]["size"] if e.name in present else None,
+            "size_bytes": present[e.name]["size"] if e.name in present else None,
         }
         for e in REGISTRY.values()
     ]
@@ -320,6 +320,8 @@ def registry_table(cache_dir: str | os.PathLike[str] | None = None) -> list[dict
 
 def _target(name_or_url: str) -> _Target:
     """Registry entry or URL -> what to fetch; anything else is a usage error."""
+    if not isinstance(name_or_url, str) or not name_or_url:
+        raise UsageError("NAME", name_or_url, f"give a release name ({', '.join(REGISTRY)})")
     if name_or_url in REGISTRY:
         entry = REGISTRY[name_or_url]
         return _Target(entry.url, entry.filename, entry.sha256, entry.name)

@@ -512,7 +512,7 @@ def test_from_file_rejects_non_checkpoints(
 
 
 @pytest.mark.parametrize(
-    "bad", ["ftp://example.org/x.tar", "file:///etc/passwd", "no-such-model", "http://"]
+    "bad", ["ftp://example.org/x.tar", "file:///etc/passwd", "no-such-model", "http://", ""]
 )
 def test_only_registry_names_and_http_urls(tmp_path: Path, bad: str) -> None:
     with pytest.raises(UsageError, match="release name"):
@@ -540,7 +540,7 @@ def test_registry_declares_the_three_releases() -> None:
     assert rows["resnet18-stl10-40ep"]["url"].endswith("/1.0/checkpoint_40.tar")
     assert rows["resnet50-stl10"]["head"] == "2048-2048-64 without bias"
     assert rows["resnet18-stl10-40ep"]["head"] == "512-512-64 with bias"
-    assert all(0 < row["published_top1"] < 1 for row in rows.values())
+    assert all(0 < row["accuracy"] < 1 and "STL-10" in row["protocol"] for row in rows.values())
     with pytest.raises(AttributeError):
         hub.REGISTRY["resnet18-stl10"].url = "http://elsewhere"  # type: ignore[misc]
 
@@ -552,8 +552,8 @@ def test_registry_table_shows_what_is_cached(
     _use_registry(monkeypatch, _entry("a", url), _entry("b", server.base + "/b.tar"))
     hub.download("a", tmp_path, progress=False, settings=FAST)
     rows = {row["name"]: row for row in hub.registry_table(tmp_path)}
-    assert rows["a"]["cached"] and rows["a"]["size"] == len(small_checkpoint)
-    assert not rows["b"]["cached"] and rows["b"]["size"] is None
+    assert rows["a"]["cached"] and rows["a"]["size_bytes"] == len(small_checkpoint)
+    assert not rows["b"]["cached"] and rows["b"]["size_bytes"] is None
     (listed,) = hub.cached(tmp_path)
     assert listed["name"] == "a" and listed["url"] == url
     assert listed["sha256"] == hashlib.sha256(small_checkpoint).hexdigest()
