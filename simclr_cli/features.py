@@ -1,0 +1,241 @@
+"""``simclr features``: embeddings of a dataset as ``.npy`` files, in dataset order.
+
+Features are streamed batch by batch into a memory-mapped ``.npy`` file
+(``numpy.lib.format.open_memmap``), so a dataset larger than RAM works. Every output is written
+under a temporary name in the output folder and renamed only once it is complete, ``meta.json``
+last; a failed run leaves the folder as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from simclr_cli.errors import DatasetError, OutputExistsError
+from simclr_cli.evaluate import (
+    build_loader,
+    checkpoint_transform,
+    iter_features,
+    load_frozen_model,
+    resolve_device,
+    write_text_atomic,
+)
+
+FEATURES, LABELS, META, PATHS = "features.npy", "labels.npy", "meta.json", "paths.txt"
+OUTPUTS = (FEATURES, LABELS, META, PATHS)
+# Splits that "all" concatenates, in this order, per dataset kind.
+ALL_SPLITS = {"stl10": ("train", "test", "unlabeled")}
+
+
+def check_outputs(out: Path, overwrite: bool) -> None:
+    """Refuse to replace earlier results unless ``--overwrite`` (checked before any work).
+
+    Raises:
+        OutputExistsError: one of :data:`OUTPUTS` exists in ``out`` and ``overwrite`` is off.
+    """
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them "
+            "or choose another --out"
+        )
+
+
+def features_dataset(cfg: Any, transform: Any) -> tuple[Dataset, str, list[Path] | None]:
+    """The dataset a FeaturesConfig names, with the split actually used and image paths.
+
+    A folder is exported whole (its split is ``"all"``); ``--split all`` of a named dataset
+    concatenates its splits (train, test; STL-10 also unlabeled) in that order.
+
+    Returns:
+        ``(dataset, split, paths)``; ``paths`` lists one file per row for image folders.
+    """
+    from simclr_cli.data import ImageFolderDataset, build_dataset
+
+    if cfg.dataset_kind == "folder":
+        folder = ImageFolderDataset(Path(cfg.dataset).expanduser(), transform)
+        paths = [p.resolve() for p in folder.paths]
+        dataset: Dataset = folder
+        split = "all"
+    else:
+        split = cfg.split
+        splits = ALL_SPLITS.get(cfg.dataset_kind, ("train", "test")) if split == "all" else (split,)
+        parts = [build_dataset(cfg.dataset, s, cfg.data_dir, transform) for s in splits]
+        dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        paths = None
+    if cfg.limit is not None and cfg.limit < len(dataset):  # type: ignore[arg-type]
+        dataset = Subset(dataset, range(cfg.limit))
+        paths = None if paths is None else paths[: cfg.limit]
+    return dataset, split, paths
+
+
+def export_features(cfg: Any) -> dict[str, Any]:
+    """Write ``features.npy``, ``labels.npy``, ``meta.json`` (and ``paths.txt`` for folders).
+
+    Args:
+        cfg: a :class:`simclr_cli.config.FeaturesConfig`.
+
+    Returns:
+        The files written, the row count and the feature width.
+
+    Raises:
+        OutputExistsError: outputs exist and ``cfg.overwrite`` is off (before any work).
+        CheckpointError, DatasetError, UsageError: with one-line messages.
+    """
+    out = Path(cfg.out)
+    check_outputs(out, cfg.overwrite)
+    model, payload, checkpoint_path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
+    device = resolve_device(cfg.resolved_device)
+    transform = checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind)
+    dataset, split, paths = features_dataset(cfg, transform)
+    out.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, Path] = {}
+    try:
+        staged[FEATURES], labels = stream_features(model.to(device), dataset, cfg, device, out)
+        staged[LABELS] = _stage_labels(out, labels)
+        count, dim = np.load(staged[FEATURES], mmap_mode="r").shape
+        if paths is not None:
+            staged[PATHS] = _stage_text(out, PATHS, "".join(f"{p}\n" for p in paths))
+        meta = build_meta(cfg, payload, checkpoint_path, split, count, dim, labels, paths)
+        staged[META] = _stage_text(out, META, json.dumps(meta, indent=2))
+        _commit(out, staged)
+    finally:
+        for tmp in staged.values():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    written = {name.split(".")[0]: str(out / name) for name in OUTPUTS if name in staged}
+    return {**written, "count": int(count), "dim": int(dim), "layer": cfg.layer}
+
+
+def stream_features(
+    model: torch.nn.Module, dataset: Dataset, cfg: Any, device: torch.device, out: Path
+) -> tuple[Path, np.ndarray]:
+    """Encode ``dataset`` batch by batch into a memory-mapped temporary ``.npy`` in ``out``.
+
+    Returns:
+        ``(temporary features path (N, D) float32, labels (N,) int64)``.
+    """
+
+    loader = build_loader(dataset, cfg.batch_size, device, cfg.workers)
+    n = len(dataset)  # type: ignore[arg-type]
+    tmp = _temp_path(out, FEATURES)
+    labels = np.empty(n, dtype=np.int64)
+    try:
+        rows = _fill(
+            tmp,
+            labels,
+            iter_features(model, loader, device, cfg.layer, cfg.resolved_precision),
+            len(loader),
+        )
+        if rows != n:
+            raise DatasetError(f"the dataset yielded {rows} of {n} images; check the data folder")
+        _fsync(tmp)
+    except BaseException:  # a failed or interrupted export leaves no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, labels
+
+
+def _fill(
+    tmp: Path, labels: np.ndarray, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], total: int
+) -> int:
+    """Write feature batches into a new (N, D) float32 ``.npy`` memory map; return rows written."""
+    from simclr_cli.console import make_progress
+
+    array = None
+    row = 0
+    with make_progress(transient=True) as progress:
+        task = progress.add_task("features", total=total)
+        for h, y in batches:
+            if array is None:  # the width D is known after the first batch
+                array = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(labels), h.shape[1]))
+            array[row : row + len(h)] = h.numpy()
+            labels[row : row + len(h)] = y.numpy()
+            row += len(h)
+            progress.advance(task)
+    if array is not None:
+        array.flush()
+        del array  # close the memory map before the file is synced and renamed
+    return row
+
+
+def build_meta(
+    cfg: Any,
+    payload: dict,
+    checkpoint_path: Path,
+    split: str,
+    count: int,
+    dim: int,
+    labels: np.ndarray,
+    paths: list[Path] | None,
+) -> dict[str, Any]:
+    """What the exported rows are: model, layer, preprocessing, data, order."""
+    from simclr_cli.data import default_image_size
+
+    spec = payload["model"]
+    mean, std = spec.get("mean"), spec.get("std")
+    image_size = cfg.image_size or spec.get("image_size") or default_image_size(cfg.dataset_kind)
+    order = "dataset order: row i is item i of the split"
+    if split == "all" and paths is None:
+        order += f" ({', '.join(ALL_SPLITS.get(cfg.dataset_kind, ('train', 'test')))} in turn)"
+    return {
+        "checkpoint": str(checkpoint_path),
+        "arch": spec.get("arch"),
+        "stem": spec.get("stem"),
+        "layer": cfg.layer,
+        "representation": "h (encoder output)" if cfg.layer == "encoder" else "z = g(h)",
+        "dim": dim,
+        "image_size": image_size,
+        "normalization": None if mean is None else {"mean": mean, "std": std},
+        "count": count,
+        "labelled": int((labels >= 0).sum()),
+        "dataset": str(cfg.dataset),
+        "split": split,
+        "order": order + ("; paths.txt names the file of each row" if paths is not None else ""),
+        "dtype": {"features": "float32", "labels": "int64 (-1 = unlabelled)"},
+    }
+
+
+def _temp_path(out: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _stage_labels(out: Path, labels: np.ndarray) -> Path:
+    tmp = _temp_path(out, LABELS)
+    with open(tmp, "wb") as handle:  # a file object: np.save would append ".npy" to a name
+        np.save(handle, labels)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return tmp
+
+
+def _stage_text(out: Path, name: str, text: str) -> Path:
+    tmp = _temp_path(out, name)
+    write_text_atomic(tmp, text)
+    return tmp
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _commit(out: Path, staged: dict[str, Path]) -> None:
+    """Rename the complete temporary files into place, ``meta.json`` last; drop a stale
+    ``paths.txt`` from an earlier export that this one does not replace."""
+    if PATHS not in staged:
+        (out / PATHS).unlink(missing_ok=True)
+    for name in (FEATURES, LABELS, PATHS, META):
+        if name in staged:
+            os.replace(staged[name], out / name)

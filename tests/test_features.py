@@ -1,0 +1,162 @@
+"""Tests of simclr_cli.features: the exported arrays, their order and metadata, and that a
+refused or failed export leaves nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_evaluate import save_native_checkpoint, write_folder
+
+from simclr_cli import features as feat
+from simclr_cli.config import FeaturesConfig
+from simclr_cli.data import ImageFolderDataset, build_dataset
+from simclr_cli.errors import OutputExistsError
+
+torch.set_num_threads(1)
+
+
+def features_config(checkpoint, out, **overrides):
+    options = {"dataset": "shapes", "split": "test", "limit": 23, "batch_size": 8}
+    options.update(device="cpu", workers=0)
+    return FeaturesConfig(checkpoint=str(checkpoint), out=out, **{**options, **overrides})
+
+
+def direct_encoding(model, dataset, rows, layer="encoder"):
+    """Encode a few items one by one, without the export machinery."""
+    images = torch.stack([dataset[i][0] for i in rows])
+    with torch.no_grad():
+        h = model.eval().encoder(images)
+        return (h if layer == "encoder" else model.projector(h)).numpy()
+
+
+@pytest.mark.parametrize("layer", ["encoder", "projection"])
+def test_shapes_export_round_trips_in_dataset_order(tmp_path, layer):
+    ck = tmp_path / "ck.pt"
+    model = save_native_checkpoint(ck, projection_dim=16)
+    result = feat.export_features(features_config(ck, tmp_path / "out", layer=layer))
+    x = np.load(tmp_path / "out" / "features.npy")
+    y = np.load(tmp_path / "out" / "labels.npy")
+    dim = 512 if layer == "encoder" else 16
+    assert x.shape == (23, dim) and x.dtype == np.float32  # 23 = 2 batches of 8 + 7
+    assert y.dtype == np.int64 and y.tolist() == [i % 10 for i in range(23)]
+    from simclr_cli.checkpoint import load_checkpoint
+    from simclr_cli.evaluate import checkpoint_transform
+
+    transform = checkpoint_transform(load_checkpoint(ck), None, "shapes")
+    dataset = build_dataset("shapes", "test", tmp_path, transform)
+    rows = [0, 9, 22]  # first, mid-batch, last row of the partial batch
+    np.testing.assert_allclose(x[rows], direct_encoding(model, dataset, rows, layer), atol=1e-4)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["count"] == 23 and meta["dim"] == dim and meta["layer"] == layer
+    assert meta["arch"] == "resnet18" and meta["image_size"] == 32 and meta["split"] == "test"
+    assert meta["normalization"]["mean"] == pytest.approx([0.4992, 0.4998, 0.5029])
+    assert meta["checkpoint"] == str(ck) and meta["labelled"] == 23
+    assert not (tmp_path / "out" / "paths.txt").exists()
+    assert result["count"] == 23 and result["features"] == str(tmp_path / "out" / "features.npy")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "features.npy", "labels.npy", "meta.json"
+    ]  # fmt: skip
+
+
+def test_folder_export_writes_paths_in_row_order(tmp_path):
+    write_folder(tmp_path / "photos", ["b_dogs", "a_cats"], 3)
+    ck = tmp_path / "ck.pt"
+    model = save_native_checkpoint(ck)
+    cfg = features_config(ck, tmp_path / "out", dataset=str(tmp_path / "photos"), limit=None)
+    feat.export_features(cfg)
+    paths = (tmp_path / "out" / "paths.txt").read_text().splitlines()
+    folder = ImageFolderDataset(tmp_path / "photos")
+    assert paths == [str(p.resolve()) for p in folder.paths] and len(paths) == 6
+    labels = np.load(tmp_path / "out" / "labels.npy")
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]  # a_cats, then b_dogs
+    assert all(("a_cats" in p) == (label == 0) for p, label in zip(paths, labels, strict=True))
+    from simclr_cli.checkpoint import load_checkpoint
+    from simclr_cli.evaluate import checkpoint_transform
+
+    folder.transform = checkpoint_transform(load_checkpoint(ck), None, "folder")
+    x = np.load(tmp_path / "out" / "features.npy")
+    np.testing.assert_allclose(x[[0, 5]], direct_encoding(model, folder, [0, 5]), atol=1e-4)
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["split"] == "all"
+
+
+def test_unlabelled_folder_exports_minus_one_labels(tmp_path):
+    write_folder(tmp_path / "flat", None, 5)
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    feat.export_features(features_config(ck, tmp_path / "out", dataset=str(tmp_path / "flat")))
+    assert np.load(tmp_path / "out" / "labels.npy").tolist() == [-1] * 5
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["labelled"] == 0
+
+
+def test_existing_outputs_are_refused_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "labels.npy").write_bytes(b"earlier results")
+    bad = tmp_path / "ck.pt"
+    save_native_checkpoint(bad, kind="classifier")  # would fail if it were ever loaded
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        feat.export_features(features_config(bad, out))
+    assert (out / "labels.npy").read_bytes() == b"earlier results"
+    assert sorted(p.name for p in out.iterdir()) == ["labels.npy"]
+
+
+def test_overwrite_replaces_every_file_and_drops_a_stale_paths_list(tmp_path):
+    out = tmp_path / "out"
+    write_folder(tmp_path / "photos", ["a", "b"], 2)
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    feat.export_features(features_config(ck, out, dataset=str(tmp_path / "photos")))
+    assert (out / "paths.txt").exists()
+    feat.export_features(features_config(ck, out, limit=6, overwrite=True))
+    assert np.load(out / "features.npy").shape == (6, 512)
+    assert np.load(out / "labels.npy").tolist() == list(range(6))
+    assert not (out / "paths.txt").exists()  # it described rows that no longer exist
+
+
+def test_a_failed_export_leaves_nothing_half_written(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    feat.export_features(features_config(ck, out, limit=4))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = feat.iter_features
+
+    def failing(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                raise OSError("disk full")
+            yield batch
+
+    monkeypatch.setattr(feat, "iter_features", failing)
+    with pytest.raises(OSError, match="disk full"):
+        feat.export_features(features_config(ck, out, overwrite=True))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old set, no temp files
+    with pytest.raises(OSError):
+        feat.export_features(features_config(ck, tmp_path / "fresh"))
+    assert list((tmp_path / "fresh").iterdir()) == []
+
+
+def test_split_all_concatenates_the_splits_in_order(tmp_path):
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    cfg = features_config(ck, tmp_path / "out", split="all", limit=None)
+    dataset, split, paths = feat.features_dataset(cfg, transform=None)
+    assert split == "all" and paths is None and len(dataset) == 10_000 + 2_000
+    train = build_dataset("shapes", "train", tmp_path)
+    test = build_dataset("shapes", "test", tmp_path)
+    assert np.array_equal(np.asarray(dataset[10_000][0]), np.asarray(test[0][0]))
+    assert np.array_equal(np.asarray(dataset[3][0]), np.asarray(train[3][0]))
+
+
+def test_release_layout_checkpoint_exports_features(tmp_path):
+    from release_fixtures import make_release_checkpoint
+
+    ck = tmp_path / "checkpoint_100.tar"
+    make_release_checkpoint(ck, "1.1", projection_dim=64)
+    cfg = features_config(ck, tmp_path / "out", layer="projection", limit=5, image_size=32)
+    result = feat.export_features(cfg)
+    assert np.load(tmp_path / "out" / "features.npy").shape == (5, 64)
+    assert result["dim"] == 64
