@@ -1,0 +1,315 @@
+"""Datasets: names, the shapes dataset, image folders, splits, labels and download errors."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import Subset
+
+from simclr_cli import data
+from simclr_cli.data import (
+    DATASETS,
+    ImageFolderDataset,
+    ShapesDataset,
+    build_dataset,
+    dataset_kind,
+    default_image_size,
+    labels_of,
+    normalization,
+    num_classes,
+    pretrain_split,
+    train_test_split,
+)
+from simclr_cli.errors import DatasetError, UsageError
+
+torch.set_num_threads(1)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.uint8)
+
+
+# -------------------------------------------------------------------------------------------
+# names and defaults
+
+
+def test_dataset_kind(tmp_path: Path) -> None:
+    assert [dataset_kind(name) for name in DATASETS] == list(DATASETS)
+    assert dataset_kind("CIFAR10") == "cifar10"
+    assert dataset_kind(str(tmp_path)) == "folder"
+    (tmp_path / "file.png").write_bytes(b"")
+    for bad in ("imagenet", str(tmp_path / "missing"), str(tmp_path / "file.png")):
+        with pytest.raises(UsageError, match="--dataset.*cifar10, cifar100, stl10, shapes"):
+            dataset_kind(bad)
+
+
+def test_defaults_per_kind() -> None:
+    sizes = {kind: default_image_size(kind) for kind in (*DATASETS, "folder")}
+    assert sizes == {"cifar10": 32, "cifar100": 32, "stl10": 96, "shapes": 32, "folder": 224}
+    assert normalization("cifar10") == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    assert normalization("folder") is None
+    assert all(normalization(kind) is not None for kind in DATASETS)
+    assert pretrain_split("stl10") == "train+unlabeled"
+    assert (
+        pretrain_split("cifar10") == pretrain_split("shapes") == pretrain_split("folder") == "train"
+    )
+
+
+# -------------------------------------------------------------------------------------------
+# shapes
+
+
+def test_shapes_items_are_deterministic() -> None:
+    first, second = ShapesDataset(seed=7), ShapesDataset(seed=7)
+    for i in (0, 1, 9999):
+        (a, la), (b, lb) = first[i], second[i]
+        assert la == lb and np.array_equal(pixels(a), pixels(b))
+    # order of access does not matter (each item has its own random stream)
+    assert np.array_equal(pixels(ShapesDataset(seed=7)[5][0]), pixels(first[5][0]))
+
+
+def test_shapes_seeds_and_splits_differ() -> None:
+    base = ShapesDataset(seed=0)
+    other_seed = ShapesDataset(seed=1)
+    test = ShapesDataset(split="test", seed=0)
+    for i in range(10):
+        assert not np.array_equal(pixels(base[i][0]), pixels(other_seed[i][0]))
+        assert not np.array_equal(pixels(base[i][0]), pixels(test[i][0]))
+    # within a split no two images repeat
+    images = {pixels(base[i][0]).tobytes() for i in range(200)}
+    assert len(images) == 200
+
+
+def test_shapes_sizes_and_labels() -> None:
+    assert (len(ShapesDataset()), len(ShapesDataset(split="test"))) == (10_000, 2_000)
+    dataset = ShapesDataset(size=100, image_size=48)
+    image, label = dataset[3]
+    assert image.size == (48, 48) and image.mode == "RGB" and label == 3
+    counts = np.bincount(labels_of(dataset), minlength=10)
+    assert counts.tolist() == [10] * 10
+    assert [dataset[i][1] for i in range(20)] == labels_of(dataset)[:20]
+    assert num_classes(dataset) == 10 and len(dataset.classes) == 10
+    with pytest.raises(IndexError):
+        dataset[100]
+    with pytest.raises(UsageError, match="--split"):
+        ShapesDataset(split="unlabeled")
+
+
+def test_shapes_transform_is_applied() -> None:
+    dataset = ShapesDataset(size=10, image_size=16, transform=lambda image: pixels(image).mean())
+    value, label = dataset[2]
+    assert isinstance(value, float) and label == 2
+
+
+def test_shapes_classes_differ_in_shape_not_colour() -> None:
+    """Class-mean colours are all close to the overall mean, while class-mean *edge* images
+    differ: colour carries no label information, shape does."""
+    dataset = ShapesDataset(size=1000, image_size=16, seed=1)
+    arrays = np.stack([pixels(dataset[i][0]) for i in range(len(dataset))]) / 255.0
+    labels = np.array(labels_of(dataset))
+    colour = arrays.mean(axis=(1, 2))  # (N, 3)
+    for k in range(10):
+        assert np.abs(colour[labels == k].mean(0) - colour.mean(0)).max() < 0.06
+    # horizontal vs vertical edge energy separates e.g. the two stripe classes perfectly
+    gray = arrays.mean(-1)
+    dx = np.abs(np.diff(gray, axis=2)).mean((1, 2))
+    dy = np.abs(np.diff(gray, axis=1)).mean((1, 2))
+    horizontal, vertical = labels == 5, labels == 6
+    assert (dy[horizontal] > dx[horizontal]).all() and (dx[vertical] > dy[vertical]).all()
+
+
+def test_shapes_normalisation_constants_match_the_data() -> None:
+    dataset = ShapesDataset(size=1000, image_size=16, seed=123)
+    arrays = np.stack([pixels(dataset[i][0]) for i in range(len(dataset))]) / 255.0
+    mean, std = normalization("shapes")
+    np.testing.assert_allclose(arrays.mean((0, 1, 2)), mean, atol=0.02)
+    np.testing.assert_allclose(arrays.std((0, 1, 2)), std, atol=0.02)
+
+
+def test_shapes_work_in_dataloader_workers() -> None:
+    from torch.utils.data import DataLoader
+
+    from simclr_cli.augment import to_uint8_transform
+
+    dataset = ShapesDataset(size=8, image_size=16, transform=to_uint8_transform(16))
+    loader = DataLoader(dataset, batch_size=4, num_workers=2)
+    batches = [x for x, _ in loader]
+    assert torch.equal(torch.cat(batches), torch.stack([dataset[i][0] for i in range(8)]))
+
+
+# -------------------------------------------------------------------------------------------
+# image folders
+
+
+def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (6, 5)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+@pytest.fixture
+def labelled_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    write_image(root / "cat" / "b.png", (255, 0, 0))
+    write_image(root / "cat" / "nested" / "deeper" / "a.jpg", (250, 0, 0))
+    write_image(root / "dog" / "c.webp", (0, 0, 255))
+    write_image(root / "dog" / "d.bmp", (0, 0, 250))
+    Image.new("L", (4, 4), 7).save(root / "dog" / "gray.tiff")
+    write_image(root / "loose.png", (1, 2, 3))  # ignored: root files when classes exist
+    (root / "dog" / "notes.txt").write_text("not an image")
+    write_image(root / "dog" / ".hidden.png", (0, 255, 0))
+    (root / "cat" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    truncated = root / "cat" / "truncated.png"
+    write_image(truncated, (9, 9, 9), size=(64, 64))
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    return root
+
+
+def test_folder_labels_by_first_level_subfolder(labelled_folder: Path) -> None:
+    dataset = ImageFolderDataset(labelled_folder)
+    names = [p.relative_to(labelled_folder).as_posix() for p in dataset.paths]
+    assert names == [
+        "cat/b.png",
+        "cat/nested/deeper/a.jpg",
+        "dog/c.webp",
+        "dog/d.bmp",
+        "dog/gray.tiff",
+    ]
+    assert dataset.classes == ["cat", "dog"]
+    assert labels_of(dataset) == [0, 0, 1, 1, 1]
+    assert num_classes(dataset) == 2
+    assert dataset.skipped == 2
+    assert {p.name for p in dataset.skipped_paths} == {"corrupt.png", "truncated.png"}
+    image, label = dataset[4]
+    assert image.mode == "RGB" and image.size == (4, 4) and label == 1
+
+
+def test_folder_without_subfolders_is_unlabelled(tmp_path: Path) -> None:
+    for i in range(3):
+        write_image(tmp_path / f"{i}.jpeg", (i, i, i))
+    dataset = ImageFolderDataset(tmp_path, transform=lambda image: image.size)
+    assert labels_of(dataset) == [-1, -1, -1] and dataset.classes == []
+    assert num_classes(dataset) is None
+    assert dataset[0] == ((6, 5), -1)
+
+
+def test_empty_or_unreadable_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no readable images"):
+        ImageFolderDataset(tmp_path)
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"no readable images .*\(1 unreadable\)"):
+        ImageFolderDataset(tmp_path)
+    with pytest.raises(DatasetError, match="not a folder"):
+        ImageFolderDataset(tmp_path / "x.png")
+
+
+def test_build_dataset_accepts_a_folder(labelled_folder: Path, tmp_path: Path) -> None:
+    dataset = build_dataset(str(labelled_folder), "train", tmp_path, limit=3)
+    assert isinstance(dataset, Subset) and len(dataset) == 3
+    assert labels_of(dataset) == [0, 0, 1] and num_classes(dataset) == 2
+
+
+# -------------------------------------------------------------------------------------------
+# splits, subsets and labels
+
+
+def test_train_test_split_is_stratified_and_reproducible() -> None:
+    dataset = ShapesDataset(size=200)
+    train, test = train_test_split(dataset, 0.25, seed=3)
+    assert len(train) == 150 and len(test) == 50
+    assert sorted(train.indices + test.indices) == list(range(200))
+    assert np.bincount(labels_of(test)).tolist() == [5] * 10
+    again, _ = train_test_split(dataset, 0.25, seed=3)
+    other, _ = train_test_split(dataset, 0.25, seed=4)
+    assert again.indices == train.indices and other.indices != train.indices
+    # every class of two or more items is on both sides, even with a tiny fraction
+    small_train, small_test = train_test_split(ShapesDataset(size=20), 0.01)
+    assert sorted(set(labels_of(small_test))) == list(range(10))
+    assert sorted(set(labels_of(small_train))) == list(range(10))
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(UsageError, match="--val-split"):
+            train_test_split(dataset, bad)
+
+
+def test_labels_through_nested_subsets() -> None:
+    dataset = ShapesDataset(size=50)
+    inner = Subset(dataset, [3, 4, 5, 6, 17])
+    outer = Subset(inner, [4, 0])
+    assert labels_of(outer) == [7, 3]
+    assert num_classes(outer) == 10
+
+
+def test_labels_of_a_generic_dataset() -> None:
+    pairs = [(torch.zeros(1), 2), (torch.zeros(1), 0)]
+    assert labels_of(pairs) == [2, 0]  # type: ignore[arg-type]
+    assert num_classes(pairs) == 3  # type: ignore[arg-type]
+
+
+def test_build_dataset_shapes_and_limits(tmp_path: Path) -> None:
+    train = build_dataset("shapes", "train", tmp_path)
+    assert isinstance(train, ShapesDataset) and len(train) == 10_000
+    limited = build_dataset("shapes", "test", tmp_path, limit=30)
+    assert len(limited) == 30 and labels_of(limited) == [i % 10 for i in range(30)]
+    assert limited[0][0].size == (32, 32)
+    with pytest.raises(UsageError, match="--limit"):
+        build_dataset("shapes", "train", tmp_path, limit=0)
+    with pytest.raises(UsageError, match="--split"):
+        build_dataset("cifar10", "unlabeled", tmp_path)
+    with pytest.raises(UsageError, match="--dataset"):
+        build_dataset("mnist", "train", tmp_path)
+
+
+# -------------------------------------------------------------------------------------------
+# torchvision datasets without a network
+
+
+def test_failed_download_names_the_url_and_the_folder(tmp_path: Path, monkeypatch) -> None:
+    """A refused connection (nothing listens on port 9 of this machine) fails fast."""
+    from torchvision.datasets import CIFAR10
+
+    url = "http://127.0.0.1:9/cifar-10-python.tar.gz"
+    monkeypatch.setattr(CIFAR10, "url", url)
+    with pytest.raises(DatasetError) as raised:
+        build_dataset("cifar10", "train", tmp_path)
+    message = str(raised.value)
+    assert url in message and str(tmp_path) in message and "cifar-10-python.tar.gz" in message
+    assert "\n" not in message
+    assert not (tmp_path / "cifar-10-python.tar.gz").exists()
+
+
+def test_partial_download_is_removed(tmp_path: Path, monkeypatch) -> None:
+    from torchvision.datasets import STL10
+
+    def interrupted(url: str, download_root: str, **kwargs: object) -> None:
+        (Path(download_root) / STL10.filename).write_bytes(b"first bytes only")
+        raise urllib.error.URLError("Connection reset by peer")
+
+    monkeypatch.setattr("torchvision.datasets.stl10.download_and_extract_archive", interrupted)
+    with pytest.raises(DatasetError, match=r"STL-10 from http.*stl10_binary\.tar\.gz.*reset"):
+        build_dataset("stl10", "unlabeled", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_dataset_without_download(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"CIFAR-100 not found in .*cifar-100-python\.tar\.gz"):
+        build_dataset("cifar100", "test", tmp_path, download=False)
+
+
+def test_existing_archive_is_kept_on_failure(tmp_path: Path, monkeypatch) -> None:
+    """A user-supplied (here: corrupt) archive is never deleted by a failed attempt."""
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"user's file")
+    with pytest.raises(DatasetError):
+        build_dataset("cifar10", "test", tmp_path)
+    assert archive.read_bytes() == b"user's file"
+
+
+def test_module_lists_every_supported_extension() -> None:
+    assert set(data.IMAGE_EXTENSIONS) >= {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
