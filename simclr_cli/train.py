@@ -7,9 +7,10 @@ writes files. Nothing is lost: checkpoints are atomic and hold everything a resu
 SIGINT/SIGTERM finishes the current step and writes one, and a non-finite loss stops the run
 without overwriting the last good checkpoint.
 
-Randomness is a pure function of ``(seed, epoch, rank)``: every epoch reseeds the generators, so
-a resumed run draws the same order and augmentations as an uninterrupted one (exactly so with
-``--workers 0`` or ``--augment-on device``; persistent worker processes keep their own streams).
+Randomness is a pure function of ``(seed, step, rank)``: the sampler's order depends on
+``(seed, epoch)`` and the generators are reseeded before every step, so a run resumed at any
+step draws the same order and augmentations as an uninterrupted one (exactly so with
+``--workers 0`` or ``--augment-on device``; DataLoader worker processes keep their own streams).
 
 Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
 ICML 2020 (arXiv:2002.05709), section 2 and appendix B.
@@ -200,9 +201,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def epoch_seed(seed: int, epoch: int, rank: int, skip: int = 0) -> int:
-    """A well-mixed seed for one epoch of one rank (``skip``: batches already done this epoch)."""
-    return int(np.random.SeedSequence([seed, epoch, rank, skip]).generate_state(1)[0])
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A well-mixed seed for the randomness of one optimizer step on one rank."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
 @dataclass
@@ -347,12 +348,21 @@ class Schedule:
 
 
 def build_schedule(cfg: PretrainConfig, steps_per_epoch: int) -> Schedule:
-    """The schedule spans ``--epochs`` (or ``--max-steps`` when that ends the run sooner)."""
+    """The schedule spans ``--epochs``; ``--max-steps`` only stops the run early.
+
+    So a run stopped by ``--max-steps`` and resumed without it follows the schedule of an
+    uninterrupted run step for step.
+    """
     total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
     warmup = optim.warmup_steps_for(cfg.warmup_epochs, steps_per_epoch, total)
     return Schedule(cfg.resolved_lr, total, warmup)
+
+
+def last_step(cfg: PretrainConfig, schedule: Schedule) -> int:
+    """The step count at which the run ends: ``--epochs`` or ``--max-steps``, the sooner."""
+    if cfg.max_steps is None:
+        return schedule.total_steps
+    return min(schedule.total_steps, cfg.max_steps)
 
 
 def autocast_context(
@@ -612,18 +622,15 @@ class Trainer:
 
     def finished(self) -> bool:
         """Whether the run has reached its last step."""
-        return self.global_step >= self.schedule.total_steps
+        return self.global_step >= last_step(self.cfg, self.schedule)
 
     def run_epoch(self, stop: StopRequest, progress: Any) -> None:
         """Train over this rank's shard of the current epoch (from where a resume left off)."""
-        done = self.global_step - self.epoch * self.data.steps_per_epoch  # steps already taken
-        self.data.sampler.set_epoch(self.epoch, skip=done * self.cfg.per_process_batch_size)
-        seed_everything(epoch_seed(self.cfg.seed, self.epoch, self.rank, done))
         self.model.train()
         window = Window()
         start = time.perf_counter()
         autocast = autocast_context(self.cfg, self.device)
-        for batch in self.data.loader:
+        for batch in self.batches():
             views = self.views(batch)
             with autocast:
                 loss = self.step(views)
@@ -641,6 +648,20 @@ class Trainer:
         self.train_time += time.perf_counter() - start
         if self.global_step % self.data.steps_per_epoch == 0:
             self.epoch = self.global_step // self.data.steps_per_epoch
+
+    def batches(self) -> Iterator[Any]:
+        """The epoch's remaining batches; the generators are reseeded before each is drawn."""
+        done = self.global_step - self.epoch * self.data.steps_per_epoch  # steps already taken
+        self.data.sampler.set_epoch(self.epoch, skip=done * self.cfg.per_process_batch_size)
+        iterator = iter(self.data.loader)
+        while True:
+            # Step t's randomness is a function of (seed, t, rank) alone, so a run resumed at
+            # any step draws what the uninterrupted run would have drawn.
+            seed_everything(step_seed(self.cfg.seed, self.global_step, self.rank))
+            batch = next(iterator, None)
+            if batch is None:
+                return
+            yield batch
 
     def views(self, batch: Any) -> Tensor:
         """Both views of the batch as ONE tensor ``[x_i; x_j]``: (2n, C, S, S) on the device."""
@@ -754,7 +775,7 @@ class Trainer:
         progress = make_progress("loss", "lr", "ips")
         progress.add_task(
             "pretrain",
-            total=self.schedule.total_steps,
+            total=last_step(self.cfg, self.schedule),
             completed=self.global_step,
             loss="-",
             lr="-",
@@ -784,7 +805,7 @@ class Trainer:
 
 
 def rng_state() -> dict[str, Any]:
-    """Generator states at save time (informational: the loop reseeds from (seed, epoch, rank))."""
+    """Generator states at save time (informational: the loop reseeds from (seed, step, rank))."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -800,9 +821,11 @@ def knn_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset]:
     stats = normalization(cfg.dataset_kind)
     mean, std = (stats[0], stats[1]) if stats is not None else (None, None)
     transform = eval_transform(cfg.resolved_image_size, mean, std)
+    # A run limited to N training images gets a monitor of at most N bank and N query images.
     bank_size = min(KNN_BANK_IMAGES, cfg.limit or KNN_BANK_IMAGES)
+    query_size = min(KNN_QUERY_IMAGES, bank_size)
     bank = build_dataset(cfg.dataset, "train", cfg.data_dir, transform, limit=bank_size)
-    queries = build_dataset(cfg.dataset, "test", cfg.data_dir, transform, limit=KNN_QUERY_IMAGES)
+    queries = build_dataset(cfg.dataset, "test", cfg.data_dir, transform, limit=query_size)
     return bank, queries
 
 

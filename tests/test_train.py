@@ -1,0 +1,282 @@
+"""Tests of the pretraining loop: resume equivalence, signals, non-finite loss, run folder.
+
+Most tests swap the ResNet for a two-convolution encoder (``tiny_simclr``): the loop does not
+depend on the encoder, and a ResNet-18 step costs about a second on a shared 2-core CPU. The
+run-folder test uses the real ResNet-18, so the checkpoint format is checked end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from simclr_cli import train
+from simclr_cli.checkpoint import load_checkpoint, load_model
+from simclr_cli.config import PretrainConfig
+from simclr_cli.data import ShapesDataset
+from simclr_cli.errors import CheckpointError, OutputExistsError, TrainingError
+from simclr_cli.loss import NTXentLoss
+from simclr_cli.model import SimCLR
+
+torch.set_num_threads(1)
+
+STEPS_PER_EPOCH = 4  # limit 48 / batch 12
+
+
+def tiny_simclr(spec: dict[str, Any]) -> SimCLR:
+    """A SimCLR module with a 2-conv encoder (with batch norm, like the real one)."""
+    encoder = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    return SimCLR(encoder, 16, projection_dim=8)
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train the tiny model instead of the ResNet."""
+    monkeypatch.setattr(train, "build_simclr", tiny_simclr)
+
+
+def config(out: Path, **overrides: Any) -> PretrainConfig:
+    """A small CPU run: 48 shapes images of 8 px, batch 12 (4 steps per epoch), 2 epochs."""
+    options: dict[str, Any] = {
+        "dataset": "shapes",
+        "limit": 48,
+        "image_size": 8,
+        "stem": "cifar",
+        "batch_size": 12,
+        "epochs": 2,
+        "warmup_epochs": 1,
+        "workers": 0,
+        "device": "cpu",
+        "precision": "fp32",
+        "out": out,
+        "log_every": 1,
+        "checkpoint_every": 1,
+        "seed": 0,
+    }
+    options.update(overrides)
+    return PretrainConfig(**options)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model state dict of a checkpoint file."""
+    return load_checkpoint(path)["state_dict"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def metric_steps(out: Path) -> list[int]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines if "loss" in json.loads(line)]
+
+
+class LossThatMisbehaves(NTXentLoss):
+    """NT-Xent that, on its ``at``-th call, sends this process SIGINT or returns NaN."""
+
+    calls = 0
+    at = 0
+    action = "sigint"
+
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
+        loss = super().forward(z_i, z_j)
+        type(self).calls += 1
+        if type(self).calls == self.at:
+            if self.action == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)  # handled as a stop request, not an exception
+            else:
+                return loss * math.nan
+        return loss
+
+
+def misbehave(monkeypatch: pytest.MonkeyPatch, action: str, at: int) -> None:
+    patched = type("Patched", (LossThatMisbehaves,), {"calls": 0, "at": at, "action": action})
+    monkeypatch.setattr(train, "NTXentLoss", patched)
+
+
+# ----------------------------------------------------------------------------------------------
+# resume
+
+
+@pytest.mark.parametrize("augment_on", ["cpu", "device"])
+def test_resume_after_one_epoch_gives_the_same_weights(
+    tiny: None, tmp_path: Path, augment_on: str
+) -> None:
+    straight = train.run_pretrain(config(tmp_path / "a", augment_on=augment_on))
+    first = train.run_pretrain(
+        config(tmp_path / "b", augment_on=augment_on, max_steps=STEPS_PER_EPOCH)
+    )
+    after_one = weights(tmp_path / "b" / "checkpoint_last.pt")
+    second = train.run_pretrain(config(tmp_path / "b", augment_on=augment_on, resume="auto"))
+
+    assert first["global_step"] == STEPS_PER_EPOCH
+    assert second["global_step"] == straight["global_step"] == 2 * STEPS_PER_EPOCH
+    assert second["resumed_from"] == str(tmp_path / "b" / "checkpoint_last.pt")
+    final = weights(tmp_path / "a" / "checkpoint_last.pt")
+    assert_same_weights(final, weights(tmp_path / "b" / "checkpoint_last.pt"))
+    # The second epoch changed the weights, so equality above is not trivially true.
+    assert not torch.equal(after_one["encoder.0.weight"], final["encoder.0.weight"])
+    a_opt = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")["optimizer"]["state"]
+    b_opt = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["optimizer"]["state"]
+    for index in a_opt:
+        for name, value in a_opt[index].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b_opt[index][name]))
+    assert metric_steps(tmp_path / "b") == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+
+
+def test_sigint_mid_epoch_checkpoints_and_resume_matches(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train.run_pretrain(config(tmp_path / "a"))
+    misbehave(monkeypatch, "sigint", at=STEPS_PER_EPOCH + 2)  # inside the second epoch
+
+    with pytest.raises(train.Interrupted) as caught:
+        train.run_pretrain(config(tmp_path / "b"))
+    assert caught.value.exit_code == 130
+    assert "--resume auto --out" in str(caught.value) and "\n" not in str(caught.value)
+    payload = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
+    # The step in flight when the signal came was finished, then the run stopped.
+    assert payload["global_step"] == STEPS_PER_EPOCH + 2 and payload["epoch"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    monkeypatch.setattr(train, "NTXentLoss", NTXentLoss)
+    train.run_pretrain(config(tmp_path / "b", resume="auto"))
+    assert_same_weights(
+        weights(tmp_path / "a" / "checkpoint_last.pt"),
+        weights(tmp_path / "b" / "checkpoint_last.pt"),
+    )
+    assert metric_steps(tmp_path / "b") == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+
+
+def test_resume_refuses_a_different_global_batch(tiny: None, tmp_path: Path) -> None:
+    train.run_pretrain(config(tmp_path, max_steps=1))
+    with pytest.raises(CheckpointError, match="--batch-size 12"):
+        train.run_pretrain(config(tmp_path, batch_size=8, resume="auto"))
+
+
+def test_fresh_run_refuses_to_overwrite_an_existing_run(tiny: None, tmp_path: Path) -> None:
+    train.run_pretrain(config(tmp_path, max_steps=1))
+    before = (tmp_path / "checkpoint_last.pt").stat().st_mtime_ns
+    with pytest.raises(OutputExistsError, match="--resume auto"):
+        train.run_pretrain(config(tmp_path))
+    assert (tmp_path / "checkpoint_last.pt").stat().st_mtime_ns == before
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite loss
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_every: int
+) -> None:
+    misbehave(monkeypatch, "nan", at=STEPS_PER_EPOCH + 1)
+    with pytest.raises(TrainingError, match="non-finite"):
+        train.run_pretrain(config(tmp_path, log_every=log_every))
+    payload = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert payload["global_step"] == STEPS_PER_EPOCH  # the end of the first (good) epoch
+    assert all(
+        torch.isfinite(t).all() for t in payload["state_dict"].values() if t.is_floating_point()
+    )
+    assert not (tmp_path / "checkpoint_epoch_2.pt").exists()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+
+# ----------------------------------------------------------------------------------------------
+# run folder, checkpoint format (real ResNet-18)
+
+
+def test_run_folder_and_checkpoint_format(tmp_path: Path) -> None:
+    cfg = config(tmp_path, limit=16, batch_size=8, checkpoint_every=2, knn_every=1)
+    summary = train.run_pretrain(cfg)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch_2.pt",
+        "checkpoint_last.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["batch_size"] == 8 and saved["resolved"]["resolved_stem"] == "cifar"
+    assert saved["resolved"]["resolved_lr"] == pytest.approx(cfg.resolved_lr)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in records if "loss" in r]
+    assert [r["step"] for r in losses] == [1, 2, 3, 4]
+    assert all(r.keys() >= {"epoch", "loss", "lr", "images_per_s", "time"} for r in losses)
+    knn = [r for r in records if "knn_accuracy" in r]
+    assert [r["epoch"] for r in knn] == [1, 2] and all(0 <= r["knn_accuracy"] <= 1 for r in knn)
+
+    raw = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert raw["format"] == "simclr-cli-checkpoint" and raw["kind"] == "pretrain"
+    assert raw["epoch"] == 2 and raw["global_step"] == 4 and raw["dataset"] == "shapes"
+    assert raw["model"]["arch"] == "resnet18" and raw["model"]["stem"] == "cifar"
+    assert raw["model"]["image_size"] == 8 and len(raw["model"]["mean"]) == 3
+    assert raw["config"]["resolved"]["world_size"] == 1
+    assert raw["optimizer"]["state"] and raw["scaler"] is None
+    assert raw["metrics"]["knn_accuracy"] == knn[-1]["knn_accuracy"]
+    keys = list(raw["state_dict"])
+    assert all(k.startswith(("encoder.", "projector.")) for k in keys)
+    net = load_model(raw)  # strict load into a freshly built model
+    assert_same_weights(net.state_dict(), raw["state_dict"])
+
+    assert summary["checkpoint"] == str(tmp_path / "checkpoint_epoch_2.pt")
+    assert summary["global_step"] == 4 and math.isfinite(summary["final_loss"])
+    assert summary["next_command"].startswith("simclr linear-eval --checkpoint ")
+    assert summary["images_per_s"] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# pure pieces
+
+
+def test_resumable_sampler_skips_into_the_same_permutation() -> None:
+    dataset = ShapesDataset(size=20)
+    full = train.ResumableSampler(dataset, num_replicas=1, rank=0, seed=3)
+    full.set_epoch(1)
+    order = list(full)
+    skipped = train.ResumableSampler(dataset, num_replicas=1, rank=0, seed=3)
+    skipped.set_epoch(1, skip=6)
+    assert list(skipped) == order[6:] and len(skipped) == 14
+    full.set_epoch(2)
+    assert list(full) != order and sorted(full) == list(range(20))
+    shards = [train.ResumableSampler(dataset, num_replicas=3, rank=r, seed=3) for r in range(3)]
+    for shard in shards:
+        shard.set_epoch(1)
+    indices = [i for shard in shards for i in shard]
+    assert len(indices) == len(set(indices)) == 18  # disjoint, tail dropped evenly
+
+
+def test_max_steps_stops_early_without_changing_the_schedule() -> None:
+    cfg = config(Path("unused"), epochs=10, max_steps=7, warmup_epochs=1)
+    schedule = train.build_schedule(cfg, steps_per_epoch=5)
+    assert schedule.total_steps == 50 and train.last_step(cfg, schedule) == 7
+    assert schedule(4) == pytest.approx(cfg.resolved_lr)  # end of the 1-epoch warmup
+    assert schedule(49) < schedule(25) < schedule(5)
+
+
+def test_truncate_metrics_drops_steps_after_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3, 4)]
+    path.write_text("\n".join(lines) + '\n{"step": 5, "lo')  # last line cut by a kill
+    train.truncate_metrics(path, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
