@@ -12,6 +12,7 @@ import os
 import tarfile
 import urllib.error
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def _build_torchvision(
     """Open (and when allowed, download) a torchvision dataset, with one-line errors."""
     cls = _torchvision_class(kind)
     archive = data_dir / cls.filename
-    had_archive = archive.exists()
+    had_archive, had_dir = archive.exists(), data_dir.exists()
     split_kw = {"split": split} if kind == "stl10" else {"train": split == "train"}
     try:
         return cls(root=str(data_dir), download=download, transform=transform, **split_kw)
@@ -120,6 +121,8 @@ def _build_torchvision(
         # A failed download may leave a truncated archive; remove what this call created.
         if not had_archive and archive.exists():
             archive.unlink()
+        if not had_dir and data_dir.is_dir() and not any(data_dir.iterdir()):
+            data_dir.rmdir()
         name = _LABELS[kind]
         if not download:
             raise DatasetError(
@@ -397,7 +400,12 @@ class ImageFolderDataset(Dataset):
         self.classes: list[str] = subfolders
         if subfolders:
             candidates = [p for p in candidates if len(p.relative_to(self.root).parts) > 1]
-        readable = [p for p in candidates if _is_readable(p)] if verify else candidates
+        if verify:  # threads overlap the file reads (PIL releases the GIL while decoding)
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                ok = list(pool.map(_is_readable, candidates))
+            readable = [p for p, good in zip(candidates, ok, strict=True) if good]
+        else:
+            readable = candidates
         self.skipped_paths: list[Path] = sorted(set(candidates) - set(readable))
         self.skipped: int = len(self.skipped_paths)
         if not readable:

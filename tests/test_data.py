@@ -279,6 +279,10 @@ def test_failed_download_names_the_url_and_the_folder(tmp_path: Path, monkeypatc
     assert url in message and str(tmp_path) in message and "cifar-10-python.tar.gz" in message
     assert "\n" not in message
     assert not (tmp_path / "cifar-10-python.tar.gz").exists()
+    # a data folder created only for the failed attempt is removed again
+    with pytest.raises(DatasetError):
+        build_dataset("cifar10", "train", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def test_partial_download_is_removed(tmp_path: Path, monkeypatch) -> None:
