@@ -20,10 +20,13 @@ above, inferring the architecture, stem and head from key names and tensor shape
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import pickle
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,6 +61,8 @@ _WIDE_LAYER1_WIDTH = 128
 _STEMS = {7: "imagenet", 3: "cifar"}
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 _DDP_PREFIX = "module."
+# A temp file untouched this long belongs to a writer that died (kill -9) mid-save.
+_STALE_TEMP_S = 60.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,6 +93,7 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) ->
     _check_weights_only_safe(full, "payload")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -100,6 +106,15 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) ->
         raise
     fsync_dir(path.parent)
     return path
+
+
+def _remove_stale_temps(path: Path, older_than_s: float = _STALE_TEMP_S) -> None:
+    """Delete temp files a killed writer of ``path`` left behind (old enough to be dead)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # another process may remove it first
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
 
 
 def fsync_dir(folder: Path) -> None:

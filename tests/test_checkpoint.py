@@ -351,3 +351,66 @@ def test_describe_converted(tmp_path: Path) -> None:
     assert info["head"] == "v1 512-512-64 without bias"
     assert info["epochs"] == 100 and info["image_size"] == 96 and info["normalization"] is None
     assert info["parameters"]["projector"] == 512 * 512 + 512 * 64
+
+
+# ---------------------------------------------------------------------------- durability
+
+_WRITER = """
+import sys
+import torch
+from simclr_cli.checkpoint import save_checkpoint
+
+i = 0
+while True:  # saves as fast as it can until killed
+    i += 1
+    w = torch.full((512, 512), float(i))
+    save_checkpoint({"model": {}, "epoch": i, "state_dict": {"w": w}}, sys.argv[1])
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_save_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "checkpoint_last.pt"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    for delay in (0.13,):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        child.stdout.readline()  # at least one complete save happened
+        time.sleep(delay)  # most of the loop is inside torch.save: likely killed mid-write
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        payload = load_checkpoint(path)
+        w = payload["state_dict"]["w"]
+        assert payload["epoch"] >= 1 and torch.all(w == payload["epoch"])  # old or new, never mixed
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [path.name]
+
+
+def test_save_fsyncs_file_and_folder_and_clears_stale_temps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+
+    path = tmp_path / "ckpt.pt"
+    stale = tmp_path / ".ckpt.pt.abc123.tmp"
+    fresh = tmp_path / ".ckpt.pt.def456.tmp"  # may belong to a live writer: kept
+    stale.write_bytes(b"left by a killed writer")
+    fresh.write_bytes(b"in progress")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    save_checkpoint({"model": {}, "state_dict": {}}, path)
+    assert len(synced) == 2  # the file's bytes, then the folder entry of the rename
+    assert not stale.exists() and fresh.exists()
