@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from simclr_cli.errors import DatasetError, UsageError
 
@@ -143,6 +143,7 @@ def build_dataset(
     transform: Callable | None = None,
     download: bool = True,
     limit: int | None = None,
+    image_size: int | None = None,
 ) -> Dataset:
     """Build a dataset yielding ``(image, label)``.
 
@@ -154,6 +155,7 @@ def build_dataset(
         transform: Applied to each PIL image.
         download: Download missing torchvision datasets.
         limit: Keep only the first ``limit`` items.
+        image_size: Resolution ``shapes`` is drawn at (default 32); other datasets ignore it.
 
     Raises:
         UsageError: Unknown dataset, split or a non-positive ``limit``.
@@ -164,7 +166,9 @@ def build_dataset(
         raise UsageError("--limit", limit, "use a positive number of images")
     if kind == "shapes":
         _check_split(kind, split)
-        dataset: Dataset = ShapesDataset(split=split, transform=transform)
+        dataset: Dataset = ShapesDataset(
+            split=split, image_size=image_size or 32, transform=transform
+        )
     elif kind == "folder":
         dataset = ImageFolderDataset(Path(name).expanduser(), transform=transform)
     else:
@@ -471,15 +475,28 @@ def train_test_split(
 # labels
 
 
+def _unwrap(dataset: Dataset) -> Dataset:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def skipped_files(dataset: Dataset) -> int:
+    """Number of unreadable files an image folder (possibly inside ``Subset``s) skipped."""
+    return int(getattr(_unwrap(dataset), "skipped", 0))
+
+
 def labels_of(dataset: Dataset) -> list[int]:
     """Return the label of every item (``-1`` for unlabelled ones), without loading images.
 
-    Understands the datasets of this module, torchvision CIFAR/STL-10 and (nested) ``Subset``s;
-    any other dataset is read item by item.
+    Understands the datasets of this module, torchvision CIFAR/STL-10, and ``Subset`` and
+    ``ConcatDataset`` of those; any other dataset is read item by item.
     """
     if isinstance(dataset, Subset):
         inner = labels_of(dataset.dataset)
         return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [label for part in dataset.datasets for label in labels_of(part)]
     if isinstance(dataset, ShapesDataset):
         return [dataset.label(i) for i in range(len(dataset))]
     for attribute in ("labels", "targets"):  # ImageFolderDataset/STL10, CIFAR
@@ -491,8 +508,11 @@ def labels_of(dataset: Dataset) -> list[int]:
 
 def num_classes(dataset: Dataset) -> int | None:
     """Return the number of classes, or ``None`` for an unlabelled dataset."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
+    dataset = _unwrap(dataset)
+    if isinstance(dataset, ConcatDataset):
+        counts = [num_classes(part) for part in dataset.datasets]
+        known = [count for count in counts if count is not None]
+        return max(known) if known else None
     if getattr(dataset, "split", None) == "unlabeled":  # STL-10 unlabelled split
         return None
     classes: Sequence | None = getattr(dataset, "classes", None)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import Subset
+from torch.utils.data import ConcatDataset, Subset
 
 from simclr_cli import data
 from simclr_cli.data import (
@@ -23,6 +23,7 @@ from simclr_cli.data import (
     normalization,
     num_classes,
     pretrain_split,
+    skipped_files,
     train_test_split,
 )
 from simclr_cli.errors import DatasetError, UsageError
@@ -243,6 +244,16 @@ def test_labels_through_nested_subsets() -> None:
     assert num_classes(outer) == 10
 
 
+def test_labels_through_concatenation_and_skipped_count(labelled_folder: Path) -> None:
+    folder = ImageFolderDataset(labelled_folder)
+    both = ConcatDataset([ShapesDataset(size=12), Subset(folder, [4, 0])])
+    assert labels_of(both) == [i % 10 for i in range(12)] + [1, 0]
+    assert num_classes(both) == 10
+    assert num_classes(ConcatDataset([Subset(folder, [0])])) == 2
+    assert skipped_files(Subset(Subset(folder, [1]), [0])) == 2
+    assert skipped_files(ShapesDataset(size=3)) == 0
+
+
 def test_labels_of_a_generic_dataset() -> None:
     pairs = [(torch.zeros(1), 2), (torch.zeros(1), 0)]
     assert labels_of(pairs) == [2, 0]  # type: ignore[arg-type]
@@ -255,6 +266,7 @@ def test_build_dataset_shapes_and_limits(tmp_path: Path) -> None:
     limited = build_dataset("shapes", "test", tmp_path, limit=30)
     assert len(limited) == 30 and labels_of(limited) == [i % 10 for i in range(30)]
     assert limited[0][0].size == (32, 32)
+    assert build_dataset("shapes", "test", tmp_path, image_size=20)[0][0].size == (20, 20)
     with pytest.raises(UsageError, match="--limit"):
         build_dataset("shapes", "train", tmp_path, limit=0)
     with pytest.raises(UsageError, match="--split"):
