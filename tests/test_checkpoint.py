@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from release_fixtures import make_release_checkpoint, release_state_dict
 from torch import nn
 
 from simclr_cli import checkpoint
@@ -23,7 +24,6 @@ from simclr_cli.checkpoint import (
 )
 from simclr_cli.errors import CheckpointError
 from simclr_cli.model import build_simclr, model_spec
-from tests.release_fixtures import make_release_checkpoint, release_state_dict
 
 torch.set_num_threads(1)
 

@@ -15,12 +15,12 @@ from types import MappingProxyType
 
 import pytest
 import torch
+from release_fixtures import make_release_checkpoint
 
 from simclr_cli import hub
 from simclr_cli.checkpoint import FORMAT, load_checkpoint, load_model
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
 from simclr_cli.hub import DownloadSettings, Published, RegistryEntry
-from tests.release_fixtures import make_release_checkpoint
 
 torch.set_num_threads(1)
 
