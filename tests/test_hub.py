@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import pathlib
 import threading
 import time
@@ -111,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
             for i in range(start, len(body), 8192):
                 self.wfile.write(body[i : i + 8192])
                 self.wfile.flush()
-                time.sleep(0.01)
+                time.sleep(0.05)  # ~0.4 s per file: concurrent clients overlap
             return
         self.wfile.write(body[start:])
 
@@ -438,6 +440,33 @@ def test_concurrent_downloads_of_one_file(
     assert results[0].read_bytes() == small_checkpoint
     assert len(server.requests_for("/slow.pt")) == 1  # the second waited, then found it cached
     assert [n for n in _visible(tmp_path) if n != hub.MANIFEST] == [results[0].name]
+
+
+def _download_in_child(url: str, cache: str, out: object) -> None:
+    try:
+        out.put(str(hub.download(url, cache, progress=False, settings=FAST)))  # type: ignore[attr-defined]
+    except BaseException as e:  # reported to the parent
+        out.put(f"error: {e}")  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_concurrent_downloads_from_two_processes(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path
+) -> None:
+    ctx = multiprocessing.get_context("fork")  # the children reuse the imported modules
+    url = server.add("/slow.pt", small_checkpoint, mode="slow")
+    out = ctx.Queue()
+    children = [
+        ctx.Process(target=_download_in_child, args=(url, str(tmp_path), out)) for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    results = [out.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(timeout=10)
+    assert results[0] == results[1] and not results[0].startswith("error"), results
+    assert Path(results[0]).read_bytes() == small_checkpoint
+    assert len(server.requests_for("/slow.pt")) == 1
 
 
 # ---------------------------------------------------------------------------- release layouts
