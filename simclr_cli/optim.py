@@ -113,6 +113,7 @@ class LARS(torch.optim.Optimizer):
 
     def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         d = p.grad
+        assert d is not None  # step() only calls this for parameters with a gradient
         if not group["lars_exclude"]:
             if group["weight_decay"] != 0:
                 d = d.add(p, alpha=group["weight_decay"])
