@@ -104,7 +104,9 @@ def _check_split(kind: str, split: str) -> None:
         kind, ("train", "test")
     )
     if split not in allowed:
-        raise UsageError("--split", split, f"{_LABELS.get(kind, kind)} has splits {allowed}")
+        raise UsageError(
+            "--split", split, f"{_LABELS.get(kind, kind)} has splits {', '.join(allowed)}"
+        )
 
 
 def _build_torchvision(
