@@ -49,8 +49,8 @@ RELEASE_IMAGE_SIZE = 96
 RELEASE_DATASET = "stl10"
 
 # Blocks per stage -> torchvision name, for each residual block type.
-_BASIC_ARCHS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
-_BOTTLENECK_ARCHS = {
+_BASIC_ARCHS: dict[tuple[int, ...], str] = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
+_BOTTLENECK_ARCHS: dict[tuple[int, ...], str] = {
     (3, 4, 6, 3): "resnet50",
     (3, 4, 23, 3): "resnet101",
     (3, 8, 36, 3): "resnet152",
