@@ -366,8 +366,8 @@ def _make_cache(cache_dir: str | os.PathLike[str]) -> Path:
 def _cached_ok(dest: Path, target: _Target) -> bool:
     """Whether a cached file still matches its manifest record (size; cheap)."""
     record = _read_manifest(dest.parent).get(dest.name)
-    if record is None:
-        return True  # placed by hand or by an older version: trust it
+    if record is None:  # placed by hand: a registry hash is still verified (once per use)
+        return target.sha256 is None or _hash_prefix(dest, 1).hexdigest() == target.sha256
     return record.get("size") == dest.stat().st_size and (
         target.sha256 is None or record.get("sha256") == target.sha256
     )
@@ -586,7 +586,7 @@ def _check_status(response: requests.Response, url: str, part: Path, offset: int
 
 
 def _hash_prefix(part: Path, offset: int) -> Any:
-    """sha256 of the bytes already on disk (resume), or a fresh hash."""
+    """sha256 of the whole file on disk when ``offset`` > 0 (resume), else a fresh hash."""
     digest = hashlib.sha256()
     if offset:
         with part.open("rb") as f:

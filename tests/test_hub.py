@@ -373,6 +373,19 @@ def test_registry_sha256_match_installs(
     assert path.name == "pinned.tar" and path.read_bytes() == small_checkpoint
 
 
+def test_hand_placed_file_is_checked_against_the_registry_hash(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = server.add("/r.tar", small_checkpoint)
+    digest = hashlib.sha256(small_checkpoint).hexdigest()
+    _use_registry(monkeypatch, _entry("pinned", url, sha256=digest))
+    (tmp_path / "pinned.tar").write_bytes(b"some other file")
+    path = hub.download("pinned", tmp_path, progress=False, settings=FAST)
+    assert path.read_bytes() == small_checkpoint and len(server.log) == 1
+    hub.download("pinned", tmp_path, progress=False, settings=FAST)
+    assert len(server.log) == 1  # now recorded and matching: served from the cache
+
+
 def test_recorded_hash_is_verified_on_later_downloads(
     server: Loopback, small_checkpoint: bytes, tmp_path: Path
 ) -> None:
