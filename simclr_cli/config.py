@@ -84,13 +84,18 @@ def _check_device(device: str, precision: str) -> None:
 
 
 def _check_checkpoint(value: str) -> str:
-    """A checkpoint option is an existing file or the name of a release checkpoint."""
+    """A checkpoint is a file, a run folder, a release name or an http(s) URL."""
     from simclr_cli.hub import REGISTRY
 
-    if value in REGISTRY or Path(value).expanduser().is_file():
+    path = Path(value).expanduser()
+    if value in REGISTRY or path.is_file() or re.match(r"^https?://\S+$", value):
         return value
+    if path.is_dir():
+        if (path / "checkpoint_last.pt").is_file():
+            return value
+        raise ValueError("this folder has no checkpoint_last.pt; give a checkpoint file")
     names = ", ".join(sorted(REGISTRY))
-    raise ValueError(f"no such file, and not a release checkpoint name ({names})")
+    raise ValueError(f"no such file, and not a release checkpoint name ({names}) or URL")
 
 
 class _Frozen(BaseModel):
