@@ -447,6 +447,15 @@ class _ToRGB:
         return image
 
 
+class _ToFloat:
+    """PIL image or tensor -> float (C, H, W) tensor in [0, 1]."""
+
+    def __call__(self, image: Any) -> Tensor:
+        if isinstance(image, Image.Image):
+            image = F.pil_to_tensor(image)
+        return F.convert_image_dtype(image, torch.float32)
+
+
 class _ToUint8:
     """PIL image or tensor -> uint8 (C, H, W) tensor."""
 
@@ -466,7 +475,7 @@ def eval_transform(
         _ToRGB(),
         transforms.Resize(image_size, antialias=True),
         transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
+        _ToFloat(),
     ]
     if mean is not None and std is not None:
         steps.append(transforms.Normalize(list(mean), list(std)))

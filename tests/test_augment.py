@@ -123,6 +123,8 @@ def test_eval_and_uint8_transforms() -> None:
     assert tensor.shape == (3, 10, 10) and tensor.dtype == torch.float32
     normed = eval_transform(10, mean=(0.5,) * 3, std=(0.25,) * 3)(image)
     torch.testing.assert_close(normed, (tensor - 0.5) / 0.25)
+    as_tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    torch.testing.assert_close(eval_transform(10)(as_tensor), tensor, atol=1 / 255, rtol=0)
     fixed = to_uint8_transform(10)(image.convert("L"))
     assert fixed.shape == (3, 10, 10) and fixed.dtype == torch.uint8
     # a square image at the target size passes through unchanged
