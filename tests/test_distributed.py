@@ -180,7 +180,12 @@ def two_rank_checks(cfg: SimpleNamespace) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[dict[str, Any]]]:
     out_dir = tmp_path_factory.mktemp("two_ranks")
-    returned = distributed.launch(two_rank_checks, spawn_cfg(processes=2, out_dir=str(out_dir)))
+    cfg = spawn_cfg(processes=2, out_dir=str(out_dir))
+    with pytest.MonkeyPatch.context() as patch:
+        # launch() reads os.environ: hide a surrounding torchrun/SLURM job.
+        for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+            patch.delenv(name, raising=False)
+        returned = distributed.launch(two_rank_checks, cfg)
     ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
     return returned, ranks
 
