@@ -757,6 +757,8 @@ def _spawn_entry(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // plan.procs_per_node))
     try:
         result = _run_in_group(worker_fn, cfg, plan, global_rank, local, timeout)
+        if local == 0:
+            results.put(result)
     except BaseException as err:  # noqa: BLE001 - every failure must reach the parent
         record = {
             "rank": global_rank,
@@ -769,8 +771,6 @@ def _spawn_entry(
         (Path(err_dir) / f"rank{global_rank}.json").write_text(json.dumps(record))
         # SystemExit (not Exception) keeps torch from pickling the traceback a second time.
         sys.exit(1)
-    if local == 0:
-        results.put(result)
 
 
 def _worker_failure(err_dir: Path, plan: LaunchPlan, exc: Exception) -> DistributedError:
