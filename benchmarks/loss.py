@@ -3,7 +3,8 @@
 The reference computes cosine similarity on a (2N, 1, D) x (1, 2N, D) broadcast, i.e. through a
 (2N, 2N, D) intermediate, gathers the negatives with a boolean mask and sums cross-entropy / 2N.
 Both run forward + backward on the same seeded inputs in the same invocation; each case runs in
-its own process so that its peak memory is its own (CPU: peak RSS growth; CUDA: peak allocated).
+its own process so that its peak memory is its own (CPU: growth of peak resident size,
+VmHWM; CUDA: peak allocated).
 The reference is skipped as "out of memory" when its estimated peak exceeds --ref-limit-gib.
 
 Usage: python benchmarks/loss.py [--batch-sizes 256 1024 4096] [--dim 128] [--device cpu]
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -68,6 +68,16 @@ def inputs(batch_size: int, dim: int, device: torch.device) -> tuple[torch.Tenso
     return z_i.requires_grad_(), z_j.requires_grad_()
 
 
+def proc_status(field: str) -> int:
+    """Bytes of a ``/proc/self/status`` field (Linux). ``VmHWM`` is this process's own peak,
+    unlike ``ru_maxrss``, which a spawned process inherits from its parent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}; CPU memory needs Linux")
+
+
 def timed(fn: Callable[[], torch.Tensor], device: torch.device, budget_s: float) -> list[float]:
     """Seconds per forward+backward; at least 3 runs, more while within ``budget_s``."""
     times: list[float] = []
@@ -97,13 +107,15 @@ def run_case(impl: str, batch_size: int, dim: int, device: torch.device, budget_
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset this process's peak resident size (VmHWM) to the current one
+        base = proc_status("VmRSS")
     loss = loss_fn(z_i, z_j)
     loss.backward()  # first run: the one whose peak is measured
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = proc_status("VmHWM") - base
     times = timed(lambda: loss_fn(z_i, z_j), device, budget_s)
     return {"seconds": statistics.median(times), "peak": peak, "loss": loss.item()}
 
