@@ -120,7 +120,7 @@ class ProjectionHead(nn.Sequential):
     reference implementation (``center=False``).
 
     References:
-        v1: Chen et al. 2020 (arXiv:2002.05709), section 2.1, eq. (1) context.
+        v1: Chen et al. 2020 (arXiv:2002.05709), section 2.1 (projection head g).
         v2: Chen et al., "Big Self-Supervised Models are Strong Semi-Supervised Learners",
         NeurIPS 2020 (arXiv:2006.10029), section 2.
     """

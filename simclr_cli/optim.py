@@ -9,7 +9,8 @@ References:
     You, Gitman and Ginsburg, "Large Batch Training of Convolutional Networks", 2017
     (arXiv:1708.03888), algorithm 1.
     Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
-    ICML 2020 (arXiv:2002.05709), section 2.2 and appendix B.1.
+    ICML 2020 (arXiv:2002.05709), sections 2.2-2.3 and appendix B.1.
+    google-research/simclr ``lars_optimizer.py`` (which parameters skip decay and adaptation).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ OPTIMIZERS = ("lars", "adam", "adamw", "sgd")
 LR_SCALINGS = ("linear", "sqrt")
 
 # Base learning rates: lr = base * B / 256 ("linear") or base * sqrt(B) ("sqrt").
-# LARS values are the paper's (appendix B.1). SGD has no layer adaptation, so it gets the usual
-# SGD-momentum value for contrastive ResNets; Adam/AdamW the common 3e-4 at B=256. For those,
-# the sqrt base is chosen so both rules give the same lr at B=256 (sqrt(256) = 16).
+# LARS values are the paper's (section 2.3, appendix B.1). SGD has no layer adaptation, so it
+# gets the usual SGD-momentum value for contrastive ResNets; Adam/AdamW the common 3e-4 at
+# B=256. For those, the sqrt base gives the same lr as linear at B=256 (sqrt(256) = 16).
 BASE_LRS = {
     ("lars", "linear"): 0.3,
     ("lars", "sqrt"): 0.075,
@@ -64,7 +65,7 @@ class LARS(torch.optim.Optimizer):
     decay and the ratio, i.e. they step exactly like ``torch.optim.SGD(momentum=...)``.
     The trust ratio stays on the device (``torch.where``), so a step never waits on the host.
 
-    Reference: You et al. 2017 (arXiv:1708.03888), algorithm 1; Chen et al. 2020, appendix B.1.
+    Reference: You et al. 2017 (arXiv:1708.03888), algorithm 1; Chen et al. 2020, section 2.2.
     """
 
     def __init__(
@@ -141,7 +142,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     a group with ``weight_decay=0`` and ``lars_exclude=True``; conv and linear weights get
     ``weight_decay`` and layer adaptation. Frozen parameters are left out. Empty groups are dropped.
 
-    Reference: Chen et al. 2020, appendix B.1 (LARS excludes batch norm and bias parameters).
+    Reference: google-research/simclr ``lars_optimizer.py`` (excludes batch norm and bias).
     """
     decay: list[nn.Parameter] = []
     excluded: list[nn.Parameter] = []
@@ -170,7 +171,7 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
         batch_size: global batch size in pairs (all processes together).
         rule: ``"linear"`` (``base * B / 256``) or ``"sqrt"`` (``base * sqrt(B)``).
 
-    Reference: Chen et al. 2020, appendix B.1 (0.3 x B/256, or 0.075 x sqrt(B) for small batches).
+    Reference: Chen et al. 2020, section 2.3 (0.3 x B/256) and appendix B.1 (0.075 x sqrt(B)).
     """
     _check_scaling(rule)
     if batch_size < 1:
@@ -228,7 +229,7 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float
     ``base_lr / warmup_steps``, so no step is wasted at lr 0); cosine then runs from ``base_lr``
     at ``warmup_steps`` to 0 at ``total_steps``. Steps past the end get 0.
 
-    Reference: Chen et al. 2020, section 2.2 / appendix B.1 (warmup 10 epochs, cosine decay).
+    Reference: Chen et al. 2020, section 2.3 (10 warmup epochs, cosine decay without restarts).
     """
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
