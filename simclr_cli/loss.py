@@ -77,12 +77,12 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5) -> t
         z = torch.cat([z_i, z_j])
         z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
         columns, offset = _gathered(z)  # (2N, D) with N = n * world_size
-        rows = torch.arange(2 * n, device=z.device)
         # Scale the small (2n, D) side, not the (2n, 2N) product: one fewer (2n, 2N) buffer.
         logits = (z / tau) @ columns.T  # (2n, 2N)
         # Mask self-similarity in place (mm keeps no copy of its output for backward) with a
         # finite large negative: exp() gives 0 and no inf - inf NaN can appear.
-        logits.index_put_((rows, rows + offset), logits.new_tensor(-1e9))
+        logits[:, offset : offset + 2 * n].diagonal().fill_(-1e9)  # self-pairs: (2n,) view
+        rows = torch.arange(2 * n, device=z.device)
         targets = (rows + n) % (2 * n) + offset  # row k's positive is its other view
         return F.cross_entropy(logits, targets)
 
