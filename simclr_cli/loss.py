@@ -1,7 +1,7 @@
 """NT-Xent, the normalised temperature-scaled cross-entropy loss of SimCLR.
 
-One matmul scores every local anchor against every candidate, so memory is O(local x global)
-rows, never O(N x N x D). Across processes, each process scores its own rows against the
+One matmul scores every local anchor against every candidate, so memory grows as local rows x
+global rows, never as N x N x D. Across processes, each process scores its own rows against the
 gathered rows of all processes (``distributed.gather_with_grad``), with targets offset by its
 rank; the loss is the mean over local anchors, and data-parallel gradient averaging turns that
 into the mean over all 2N anchors.
