@@ -234,47 +234,58 @@ def _grayscale(x: Tensor) -> Tensor:
 
 
 def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the hue of (B, 3, H, W) images in [0, 1] by ``shift`` (B,) turns, via HSV."""
-    maxc, argmax = x.max(dim=1)  # (B, H, W)
-    minc = x.min(dim=1).values
-    chroma = maxc - minc
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    r, g, b = x.unbind(1)
-    # Hue in sixths of a turn, by which channel is the largest (red, green, blue).
-    hue = torch.where(
-        argmax == 0,
-        (g - b) / safe,
-        torch.where(argmax == 1, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe),
-    )
-    hue = torch.where(chroma > 0, hue / 6.0, torch.zeros_like(hue))
-    hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
-    saturation = torch.where(maxc > 0, chroma / torch.where(maxc > 0, maxc, 1.0), 0.0)
-    # HSV -> RGB: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6.
+    """Rotate the hue of (B, 3, H, W) images in [0, 1] by ``shift`` (B,) turns, as HSV does.
+
+    Value (max) and chroma (max - min) are unchanged by a hue rotation, so RGB comes back as
+    ``max - chroma * ramp(hue)`` without forming saturation explicitly.
+    """
+    maxc, argmax = x.max(dim=1, keepdim=True)  # (B, 1, H, W); ties pick red, then green
+    chroma = maxc - x.amin(dim=1, keepdim=True)
+    # (g - b, b - r, r - g): position inside the sector of the largest channel
+    diff = x.roll(-1, dims=1) - x.roll(1, dims=1)  # (B, 3, H, W)
+    hue6 = diff.gather(1, argmax) / chroma.clamp_min(1e-12) + 2.0 * argmax  # sixths of a turn
+    hue6 = hue6 + 6.0 * shift.view(-1, 1, 1, 1)
+    # HSV -> RGB: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(n + 6.0 * hue.unsqueeze(1), 6.0)
+    k = torch.remainder(n + hue6, 6.0)
     ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-    value = maxc.unsqueeze(1)
-    return value - value * saturation.unsqueeze(1) * ramp
+    return maxc - chroma * ramp
 
 
 def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
     """Per-image colour jitter of (B, 3, H, W) in [0, 1], each image in its own op order.
 
-    Brightness, contrast and saturation are blends ``f*x + (1-f)*ref`` with a per-image
-    reference (black, mean luma, luma image), so one blend per step serves all three;
-    hue goes through HSV. ``factors``: (B, 4); ``order``: (B, 4) op indices per step.
+    Brightness, contrast and saturation are blends ``lerp(ref, x, f)`` with a per-image
+    reference (black, mean luma, luma image), so one blend per step serves all three; images
+    whose op at this step is hue get ``f = 1`` (exactly ``x``) and then the HSV hue rotation.
+    ``factors``: (B, 4); ``order``: (B, 4) op indices per step.
     """
     view = (-1, 1, 1, 1)
     for step in range(4):
-        op = order[:, step].view(view)  # (B, 1, 1, 1)
+        op = order[:, step]  # (B,)
         luma = _grayscale(x)  # (B, 1, H, W)
-        ref = torch.where(op == 1, luma.mean(dim=(2, 3), keepdim=True), luma)
-        ref = torch.where(op == 0, torch.zeros_like(ref), ref)
-        f = factors.gather(1, order[:, step : step + 1].clamp(max=2)).view(view)
-        blended = torch.clamp(f * x + (1.0 - f) * ref, 0.0, 1.0)
-        hue = torch.where(op.flatten() == 3, factors[:, 3], torch.zeros_like(factors[:, 3]))
-        x = torch.where(op == 3, _shift_hue(x, hue), blended)
+        mean = luma.mean(dim=(2, 3), keepdim=True)
+        ref = luma * (op == 2).to(x.dtype).view(view) + mean * (op == 1).to(x.dtype).view(view)
+        f = factors.gather(1, op.clamp(max=2).view(-1, 1)).view(view)
+        f = torch.where(op.view(view) == 3, torch.ones_like(f), f)
+        x = torch.lerp(ref.expand_as(x), x, f).clamp_(0.0, 1.0)
+        x = _apply_hue(x, op == 3, factors[:, 3])
     return x
+
+
+def _apply_hue(x: Tensor, chosen: Tensor, shift: Tensor, masked: bool | None = None) -> Tensor:
+    """Hue-rotate the ``chosen`` (B,) images of ``x`` by ``shift`` (B,) turns.
+
+    On CPU only the chosen images are converted (indexing is free there); on accelerators a
+    mask keeps the step free of host synchronisation (``nonzero`` would wait for the device).
+    ``masked`` forces one path (tests compare them).
+    """
+    if masked is None:
+        masked = x.device.type != "cpu"
+    if not masked:
+        index = chosen.nonzero().flatten()
+        return x.index_copy(0, index, _shift_hue(x[index], shift[index]))
+    return torch.where(chosen.view(-1, 1, 1, 1), _shift_hue(x, shift), x)
 
 
 def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:

@@ -20,6 +20,7 @@ from simclr_cli.augment import (
     BatchedSimCLRAugment,
     SimCLRAugment,
     TwoViews,
+    _apply_hue,
     _shift_hue,
     blur_kernel_size,
     eval_transform,
@@ -353,6 +354,15 @@ def test_hue_shift_matches_colorsys() -> None:
         h, s, v = colorsys.rgb_to_hsv(*pixel)
         expected = colorsys.hsv_to_rgb(math.fmod(h + shift + 1.0, 1.0), s, v)
         np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+def test_hue_index_and_mask_paths_agree() -> None:
+    x = torch.rand(12, 3, 5, 5, generator=seeded(0))
+    chosen = torch.tensor([True, False] * 6)
+    shift = torch.linspace(-0.4, 0.4, 12)
+    indexed = _apply_hue(x, chosen, shift, masked=False)
+    torch.testing.assert_close(indexed, _apply_hue(x, chosen, shift, masked=True), atol=0, rtol=0)
+    assert torch.equal(indexed[~chosen], x[~chosen]) and not torch.equal(indexed[chosen], x[chosen])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
