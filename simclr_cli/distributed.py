@@ -38,6 +38,7 @@ ICML 2020, Sec. 2.2 (large-batch training, global BN).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -659,6 +660,9 @@ def _default_timeout() -> timedelta:
         raise UsageError("SIMCLR_DIST_TIMEOUT", seconds, "use a number of seconds") from None
 
 
+_GROUP_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _run_in_group(
     worker_fn: Callable[[Any], Any],
     cfg: Any,
@@ -668,7 +672,9 @@ def _run_in_group(
     timeout: timedelta,
 ) -> Any:
     """Join the process group as ``global_rank``, run the worker, always leave the group."""
-    # Other libraries (and local_rank()) read these; torchrun sets them, spawn/SLURM do not.
+    # env:// and other libraries (and local_rank()) read these; torchrun sets them, spawn and
+    # SLURM do not. Restored afterwards, so later launches in this process plan afresh.
+    saved = {name: os.environ.get(name) for name in _GROUP_ENV}
     os.environ.update(
         RANK=str(global_rank),
         WORLD_SIZE=str(plan.world_size),
@@ -677,12 +683,32 @@ def _run_in_group(
         MASTER_ADDR=plan.master_addr,
         MASTER_PORT=str(plan.master_port),
     )
+    try:
+        return _init_and_run(worker_fn, cfg, plan, global_rank, local, timeout)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _init_and_run(
+    worker_fn: Callable[[Any], Any],
+    cfg: Any,
+    plan: LaunchPlan,
+    global_rank: int,
+    local: int,
+    timeout: timedelta,
+) -> Any:
+    """Initialize the default process group, run the worker, destroy the group."""
     if plan.backend == "nccl":
         torch.cuda.set_device(local % max(1, torch.cuda.device_count()))
     try:
         dist.init_process_group(
             backend=plan.backend,
-            init_method=f"tcp://{_url_host(plan.master_addr)}:{plan.master_port}",
+            # env:// reads MASTER_ADDR/PORT set above; under torchrun it joins the agent's store.
+            init_method="env://",
             rank=global_rank,
             world_size=plan.world_size,
             timeout=timeout,
@@ -697,10 +723,6 @@ def _run_in_group(
         return worker_fn(cfg)
     finally:
         dist.destroy_process_group()
-
-
-def _url_host(addr: str) -> str:
-    return f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr
 
 
 def _one_line(err: BaseException) -> str:
@@ -721,6 +743,9 @@ def _spawn(worker_fn: Callable[[Any], Any], cfg: Any, plan: LaunchPlan, timeout:
             start_method="spawn",
         )
         box: list[Any] = []
+        spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+        level = spawn_log.level
+        spawn_log.setLevel(logging.ERROR)  # its "Terminating process" lines would repeat the error
         try:
             # Drain while waiting: a large result would otherwise block its writer on the pipe.
             while not procs.join(timeout=0.5):
@@ -728,6 +753,7 @@ def _spawn(worker_fn: Callable[[Any], Any], cfg: Any, plan: LaunchPlan, timeout:
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
             raise _worker_failure(Path(err_dir), plan, exc) from None
         finally:
+            spawn_log.setLevel(level)
             for process in procs.processes:
                 if process.is_alive():
                     process.kill()

@@ -332,3 +332,20 @@ def test_a_failing_worker_stops_the_run_with_one_error(no_launcher_env: None) ->
     assert "TrainingError" in info.value.worker_traceback  # type: ignore[attr-defined]
     # Bounded well below the collective timeout: the parent stops the blocked rank 0.
     assert elapsed < 60
+
+
+@pytest.mark.slow
+def test_port_taken_after_planning_is_a_clear_error(
+    no_launcher_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another program grabs the port between planning and rendezvous: rank 0 cannot listen.
+    monkeypatch.setattr(distributed, "_port_is_free", lambda port: True)
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        cfg = cfg_of(processes=2, master_port=port)
+        with pytest.raises(DistributedError, match="could not join the process group") as info:
+            distributed.launch(fail_on_step_two, cfg, timeout=timedelta(seconds=60))
+    assert str(info.value).startswith("worker rank 0 failed:")
+    assert "\n" not in str(info.value)
