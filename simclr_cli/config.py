@@ -21,7 +21,7 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_res
 DATASETS = ("cifar10", "cifar100", "stl10", "shapes")
 # Native resolution of each dataset; image folders are resized to the ImageNet size.
 DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "shapes": 32, "stl10": 96, "folder": 224}
-# Weight decay per optimiser: 1e-6 is the SimCLR paper's LARS value (appendix B.6).
+# Weight decay per optimiser: 1e-6 is the SimCLR paper's default with LARS ("Default setting").
 DEFAULT_WEIGHT_DECAY = {"lars": 1e-6, "adam": 1e-6, "adamw": 1e-4, "sgd": 1e-4}
 CPU_COUNT = os.cpu_count() or 1
 
