@@ -37,16 +37,19 @@ ICML 2020, Sec. 2.2 (large-batch training, global BN).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -732,8 +735,8 @@ def _one_line(err: BaseException) -> str:
 
 def _spawn(worker_fn: Callable[[Any], Any], cfg: Any, plan: LaunchPlan, timeout: timedelta) -> Any:
     """Start the node's workers, wait for all, return local worker 0's result or raise once."""
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
+    results = mp.get_context("spawn").SimpleQueue()
+    box: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="simclr-dist-") as err_dir:
         procs = mp.start_processes(
             _spawn_entry,
@@ -742,24 +745,50 @@ def _spawn(worker_fn: Callable[[Any], Any], cfg: Any, plan: LaunchPlan, timeout:
             join=False,
             start_method="spawn",
         )
-        box: list[Any] = []
         spawn_log = logging.getLogger("torch.multiprocessing.spawn")
         level = spawn_log.level
         spawn_log.setLevel(logging.ERROR)  # its "Terminating process" lines would repeat the error
         try:
-            # Drain while waiting: a large result would otherwise block its writer on the pipe.
-            while not procs.join(timeout=0.5):
-                _drain(results, box)
+            with _patient_signals():
+                # Drain while waiting: a large result would otherwise block its writer on the pipe.
+                while not procs.join(timeout=0.5):
+                    _drain(results, box)
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
             raise _worker_failure(Path(err_dir), plan, exc) from None
         finally:
             spawn_log.setLevel(level)
-            for process in procs.processes:
+            for process in procs.processes:  # only after a second Ctrl-C or an internal error
                 if process.is_alive():
                     process.kill()
                     process.join()
         _drain(results, box)
     return box[0] if box else None
+
+
+@contextlib.contextmanager
+def _patient_signals() -> Iterator[None]:
+    """While workers run, the first SIGINT/SIGTERM here waits for them; a second one aborts.
+
+    Ctrl-C and ``scancel`` signal the whole process group, workers included, and the workers
+    stop cleanly on their own (the training loop checkpoints first). Forwarding the signal
+    would deliver it twice. A second signal raises KeyboardInterrupt, and ``_spawn`` kills them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _drain(results: Any, box: list[Any]) -> None:
@@ -791,6 +820,7 @@ def _spawn_entry(
             "time": time.time(),
             "type": type(err).__name__,
             "simclr": isinstance(err, SimCLRError),
+            "exit_code": getattr(err, "exit_code", 1),
             "message": _one_line(err),
             "traceback": traceback.format_exc(),
         }
@@ -817,6 +847,8 @@ def _worker_failure(err_dir: Path, plan: LaunchPlan, exc: Exception) -> Distribu
     first = min(records, key=lambda record: record["time"])
     message = first["message"] if first["simclr"] else f"{first['type']}: {first['message']}"
     error = DistributedError(f"worker rank {first['rank']} failed: {message}")
+    # Keep the worker's exit status (2 for a usage error, 130 for an interrupt).
+    error.exit_code = int(first.get("exit_code", 1))
     error.worker_rank = first["rank"]  # type: ignore[attr-defined]
     error.worker_traceback = first["traceback"]  # type: ignore[attr-defined]
     return error

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -303,6 +306,16 @@ def test_failure_report_names_the_first_failed_rank(tmp_path: Path) -> None:
     assert error.worker_rank == 1  # type: ignore[attr-defined]
 
 
+def test_failure_report_keeps_the_worker_exit_code(tmp_path: Path) -> None:
+    plan = plan_launch(cfg_of(processes=2), env={})
+    record(tmp_path, 0, 1.0, "Interrupted", True, "stopped by SIGINT; resume with --resume auto")
+    data = json.loads((tmp_path / "rank0.json").read_text())
+    (tmp_path / "rank0.json").write_text(json.dumps({**data, "exit_code": 130}))
+    error = distributed._worker_failure(tmp_path, plan, RuntimeError("exit code 1"))
+    assert str(error) == "worker rank 0 failed: stopped by SIGINT; resume with --resume auto"
+    assert error.exit_code == 130
+
+
 def test_failure_report_without_records_uses_the_exit(tmp_path: Path) -> None:
     plan = plan_launch(cfg_of(processes=2, nodes=2, node_rank=1, master_port=29501), env={})
     exc = RuntimeError("process 1 terminated with signal SIGKILL")
@@ -349,3 +362,20 @@ def test_port_taken_after_planning_is_a_clear_error(
             distributed.launch(fail_on_step_two, cfg, timeout=timedelta(seconds=60))
     assert str(info.value).startswith("worker rank 0 failed:")
     assert "\n" not in str(info.value)
+
+
+def sleep_then_return_rank(cfg: SimpleNamespace) -> int:
+    distributed.barrier()
+    time.sleep(cfg.seconds)
+    return distributed.rank()
+
+
+@pytest.mark.slow
+def test_one_signal_to_the_launcher_waits_for_the_workers(no_launcher_env: None) -> None:
+    # Ctrl-C reaches the workers too and they stop cleanly; the launcher must not kill them.
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        assert distributed.launch(sleep_then_return_rank, cfg_of(processes=2, seconds=4)) == 0
+    finally:
+        timer.cancel()
