@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -233,22 +234,30 @@ def _grayscale(x: Tensor) -> Tensor:
     return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
+def _grayscale_rgb(x: Tensor) -> Tensor:
+    """(B, 3, H, W) -> luma repeated on 3 channels."""
+    return _grayscale(x).expand_as(x)
+
+
 def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     """Rotate the hue of (B, 3, H, W) images in [0, 1] by ``shift`` (B,) turns, as HSV does.
 
     Value (max) and chroma (max - min) are unchanged by a hue rotation, so RGB comes back as
     ``max - chroma * ramp(hue)`` without forming saturation explicitly.
     """
-    maxc, argmax = x.max(dim=1, keepdim=True)  # (B, 1, H, W); ties pick red, then green
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # (B, 1, H, W) views
+    maxc = x.amax(dim=1, keepdim=True)
     chroma = maxc - x.amin(dim=1, keepdim=True)
-    # (g - b, b - r, r - g): position inside the sector of the largest channel
-    diff = x.roll(-1, dims=1) - x.roll(1, dims=1)  # (B, 3, H, W)
-    hue6 = diff.gather(1, argmax) / chroma.clamp_min(1e-12) + 2.0 * argmax  # sixths of a turn
-    hue6 = hue6 + 6.0 * shift.view(-1, 1, 1, 1)
+    # hue in sixths of a turn, from the sector of the largest channel (ties: red, then green)
+    sector = torch.where(
+        r == maxc, g - b, torch.where(g == maxc, b - r + 2.0 * chroma, r - g + 4.0 * chroma)
+    )
+    hue6 = torch.remainder(sector / chroma.clamp_min(1e-12) + 6.0 * shift.view(-1, 1, 1, 1), 6.0)
     # HSV -> RGB: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(n + hue6, 6.0)
-    ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+    k = n + hue6  # (B, 3, H, W) in [1, 11)
+    k = torch.where(k >= 6.0, k - 6.0, k)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return maxc - chroma * ramp
 
 
@@ -269,23 +278,31 @@ def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
         f = factors.gather(1, op.clamp(max=2).view(-1, 1)).view(view)
         f = torch.where(op.view(view) == 3, torch.ones_like(f), f)
         x = torch.lerp(ref.expand_as(x), x, f).clamp_(0.0, 1.0)
-        x = _apply_hue(x, op == 3, factors[:, 3])
+        x = _update_chosen(x, op == 3, _shift_hue, factors[:, 3])
     return x
 
 
-def _apply_hue(x: Tensor, chosen: Tensor, shift: Tensor, masked: bool | None = None) -> Tensor:
-    """Hue-rotate the ``chosen`` (B,) images of ``x`` by ``shift`` (B,) turns.
+def _update_chosen(
+    x: Tensor,
+    chosen: Tensor,
+    fn: Callable[..., Tensor],
+    *per_image: Tensor,
+    masked: bool | None = None,
+) -> Tensor:
+    """Replace the ``chosen`` (B,) images of ``x`` by ``fn(x, *per_image)`` on those images.
 
-    On CPU only the chosen images are converted (indexing is free there); on accelerators a
-    mask keeps the step free of host synchronisation (``nonzero`` would wait for the device).
-    ``masked`` forces one path (tests compare them).
+    On CPU only the chosen images are computed (indexing costs nothing there); on accelerators
+    a mask keeps the step free of host synchronisation (``nonzero`` would wait for the
+    device). ``masked`` forces one path (tests compare them).
     """
     if masked is None:
         masked = x.device.type != "cpu"
-    if not masked:
-        index = chosen.nonzero().flatten()
-        return x.index_copy(0, index, _shift_hue(x[index], shift[index]))
-    return torch.where(chosen.view(-1, 1, 1, 1), _shift_hue(x, shift), x)
+    if masked:
+        return torch.where(chosen.view(-1, 1, 1, 1), fn(x, *per_image), x)
+    index = chosen.nonzero().flatten()
+    if len(index) == 0:
+        return x
+    return x.index_copy(0, index, fn(x[index], *(p[index] for p in per_image)))
 
 
 def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
@@ -428,13 +445,11 @@ class BatchedSimCLRAugment(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         params = {k: v.to(x.device, non_blocking=True) for k, v in params.items()}
         x = self._crop_and_flip(x, params["crop"], params["flip"])  # (B, 3, S, S)
-        per_image = (-1, 1, 1, 1)
-        jittered = _color_jitter(x, params["factors"], params["order"])
-        x = torch.where(params["jitter"].view(per_image), jittered, x)
-        x = torch.where(params["grayscale"].view(per_image), _grayscale(x).expand_as(x), x)
+        x = _update_chosen(x, params["jitter"], _color_jitter, params["factors"], params["order"])
+        x = _update_chosen(x, params["grayscale"], _grayscale_rgb)
         if self.blur:
-            blurred = _gaussian_blur(x, params["sigma"], self.kernel_size)
-            x = torch.where(params["blur"].view(per_image), blurred, x)
+            blur = partial(_gaussian_blur, kernel_size=self.kernel_size)
+            x = _update_chosen(x, params["blur"], blur, params["sigma"])
         if self.normalize:
             x = (x - self.mean) / self.std
         return x

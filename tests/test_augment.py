@@ -20,8 +20,8 @@ from simclr_cli.augment import (
     BatchedSimCLRAugment,
     SimCLRAugment,
     TwoViews,
-    _apply_hue,
     _shift_hue,
+    _update_chosen,
     blur_kernel_size,
     eval_transform,
     jitter_ranges,
@@ -356,12 +356,14 @@ def test_hue_shift_matches_colorsys() -> None:
         np.testing.assert_allclose(got, expected, atol=1e-9)
 
 
-def test_hue_index_and_mask_paths_agree() -> None:
+def test_index_and_mask_paths_agree() -> None:
     x = torch.rand(12, 3, 5, 5, generator=seeded(0))
     chosen = torch.tensor([True, False] * 6)
     shift = torch.linspace(-0.4, 0.4, 12)
-    indexed = _apply_hue(x, chosen, shift, masked=False)
-    torch.testing.assert_close(indexed, _apply_hue(x, chosen, shift, masked=True), atol=0, rtol=0)
+    indexed = _update_chosen(x, chosen, _shift_hue, shift, masked=False)
+    masked = _update_chosen(x, chosen, _shift_hue, shift, masked=True)
+    torch.testing.assert_close(indexed, masked, atol=0, rtol=0)
+    assert torch.equal(_update_chosen(x, chosen & False, _shift_hue, shift, masked=False), x)
     assert torch.equal(indexed[~chosen], x[~chosen]) and not torch.equal(indexed[chosen], x[chosen])
 
 
