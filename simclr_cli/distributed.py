@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 import torch.distributed as dist
@@ -141,6 +141,10 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+@overload
+def all_reduce_sum(value: Tensor) -> Tensor: ...
+@overload
+def all_reduce_sum(value: float) -> float: ...
 def all_reduce_sum(value: Tensor | float) -> Tensor | float:
     """Sum a tensor or number over all processes, without autograd (for counts and metrics).
 
@@ -164,6 +168,10 @@ def all_reduce_sum(value: Tensor | float) -> Tensor | float:
     return float(total.item())
 
 
+@overload
+def all_reduce_mean(value: Tensor) -> Tensor: ...
+@overload
+def all_reduce_mean(value: float) -> float: ...
 def all_reduce_mean(value: Tensor | float) -> Tensor | float:
     """Average a tensor or number over all processes, without autograd (for logging a loss).
 
@@ -262,11 +270,12 @@ class GlobalBatchNorm(_BatchNorm):
             return super().forward(input)
         factor = self._average_factor()
         mean, var, count = _global_moments(input)  # (C,), (C,) biased, scalar
-        if self.training and self.track_running_stats and self.running_mean is not None:
+        running = (self.running_mean, self.running_var)
+        if self.training and running[0] is not None and running[1] is not None:
             with torch.no_grad():
                 unbiased = var * (count / (count - 1).clamp(min=1))
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+                running[0].lerp_(mean.to(running[0].dtype), factor)
+                running[1].lerp_(unbiased.to(running[1].dtype), factor)
         shape = (1, -1) + (1,) * (input.dim() - 2)
         out = (input.to(mean.dtype) - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
