@@ -374,3 +374,9 @@ def test_linear_eval_reads_release_layout_checkpoints(tmp_path, layout):
     result = ev.run_linear_eval(eval_config(ck, limit=20, image_size=32))
     assert result["test_images"] == 20 and 0 <= result["top1"] <= 1
     assert (tmp_path / "linear_eval.json").is_file()
+
+
+def test_weight_decay_search_stops_once_weaker_decay_stops_helping():
+    x, y = separable_problem(n=150, noise=0.1)  # every candidate separates the held-out rows
+    best, scores = ev.select_weight_decay(x, y, 3, grid=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), patience=2)
+    assert list(scores) == [1e-1, 1e-2, 1e-3] and best == 1e-1

@@ -1,0 +1,190 @@
+"""Linear evaluation: simclr-cli's protocol vs the protocol of Spijkervet/SimCLR, same run.
+
+Both protocols evaluate the SAME frozen encoder on the SAME images (``shapes``, the test-time
+transform of the checkpoint):
+
+- ours: ``h`` extracted once per split (encoder only, inference mode, whole splits), then a
+  multinomial logistic regression on standardised in-memory features (full-batch L-BFGS, weight
+  decay chosen on 20% of the train split from a 6-value grid, refit), plus the kNN monitor.
+- reference (Spijkervet/SimCLR ``linear_evaluation.py``): features from ``model(x, x)`` (both
+  branches, so the encoder runs twice) over loaders with ``drop_last=True`` (train shuffled),
+  ``.numpy()`` arrays wrapped in a ``TensorDataset``/``DataLoader`` (batch 256, not shuffled),
+  ``nn.Linear`` trained for 500 epochs of Adam (lr 3e-4) on raw features; test accuracy averaged
+  over per-batch accuracies of the dropped-last-batch test loader.
+
+Printed: wall time of each phase and the whole protocol, the ratio, and test accuracy (the
+reference's own number and its classifier's accuracy over the whole test split).
+
+Usage: ``python benchmarks/linear_eval.py [--train 2000] [--test 1000] [--stem cifar]
+[--checkpoint PATH] [--epochs 500] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from simclr_cli import evaluate as ev
+from simclr_cli.augment import eval_transform
+from simclr_cli.data import build_dataset, normalization
+from simclr_cli.model import build_simclr, model_spec
+
+
+class TwoBranch(nn.Module):
+    """The reference's model interface: ``forward(x_i, x_j) -> (h_i, h_j, z_i, z_j)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.projector = model.encoder, model.projector
+
+    def forward(self, x_i: torch.Tensor, x_j: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h_i, h_j = self.encoder(x_i), self.encoder(x_j)
+        return h_i, h_j, self.projector(h_i), self.projector(h_j)
+
+
+def reference_features(model: TwoBranch, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Spijkervet's ``inference``: per batch ``model(x, x)``, h to numpy, labels to numpy."""
+    feature_vector, labels_vector = [], []
+    for x, y in loader:
+        with torch.no_grad():
+            h, _, z, _ = model(x, x)
+        feature_vector.extend(h.detach().cpu().numpy())
+        labels_vector.extend(y.numpy())
+    return np.array(feature_vector), np.array(labels_vector)
+
+
+def reference_protocol(model: nn.Module, train, test, epochs: int, seed: int) -> dict:
+    """Spijkervet/SimCLR's linear evaluation, transcribed (model in eval mode as there)."""
+    torch.manual_seed(seed)
+    two = TwoBranch(model).eval()
+    start = time.perf_counter()
+    train_loader = DataLoader(train, batch_size=256, shuffle=True, drop_last=True)
+    test_loader = DataLoader(test, batch_size=256, shuffle=False, drop_last=True)
+    x_train, y_train = reference_features(two, train_loader)
+    x_test, y_test = reference_features(two, test_loader)
+    extracted = time.perf_counter()
+    arrays_train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    arrays_test = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
+    arrays_train_loader = DataLoader(arrays_train, batch_size=256, shuffle=False)
+    arrays_test_loader = DataLoader(arrays_test, batch_size=256, shuffle=False)
+    head = nn.Linear(x_train.shape[1], 10)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-4)
+    criterion = nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        head.train()
+        for x, y in arrays_train_loader:
+            optimizer.zero_grad()
+            output = head(x)
+            loss = criterion(output, y)
+            _ = (output.argmax(1) == y).sum().item() / y.size(0)  # per-step accuracy, as there
+            loss.backward()
+            optimizer.step()
+    head.eval()
+    accuracies = []
+    for x, y in arrays_test_loader:
+        with torch.no_grad():
+            accuracies.append((head(x).argmax(1) == y).sum().item() / y.size(0))
+    done = time.perf_counter()
+    full_test = whole_split_accuracy(head, model, test)
+    return {
+        "extract_s": extracted - start,
+        "classifier_s": done - extracted,
+        "total_s": done - start,
+        "reported_top1": float(np.mean(accuracies)),
+        "test_images_counted": len(arrays_test),
+        "whole_test_top1": full_test,
+    }
+
+
+def whole_split_accuracy(head: nn.Module, model: nn.Module, test) -> float:
+    """Accuracy of a head on raw h over EVERY test image (not timed)."""
+    h, y = ev.extract_features(model, test, 512, "cpu")
+    with torch.no_grad():
+        return (head(h).argmax(1) == y).float().mean().item()
+
+
+def our_protocol(model: nn.Module, train, test, seed: int) -> dict:
+    """simclr-cli's ``--protocol features`` path, phase by phase (what evaluate_frozen runs)."""
+    start = time.perf_counter()
+    train_h, train_y = ev.extract_features(model, train, 512, "cpu")
+    test_h, test_y = ev.extract_features(model, test, 512, "cpu")
+    extracted = time.perf_counter()
+    logits, details = ev.probe_features(train_h, train_y, test_h, 10, "lbfgs", seed)
+    top1 = ev.topk_accuracy(logits, test_y, ks=(1,))[1]
+    probed = time.perf_counter()
+    knn = ev.knn_accuracy(train_h, train_y, test_h, test_y, 200, 0.1, 10)
+    done = time.perf_counter()
+    return {
+        "extract_s": extracted - start,
+        "classifier_s": probed - extracted,
+        "knn_s": done - probed,
+        "total_s": done - start,
+        "top1": top1,
+        "knn_top1": knn,
+        "test_images_counted": len(test_y),
+        "weight_decay": details["weight_decay"],
+    }
+
+
+def frozen_model(args: argparse.Namespace) -> tuple[nn.Module, int, list | None, list | None]:
+    """The encoder both protocols share: a checkpoint, or a seeded random ResNet-18."""
+    if args.checkpoint:
+        model, payload, _ = ev.load_frozen_model(args.checkpoint, Path("."))
+        spec = payload["model"]
+        return model, spec.get("image_size") or args.image_size, spec["mean"], spec["std"]
+    mean, std = normalization("shapes")
+    spec = model_spec("resnet18", args.stem, image_size=args.image_size, mean=mean, std=std)
+    torch.manual_seed(args.seed)
+    return build_simclr(spec).eval().requires_grad_(False), args.image_size, mean, std
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=2000, help="train images of shapes")
+    parser.add_argument("--test", type=int, default=1000, help="test images of shapes")
+    parser.add_argument("--stem", default="cifar", choices=("cifar", "imagenet"))
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--checkpoint", default=None, help="a pretrained checkpoint (else random)")
+    parser.add_argument("--epochs", type=int, default=500, help="reference Adam epochs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, size, mean, std = frozen_model(args)
+    transform = eval_transform(size, mean, std)
+    train = build_dataset("shapes", "train", Path("."), transform, limit=args.train)
+    test = build_dataset("shapes", "test", Path("."), transform, limit=args.test)
+    print(f"encoder: resnet18 {args.stem} stem, {size} px, "
+          f"{'checkpoint ' + args.checkpoint if args.checkpoint else 'random init'}; "
+          f"shapes {len(train)} train / {len(test)} test; {args.threads} threads")  # fmt: skip
+    ours = our_protocol(model, train, test, args.seed)
+    ref = reference_protocol(model, train, test, args.epochs, args.seed)
+    report(ours, ref, args.epochs)
+
+
+def report(ours: dict, ref: dict, epochs: int) -> None:
+    rows = [
+        ("feature extraction", ours["extract_s"], ref["extract_s"]),
+        ("classifier", ours["classifier_s"], ref["classifier_s"]),
+        ("whole protocol", ours["total_s"], ref["total_s"]),
+    ]
+    print(f"{'phase':<22}{'ours':>12}{'reference':>12}{'speed-up':>10}")
+    for name, a, b in rows:
+        print(f"{name:<22}{a:>11.2f}s{b:>11.2f}s{b / a:>9.1f}x")
+    print(f"(ours includes the kNN monitor: {ours['knn_s']:.2f}s; weight decay "
+          f"{ours['weight_decay']:g}; reference: {epochs} Adam epochs)")  # fmt: skip
+    print(f"top-1 ours: {100 * ours['top1']:.2f}% over {ours['test_images_counted']} test images"
+          f" (kNN {100 * ours['knn_top1']:.2f}%)")  # fmt: skip
+    print(f"top-1 reference: {100 * ref['reported_top1']:.2f}% as it reports (mean of per-batch "
+          f"accuracies over {ref['test_images_counted']} test images), "
+          f"{100 * ref['whole_test_top1']:.2f}% over all test images")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
