@@ -351,9 +351,18 @@ class ShapesDataset(Dataset):
 
 
 def _find_images(root: Path) -> list[Path]:
-    """All image files under ``root`` (recursive, hidden entries skipped), sorted."""
+    """All image files under ``root`` (recursive, hidden entries skipped), sorted.
+
+    Symlinked folders are followed (class folders are often links), each real folder once.
+    """
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link cycle or a second link to the same folder
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for filename in filenames:
             if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):

@@ -249,6 +249,30 @@ def test_crop_area_and_ratio(height: int, width: int) -> None:
         assert ratio.min() >= 0.75 * 0.9 and ratio.max() <= 4 / 3 / 0.9
 
 
+def test_crop_distribution_matches_torchvision() -> None:
+    """Area fraction and log aspect ratio of our crops vs RandomResizedCrop.get_params."""
+    n, height, width = 3000, 60, 80
+    torch.manual_seed(0)
+    image = torch.zeros(1, height, width)
+    theirs = torch.tensor(
+        [
+            transforms.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])[2:]
+            for _ in range(n)
+        ],
+        dtype=torch.float64,
+    )
+    ours = BatchedSimCLRAugment(SIZE).sample_params(n, height, width, seeded(0))["crop"][:, 2:]
+
+    def stats(hw: torch.Tensor) -> torch.Tensor:  # (n, 2): area fraction, log(w / h)
+        hw = hw.double()
+        return torch.stack([hw[:, 0] * hw[:, 1] / (height * width), (hw[:, 1] / hw[:, 0]).log()], 1)
+
+    a, b = stats(ours), stats(theirs)
+    se = torch.sqrt((a.var(0) + b.var(0)) / n)
+    assert ((a.mean(0) - b.mean(0)).abs() < 4 * se).all()
+    assert ((a.std(0) - b.std(0)).abs() < 4 * se).all()
+
+
 def test_crop_fallback_clips_extreme_images() -> None:
     """A 3x90 image fits no 3/4..4/3 crop of scale >= 0.08: centre crop of ratio 4/3."""
     crops = BatchedSimCLRAugment(SIZE).sample_params(50, 3, 90, seeded(0))["crop"]

@@ -189,6 +189,18 @@ def test_folder_labels_by_first_level_subfolder(labelled_folder: Path) -> None:
     assert image.mode == "RGB" and image.size == (4, 4) and label == 1
 
 
+def test_folder_follows_symlinked_class_folders(tmp_path: Path) -> None:
+    storage = tmp_path / "storage" / "bird"
+    write_image(storage / "x.png", (5, 5, 5))
+    root = tmp_path / "linked"
+    root.mkdir()
+    (root / "bird").symlink_to(storage, target_is_directory=True)
+    (storage / "loop").symlink_to(storage, target_is_directory=True)  # a cycle
+    dataset = ImageFolderDataset(root)
+    assert [p.relative_to(root).as_posix() for p in dataset.paths] == ["bird/x.png"]
+    assert dataset.classes == ["bird"]
+
+
 def test_folder_without_subfolders_is_unlabelled(tmp_path: Path) -> None:
     for i in range(3):
         write_image(tmp_path / f"{i}.jpeg", (i, i, i))
