@@ -280,3 +280,55 @@ def test_truncate_metrics_drops_steps_after_the_checkpoint(tmp_path: Path) -> No
     path.write_text("\n".join(lines) + '\n{"step": 5, "lo')  # last line cut by a kill
     train.truncate_metrics(path, 2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+# ----------------------------------------------------------------------------------------------
+# quality
+
+
+def small_convnet(spec: dict[str, Any]) -> SimCLR:
+    """Three 3x3 convolutions (32-64-128 channels, batch norm): learns shapes in a CPU minute."""
+    layers: list[nn.Module] = []
+    for c_in, c_out, stride in ((3, 32, 1), (32, 64, 2), (64, 128, 2)):
+        layers += [
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(),
+        ]
+    return SimCLR(nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), 128, 64)
+
+
+@pytest.mark.slow
+def test_pretraining_on_shapes_beats_a_random_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train, "build_simclr", small_convnet)
+    cfg = config(
+        tmp_path,
+        limit=1024,  # also bounds the kNN monitor: 1024 bank and 1024 query images
+        image_size=16,
+        batch_size=64,  # 16 steps per epoch
+        epochs=100,  # the schedule; --max-steps stops after 10 epochs, lr still near its peak
+        max_steps=160,
+        warmup_epochs=0,
+        optimizer="adam",
+        lr=3e-3,
+        temperature=0.2,
+        augment_on="device",
+        log_every=16,
+        knn_every=10,
+        checkpoint_every=10,
+    )
+    summary = train.run_pretrain(cfg)
+
+    losses = [
+        r["loss"]
+        for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.2, losses
+    torch.manual_seed(0)
+    random_net = small_convnet({})
+    chance = train.knn_eval(random_net, *train.knn_datasets(cfg), cfg, torch.device("cpu"))
+    trained = summary["knn_accuracy"]
+    assert trained > chance + 0.12, (trained, chance)

@@ -17,13 +17,18 @@ from typing import Any
 
 import pytest
 import torch
-from test_train import assert_same_weights, config, metric_steps, tiny, weights  # noqa: F401
+from test_train import (  # noqa: F401 (tiny is a fixture: resumes train the child's model)
+    assert_same_weights,
+    config,
+    metric_steps,
+    tiny,
+    weights,
+)
 
 from simclr_cli import train
 from simclr_cli.checkpoint import load_checkpoint
 from simclr_cli.errors import CheckpointError
 
-pytestmark = pytest.mark.usefixtures("tiny")  # in-process resumes train the same tiny model
 TESTS = Path(__file__).parent
 CHILD = """
 import io, json, os, sys, time
@@ -103,6 +108,7 @@ def options(out: Path, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("tiny")
 def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     child = start_child({"options": options(out, epochs=50), "step_sleep": 0.2})
@@ -122,6 +128,7 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("tiny")
 def test_kill_9_mid_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     out, marker = tmp_path / "run", tmp_path / "saving"
     # Save 1 is epoch 1's checkpoint_last.pt; the child is killed inside save 2 (epoch 2).
@@ -170,3 +177,31 @@ def cli_flags(values: dict[str, Any]) -> list[str]:
     for name in ("workers", "device", "precision", "out", "log_every", "seed"):
         flags += [f"--{name.replace('_', '-')}", str(values[name])]
     return flags
+
+
+@pytest.mark.slow
+def test_two_processes_write_once_and_resume_with_one(tmp_path: Path) -> None:
+    # Spawned workers import simclr_cli afresh, so this run trains the real ResNet-18.
+    from simclr_cli.model import build_simclr
+
+    cfg = config(tmp_path, limit=16, batch_size=8, max_steps=2, processes=2)  # 2 steps/epoch
+    summary = train.run_pretrain(cfg)
+
+    assert summary["global_step"] == 2  # rank 0's summary comes back to the caller
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch_1.pt",
+        "checkpoint_last.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
+    assert metric_steps(tmp_path) == [1, 2]  # one writer: no line twice
+    payload = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert payload["config"]["resolved"]["world_size"] == 2
+    assert payload["config"]["resolved"]["per_process_batch_size"] == 4
+    single = build_simclr(payload["model"]).state_dict()
+    assert list(payload["state_dict"]) == list(single)  # no "module." prefix, same layout
+
+    resumed = train.run_pretrain(config(tmp_path, limit=16, batch_size=8, resume="auto"))
+    assert resumed["global_step"] == 4
+    assert load_checkpoint(tmp_path / "checkpoint_last.pt")["config"]["resolved"]["world_size"] == 1
+    assert metric_steps(tmp_path) == [1, 2, 3, 4]
