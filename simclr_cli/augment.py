@@ -192,6 +192,7 @@ class SimCLRAugment:
         if params["blur"]:  # on the float tensor: PIL's blur is a box-filter approximation
             sigma = params["sigma"]
             tensor = F.gaussian_blur(tensor, [self.kernel_size] * 2, [sigma, sigma])
+            tensor = tensor.clamp_(0.0, 1.0)  # kernel rounding can give 1 + 1e-7
         if self.mean is not None and self.std is not None:
             tensor = F.normalize(tensor, self.mean, self.std)
         return tensor
@@ -316,7 +317,7 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     y = nnf.pad(x.reshape(1, b * c, h, w), [half] * 4, mode="reflect")
     y = nnf.conv2d(y, kernel.view(b * c, 1, 1, kernel_size), groups=b * c)
     y = nnf.conv2d(y, kernel.view(b * c, 1, kernel_size, 1), groups=b * c)
-    return y.view(b, c, h, w)
+    return y.view(b, c, h, w).clamp_(0.0, 1.0)  # kernel rounding can give 1 + 1e-7
 
 
 class BatchedSimCLRAugment(nn.Module):
@@ -440,6 +441,7 @@ class BatchedSimCLRAugment(nn.Module):
 
     def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
         """Make the views described by ``params`` for a (B, C, H, W) uint8 or float batch."""
+        assert x.dim() == 4 and x.shape[1] in (1, 3), f"expected (B, 1|3, H, W), got {x.shape}"
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)

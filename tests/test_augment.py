@@ -81,8 +81,9 @@ def test_bad_options_are_usage_errors(cls: type) -> None:
 def test_per_image_view_shape_dtype_range(images: list[Image.Image]) -> None:
     augment = SimCLRAugment(12, jitter_strength=1.0, blur=True)
     wide = Image.new("L", (40, 10), 128)  # grayscale, non-square input
-    for image in [*images[:8], wide]:
-        view = augment(image)
+    generator = seeded(0)
+    for image in [*images[:8], wide] * 20:
+        view = augment(image, generator)
         assert view.shape == (3, 12, 12) and view.dtype == torch.float32
         assert 0.0 <= view.min() and view.max() <= 1.0
 
@@ -100,7 +101,7 @@ def test_batched_view_shape_dtype_range(batch: torch.Tensor) -> None:
     for x in (batch, batch.float() / 255.0, batch[:, :1]):
         views = augment(x, seeded(0))
         assert views.shape == (64, 3, 12, 12) and views.dtype == torch.float32
-        assert views.min() >= 0.0 and views.max() <= 1.0 + 1e-6
+        assert views.min() >= 0.0 and views.max() <= 1.0
 
 
 def test_batched_normalisation(batch: torch.Tensor) -> None:
@@ -116,6 +117,29 @@ def test_two_views_differ(images: list[Image.Image]) -> None:
     first, second = TwoViews(SimCLRAugment(SIZE))(images[0])
     assert first.shape == second.shape == (3, SIZE, SIZE)
     assert not torch.equal(first, second)
+
+
+def test_transforms_survive_pickling(images: list[Image.Image]) -> None:
+    """DataLoader workers started with spawn/forkserver receive transforms by pickle."""
+    import pickle
+
+    for transform in (
+        SimCLRAugment(SIZE, mean=(0.5,) * 3, std=(0.2,) * 3),
+        TwoViews(SimCLRAugment(SIZE)),
+        eval_transform(SIZE, (0.5,) * 3, (0.2,) * 3),
+        to_uint8_transform(SIZE),
+    ):
+        copy = pickle.loads(pickle.dumps(transform))
+        torch.manual_seed(3)
+        expected = transform(images[0])
+        torch.manual_seed(3)
+        got = copy(images[0])
+        for a, b in zip(
+            got if isinstance(got, tuple) else (got,),
+            expected if isinstance(expected, tuple) else (expected,),
+            strict=True,
+        ):
+            assert torch.equal(a, b)
 
 
 def test_eval_and_uint8_transforms() -> None:
