@@ -148,6 +148,8 @@ def knn_accuracy(
     Returns:
         Accuracy in [0, 1]; NaN when either set has no labelled row.
     """
+    train_labels = train_labels.to(train_features.device)
+    test_labels = test_labels.to(test_features.device)
     keep_train, keep_test = train_labels >= 0, test_labels >= 0
     if not keep_train.any() or not keep_test.any():
         return math.nan
@@ -612,8 +614,9 @@ def evaluate_frozen(
     test_h, test_y = extract_features(model, test, batch_size, **extract)
     if protocol == "features":
         logits, details = probe_features(
-            train_h.to(device), train_y.to(device), test_h, num_classes, solver, seed
-        )
+            train_h.to(device), train_y.to(device), test_h, num_classes, solver, seed,
+            epochs=epochs,
+        )  # fmt: skip
     elif protocol == "augment" and train_views is not None:
         logits, details = probe_augmented(
             model, train_views, train_h, test_h, num_classes, epochs, batch_size, device,
@@ -756,6 +759,8 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
         views, _ = linear_eval_splits(
             cfg, checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind, augment=True)
         )
+    if device.type == "cuda":
+        model = model.to(device, memory_format=torch.channels_last)
     result = evaluate_frozen(
         model.to(device), train, test, num_classes, device, cfg.protocol, cfg.solver,
         cfg.batch_size, cfg.resolved_epochs, views, cfg.resolved_precision, cfg.workers,
