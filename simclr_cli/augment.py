@@ -457,7 +457,7 @@ class BatchedSimCLRAugment(nn.Module):
         return x
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One random view per image: (B, C, H, W) uint8/float -> (B, 3, S, S) float32."""
+        """One random view per image: (B, 1|3, H, W) uint8 or [0, 1] float -> (B, 3, S, S)."""
         params = self.sample_params(x.shape[0], x.shape[2], x.shape[3], generator, x.device)
         return self.apply(x, params)
 
