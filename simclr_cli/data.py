@@ -31,8 +31,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 _DATASET_HELP = "use cifar10, cifar100, stl10, shapes or a folder of images"
 
 # Per-channel mean/std of the training split, in [0, 1] units. CIFAR values are the exact
-# statistics of the 50,000 training images (not the often copied 0.2023/0.1994/0.2010, which
-# are means of per-image stds). STL-10: statistics of the 100,000 unlabelled images. shapes:
+# statistics of the 50,000 training images (the often copied 0.2023/0.1994/0.2010 are not the
+# per-channel pixel std). STL-10: the widely used train-split statistics. shapes:
 # measured over 10,000 generated training images (tests/test_data.py re-measures them).
 _NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
