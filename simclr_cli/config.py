@@ -130,7 +130,7 @@ class PretrainConfig(_Frozen):
     warmup_epochs: float = Field(default=10, ge=0)
     temperature: float = Field(default=0.5, gt=0)
     # augmentation
-    jitter_strength: float | None = Field(default=None, ge=0, le=4)
+    jitter_strength: float | None = Field(default=None, ge=0, le=2.5)  # hue 0.2s <= 0.5
     blur: bool | None = None
     augment_on: Literal["cpu", "device"] = "cpu"
     workers: int = Field(default_factory=default_workers, ge=0)
