@@ -47,8 +47,15 @@ from simclr_cli.augment import (
 )
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import get_console, make_progress
-from simclr_cli.data import build_dataset, normalization, pretrain_split
-from simclr_cli.errors import CheckpointError, OutputExistsError, SimCLRError, TrainingError
+from simclr_cli.data import build_dataset, normalization, pretrain_split, skipped_files
+from simclr_cli.errors import (
+    CheckpointError,
+    DatasetError,
+    DistributedError,
+    OutputExistsError,
+    SimCLRError,
+    TrainingError,
+)
 from simclr_cli.loss import NTXentLoss
 from simclr_cli.model import SimCLR, build_simclr, model_spec
 
@@ -121,6 +128,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     payload = checkpoint.load_checkpoint(resume_path) if resume_path else None
     if payload is not None:
         check_resume_compatible(payload, cfg, resume_path)
+    check_same_start(payload, resume_path)
     seed_everything(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     data = build_pretrain_data(cfg, device)
     spec = build_spec(cfg)
@@ -192,6 +200,23 @@ def check_resume_compatible(payload: dict[str, Any], cfg: PretrainConfig, path: 
                 f"{path} was trained with {flag} {saved[key]} but this run has {current[key]}; "
                 f"resume with {flag} {saved[key]} or start a new --out"
             )
+
+
+def check_same_start(payload: dict[str, Any] | None, path: Path | None) -> None:
+    """Raise unless every rank resumes from the same step as rank 0 (e.g. no shared folder).
+
+    Raises:
+        DistributedError: this rank found another checkpoint, or none, than rank 0.
+    """
+    if distributed.world_size() == 1:
+        return
+    mine = None if payload is None else int(payload["global_step"])
+    expected = distributed.broadcast_object(mine)
+    if mine != expected:
+        raise DistributedError(
+            f"rank {distributed.rank()} would start at step {mine} but rank 0 at step {expected} "
+            f"({path or 'no checkpoint'}); put --out on a folder every node shares"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -272,9 +297,12 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
     dataset = build_dataset(
         cfg.dataset, pretrain_split(cfg.dataset_kind), cfg.data_dir, transform, limit=cfg.limit
     )
+    skipped = skipped_files(dataset)
+    if skipped:  # reported once for the run, not per image
+        get_console().print(f"[yellow]skipped {skipped} unreadable image files in {cfg.dataset}")
     per_process = cfg.per_process_batch_size
     if len(dataset) < cfg.batch_size:
-        raise TrainingError(
+        raise DatasetError(
             f"{cfg.dataset} has {len(dataset)} training images, fewer than one batch of "
             f"{cfg.batch_size}; lower --batch-size or raise --limit"
         )
@@ -319,7 +347,7 @@ def prepare_model(net: SimCLR, cfg: PretrainConfig, device: torch.device) -> nn.
     model: nn.Module = net
     if cfg.resolved_sync_bn and distributed.world_size() > 1:
         model = distributed.convert_sync_batchnorm(model, device)  # apply global BN before DDP
-        assert model is net or isinstance(model, SimCLR), "conversion must keep the SimCLR module"
+        assert model is net, "conversion replaces BN children in place, sharing parameters"
     if distributed.world_size() > 1:
         model = distributed.wrap_ddp(model, device)
     if cfg.compile:
@@ -612,7 +640,7 @@ class Trainer:
             with stop_on_signals() as stop, self.progress() as progress:
                 while not self.finished():
                     self.run_epoch(stop, progress)
-                    if self.stopping(stop, force=True):
+                    if self.stopping(stop, force=True) and not self.finished():
                         self.save()
                         raise Interrupted(self.interrupt_message(stop))
                     checkpoint_path = self.end_of_epoch()
@@ -717,7 +745,7 @@ class Trainer:
             completed=self.global_step,
             loss=f"{loss:.4f}",
             lr=f"{lr:.3g}",
-            ips=f"{images_per_s:.0f}",
+            **{"img/s": f"{images_per_s:.0f}"},
         )
 
     def stopping(self, stop: StopRequest, force: bool = False) -> bool:
@@ -772,14 +800,14 @@ class Trainer:
     @contextlib.contextmanager
     def progress(self) -> Iterator[Any]:
         """The rich progress bar over all steps (disabled off rank 0)."""
-        progress = make_progress("loss", "lr", "ips")
+        progress = make_progress("loss", "lr", "img/s")
         progress.add_task(
             "pretrain",
             total=last_step(self.cfg, self.schedule),
             completed=self.global_step,
             loss="-",
             lr="-",
-            ips="-",
+            **{"img/s": "-"},
         )
         with progress:
             yield progress

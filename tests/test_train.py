@@ -22,7 +22,7 @@ from simclr_cli import train
 from simclr_cli.checkpoint import load_checkpoint, load_model
 from simclr_cli.config import PretrainConfig
 from simclr_cli.data import ShapesDataset
-from simclr_cli.errors import CheckpointError, OutputExistsError, TrainingError
+from simclr_cli.errors import CheckpointError, DatasetError, OutputExistsError, TrainingError
 from simclr_cli.loss import NTXentLoss
 from simclr_cli.model import SimCLR
 
@@ -305,19 +305,19 @@ def test_pretraining_on_shapes_beats_a_random_encoder(
     monkeypatch.setattr(train, "build_simclr", small_convnet)
     cfg = config(
         tmp_path,
-        limit=1024,  # also bounds the kNN monitor: 1024 bank and 1024 query images
+        limit=4096,  # also bounds the kNN monitor: 4096 bank and 2000 query images
         image_size=16,
-        batch_size=64,  # 16 steps per epoch
-        epochs=100,  # the schedule; --max-steps stops after 10 epochs, lr still near its peak
-        max_steps=160,
+        batch_size=64,  # 64 steps per epoch
+        epochs=25,  # the schedule; --max-steps stops after 3 epochs, lr still near its peak
+        max_steps=192,
         warmup_epochs=0,
         optimizer="adam",
         lr=3e-3,
         temperature=0.2,
         augment_on="device",
-        log_every=16,
-        knn_every=10,
-        checkpoint_every=10,
+        log_every=32,
+        knn_every=3,
+        checkpoint_every=3,
     )
     summary = train.run_pretrain(cfg)
 
@@ -332,3 +332,34 @@ def test_pretraining_on_shapes_beats_a_random_encoder(
     chance = train.knn_eval(random_net, *train.knn_datasets(cfg), cfg, torch.device("cpu"))
     trained = summary["knn_accuracy"]
     assert trained > chance + 0.12, (trained, chance)
+
+
+# ----------------------------------------------------------------------------------------------
+# other data sources
+
+
+def test_pretraining_on_a_folder_of_images_skips_unreadable_files(
+    tiny: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shapes = ShapesDataset(size=24, image_size=12)
+    for i in range(24):
+        shapes[i][0].save(images / f"{i:02d}.png")
+    (images / "broken.jpg").write_bytes(b"not an image")
+    cfg = config(tmp_path / "run", dataset=str(images), image_size=8, max_steps=2, knn_every=1)
+    summary = train.run_pretrain(cfg)
+
+    assert summary["global_step"] == 2 and summary["knn_accuracy"] is None  # unlabelled: no kNN
+    assert "skipped 1 unreadable image" in capsys.readouterr().err
+    payload = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert payload["model"]["mean"] is None and payload["dataset"] == str(images)
+    assert Image.open(images / "00.png").size == (12, 12)
+
+
+def test_a_dataset_smaller_than_one_batch_is_a_dataset_error(tiny: None, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="fewer than one batch of 12"):
+        train.run_pretrain(config(tmp_path, limit=10))
+    assert not (tmp_path / "checkpoint_last.pt").exists()
