@@ -371,13 +371,38 @@ def _find_images(root: Path) -> list[Path]:
 
 
 def _is_readable(path: Path) -> bool:
-    """Cheap integrity check: PIL parses the header and verifies what the format allows."""
+    """Integrity check: PIL verifies what the format allows, then decodes non-PNG files.
+
+    ``verify()`` checks every PNG chunk's CRC, but for JPEG and most other formats it reads
+    only the header, so a truncated file would pass here and stop training when first loaded.
+    JPEGs are decoded at 1/8 scale (``draft``): every byte is still read, at a fraction of
+    the cost of a full decode.
+    """
     try:
         with Image.open(path) as image:
             image.verify()
+            if image.format == "PNG":
+                return True
+        with Image.open(path) as image:
+            image.draft("RGB", (1, 1))  # JPEG only: smallest DCT scale; a no-op elsewhere
+            image.load()
     except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad files
         return False
     return True
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB.
+
+    16-bit grayscale (PNG/TIFF modes ``I;16*``, and ``I``) is rescaled from 0..65535 to
+    0..255 first: PIL's own conversion clips those values at 255, turning most of the
+    image white.
+    """
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)  # (H, W) in 0..65535
+        scaled = np.clip(values / 257.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+        image = Image.fromarray(scaled)  # mode "L"
+    return image.convert("RGB")  # a loaded copy, also for RGB (the file may be closed next)
 
 
 class ImageFolderDataset(Dataset):
@@ -441,7 +466,7 @@ class ImageFolderDataset(Dataset):
         path = self.paths[i]
         try:
             with Image.open(path) as image:
-                rgb = image.convert("RGB")
+                rgb = to_rgb(image)
         except Exception as error:  # a file can pass verify() and still fail to decode
             raise DatasetError(
                 f"cannot decode {path} ({error}); remove or replace the file"

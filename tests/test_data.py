@@ -189,6 +189,39 @@ def test_folder_labels_by_first_level_subfolder(labelled_folder: Path) -> None:
     assert image.mode == "RGB" and image.size == (4, 4) and label == 1
 
 
+def test_truncated_jpeg_is_skipped_at_indexing(tmp_path: Path) -> None:
+    # JPEG verify() reads only the header: without a decode this file would pass and then
+    # stop training with an error when a batch first loads it.
+    noise = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "good.jpg", quality=90)
+    data_bytes = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data_bytes[: len(data_bytes) // 2])
+    dataset = ImageFolderDataset(tmp_path)
+    assert [p.name for p in dataset.paths] == ["good.jpg"]
+    assert [p.name for p in dataset.skipped_paths] == ["cut.jpg"]
+    assert dataset[0][0].size == (64, 64)
+
+
+def test_sixteen_bit_and_other_modes_become_8_bit_rgb(tmp_path: Path) -> None:
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "a_gray16.png")  # mode I;16
+    Image.fromarray(ramp).save(tmp_path / "b_gray16.tif")
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "c_cmyk.jpg")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 128)).save(tmp_path / "d_rgba.png")
+    Image.new("LA", (8, 8), (77, 255)).save(tmp_path / "e_la.png")
+    dataset = ImageFolderDataset(tmp_path)
+    assert dataset.skipped == 0 and len(dataset) == 5
+    images = [dataset[i][0] for i in range(5)]
+    assert all(image.mode == "RGB" for image in images)
+    want = np.round(ramp / 257.0).astype(np.int64)  # 0..255, not clipped to white
+    for image in images[:2]:
+        got = pixels(image).astype(np.int64)
+        assert np.abs(got[..., 0] - want).max() <= 1 and (got[..., 0] == got[..., 2]).all()
+    assert np.abs(pixels(images[2])[0, 0].astype(int) - [255, 0, 0]).max() <= 2
+    assert pixels(images[3])[0, 0].tolist() == [10, 20, 30]
+    assert pixels(images[4])[0, 0].tolist() == [77, 77, 77]
+
+
 def test_folder_follows_symlinked_class_folders(tmp_path: Path) -> None:
     storage = tmp_path / "storage" / "bird"
     write_image(storage / "x.png", (5, 5, 5))
