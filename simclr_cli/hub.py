@@ -449,12 +449,22 @@ def _import_file(src: Path, target: _Target, dest: Path, force: bool, progress: 
         return dest
     part = dest.with_name(dest.name + _PART)
     digest = hashlib.sha256()
-    with src.open("rb") as fin, part.open("wb") as fout:
-        while chunk := fin.read(1 << 20):
-            digest.update(chunk)
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
+    try:
+        with src.open("rb") as fin, part.open("wb") as fout:
+            while chunk := fin.read(1 << 20):
+                digest.update(chunk)
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+    except BaseException as e:
+        # A half-copied file must not stay behind: a later download would resume from it.
+        part.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise DownloadError(
+                f"cannot copy {src} into the cache ({e.strerror or e}); check the file and free "
+                "disk space, or choose another --cache-dir"
+            ) from None
+        raise
     _install(part, dest, target, digest.hexdigest(), part.stat().st_size, source=str(src))
     _say(progress, f"imported {src} as {dest}")
     return dest

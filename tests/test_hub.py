@@ -550,6 +550,27 @@ def test_from_file_rejects_non_checkpoints(
         hub.download("r18", cache, from_file=tmp_path / "absent.tar", progress=False)
 
 
+def test_from_file_copy_failure_leaves_no_partial_file(
+    server: Loopback,
+    release_files: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = tmp_path / "by_hand.tar"
+    src.write_bytes(release_files["1.1"])
+    _use_registry(monkeypatch, _entry("r18", server.base + "/never.tar"))
+
+    def disk_full(_fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub.os, "fsync", disk_full)
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match=r"cannot copy .*No space left.*--cache-dir") as raised:
+        hub.download("r18", cache, from_file=src, progress=False)
+    assert "\n" not in str(raised.value)
+    assert [p.name for p in cache.iterdir() if p.name.endswith(".part")] == []
+
+
 # ---------------------------------------------------------------------------- names and listing
 
 
