@@ -265,7 +265,11 @@ def resolve_checkpoint(
 
 
 def cached(cache_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The checkpoints in the cache: name, path, size in bytes, source URL and sha256."""
+    """The checkpoints in the cache: name, path, size in bytes, source URL and sha256.
+
+    Only files the manifest records or a release file name count: other files in the folder
+    (e.g. results that ``linear-eval`` writes next to a cached checkpoint) are not listed.
+    """
     cache = Path(cache_dir).expanduser()
     if not cache.is_dir():
         return []
@@ -273,9 +277,7 @@ def cached(cache_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     by_file = {e.filename: e.name for e in REGISTRY.values()}
     rows = []
     for path in sorted(cache.iterdir()):
-        if not path.is_file() or path.name == MANIFEST or path.name.startswith("."):
-            continue
-        if path.name.endswith((_PART, ".tmp")):
+        if not path.is_file() or (path.name not in manifest and path.name not in by_file):
             continue
         record = manifest.get(path.name, {})
         rows.append(

@@ -617,6 +617,10 @@ def test_registry_table_shows_what_is_cached(
     rows = {row["name"]: row for row in hub.registry_table(tmp_path)}
     assert rows["a"]["cached"] and rows["a"]["size_bytes"] == len(small_checkpoint)
     assert not rows["b"]["cached"] and rows["b"]["size_bytes"] is None
+    (tmp_path / "linear_eval.json").write_text("{}")  # results written next to a checkpoint
+    (tmp_path / "confusion_matrix.csv").write_text("1,0\n0,1\n")
     (listed,) = hub.cached(tmp_path)
     assert listed["name"] == "a" and listed["url"] == url
     assert listed["sha256"] == hashlib.sha256(small_checkpoint).hexdigest()
+    (tmp_path / "b.tar").write_bytes(b"placed by hand")  # a release file name still counts
+    assert [row["name"] for row in hub.cached(tmp_path)] == ["a", "b"]
