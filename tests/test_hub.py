@@ -15,8 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import MappingProxyType
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 from release_fixtures import make_release_checkpoint
 
 from simclr_cli import hub
@@ -515,6 +517,45 @@ def test_release_layouts_download_convert_and_load(
     assert len(server.log) == 1
     assert hub.resolve_checkpoint("r18", tmp_path, progress=False) == path
     assert len(server.log) == 1  # second use comes from the cache
+
+
+@pytest.mark.parametrize(("layout", "bias"), [("1.0", True), ("1.1", False), ("ddp", False)])
+def test_release_names_feed_linear_eval_and_features(
+    server: Loopback,
+    release_files: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    layout: str,
+    bias: bool,
+) -> None:
+    """`--checkpoint NAME` downloads on first use, then linear-eval and features run on shapes."""
+    from simclr_cli import evaluate, features
+    from simclr_cli.augment import eval_transform
+    from simclr_cli.config import FeaturesConfig, LinearEvalConfig
+    from simclr_cli.data import ShapesDataset
+
+    url = server.add(f"/{layout}/checkpoint_100.tar", release_files[layout])
+    _use_registry(monkeypatch, _entry("r18", url, bias=bias))
+    cache = tmp_path / "cache"
+    common = {"dataset": "shapes", "image_size": 32, "device": "cpu", "workers": 0}
+    common |= {"cache_dir": cache, "batch_size": 8, "checkpoint": "r18"}
+    result = evaluate.run_linear_eval(LinearEvalConfig(**common, limit=20, out=tmp_path / "eval"))
+    assert result["test_images"] == 20 and 0.0 <= result["top1"] <= 1.0
+    assert (tmp_path / "eval" / "linear_eval.json").is_file()
+    features.export_features(FeaturesConfig(**common, limit=4, out=tmp_path / "features"))
+    assert len(server.log) == 1  # downloaded once, then read from the cache
+
+    # The exported rows are the release encoder's h, computed here without simclr-cli's loader.
+    theirs = torchvision.models.resnet18(weights=None)
+    theirs.fc = torch.nn.Identity()
+    prefix = "module.encoder." if layout == "ddp" else "encoder."
+    state = torch.load(cache / "r18.tar", weights_only=True)
+    theirs.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    images = ShapesDataset(split="test", image_size=32, transform=eval_transform(32))
+    with torch.no_grad():
+        want = theirs.eval()(torch.stack([images[i][0] for i in range(4)])).numpy()
+    got = np.load(tmp_path / "features" / "features.npy")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- --from-file
