@@ -22,9 +22,10 @@ How a pretraining run uses it (the training module's side)::
 
 Three ways to get several processes, chosen by :func:`plan_launch`:
 
-* ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or a
-  SLURM job step (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, ``SLURM_NODELIST``): every
-  process was started by the launcher; simclr-cli joins the group and does not spawn.
+* ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or an
+  ``srun`` job step (``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``, ``SLURM_LOCALID``,
+  ``SLURM_NODELIST``, whose first host is the master): every process was started by the
+  launcher; simclr-cli joins the group and does not spawn.
 * ``--gpus N``: simclr-cli spawns N processes on this node, one per GPU, with NCCL.
 * ``--device cpu --processes N``: simclr-cli spawns N CPU processes with gloo.
 
@@ -73,12 +74,14 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "convert_sync_batchnorm",
+    "detect_launcher",
     "find_free_port",
     "first_slurm_host",
     "gather_with_grad",
     "is_initialized",
     "is_main",
     "launch",
+    "launcher_world_size",
     "local_rank",
     "plan_launch",
     "process_device",
@@ -429,6 +432,33 @@ class LaunchPlan:
     local_rank: int = 0
 
 
+def detect_launcher(env: Mapping[str, str] | None = None) -> Literal["torchrun", "slurm"] | None:
+    """Name the launcher that started this process as one of several, or None.
+
+    torchrun sets ``RANK`` and ``WORLD_SIZE``. A SLURM job step (``srun``) sets ``SLURM_PROCID``
+    and ``SLURM_STEP_NUM_TASKS``; a batch script or ``salloc`` shell also has ``SLURM_PROCID``
+    and ``SLURM_NTASKS`` but is one process, so those alone do not count. A step of one task is
+    not a multi-process launch either (``--gpus``/``--processes`` still apply inside it).
+    """
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return "torchrun"
+    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        return "slurm"
+    return None
+
+
+def launcher_world_size(env: Mapping[str, str] | None = None) -> int | None:
+    """Processes started by torchrun or a SLURM job step, or None when no launcher did."""
+    env = os.environ if env is None else env
+    launcher = detect_launcher(env)
+    if launcher == "torchrun":
+        return int(env["WORLD_SIZE"])
+    if launcher == "slurm":
+        return int(env["SLURM_STEP_NUM_TASKS"])
+    return None
+
+
 def plan_launch(
     cfg: Any,
     env: Mapping[str, str] | None = None,
@@ -436,8 +466,7 @@ def plan_launch(
 ) -> LaunchPlan:
     """Decide how to start processes from the config and the launcher environment.
 
-    A torchrun environment (``RANK`` and ``WORLD_SIZE``) wins over a SLURM job step
-    (``SLURM_PROCID`` and ``SLURM_NTASKS`` > 1), which wins over ``--gpus``/``--processes``.
+    A launcher environment (see :func:`detect_launcher`) wins over ``--gpus``/``--processes``.
 
     Args:
         cfg: a config with ``gpus``, ``processes``, ``nodes``, ``node_rank``, ``master_addr``,
@@ -446,7 +475,7 @@ def plan_launch(
         visible_gpus: CUDA devices visible here (default ``torch.cuda.device_count()``).
 
     Returns:
-        The plan; for "spawn" on node 0 with no ``--master-port``, a free loopback port is chosen.
+        The plan; a single-node "spawn" without ``--master-port`` gets a free port.
 
     Raises:
         UsageError: conflicting or out-of-range options.
@@ -454,10 +483,11 @@ def plan_launch(
     """
     env = os.environ if env is None else env
     backend: Literal["nccl", "gloo"] = "nccl" if cfg.resolved_device == "cuda" else "gloo"
-    if "RANK" in env and "WORLD_SIZE" in env:
+    launcher = detect_launcher(env)
+    if launcher == "torchrun":
         _reject_spawn_options(cfg, "torchrun")
         return _plan_torchrun(cfg, env, backend)
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    if launcher == "slurm":
         _reject_spawn_options(cfg, "SLURM")
         return _plan_slurm(cfg, env, backend)
     procs = _procs_per_node(cfg, visible_gpus)
@@ -519,7 +549,7 @@ def _plan_torchrun(cfg: Any, env: Mapping[str, str], backend: Any) -> LaunchPlan
 
 
 def _plan_slurm(cfg: Any, env: Mapping[str, str], backend: Any) -> LaunchPlan:
-    size = int(env["SLURM_NTASKS"])
+    size = int(env["SLURM_STEP_NUM_TASKS"])
     addr = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_NODELIST", ""))
     if not addr:
         addr = str(cfg.master_addr)
@@ -532,7 +562,7 @@ def _plan_slurm(cfg: Any, env: Mapping[str, str], backend: Any) -> LaunchPlan:
         port = 10000 + int(env["SLURM_JOB_ID"]) % 20000
     else:
         raise UsageError("--master-port", None, "set it (the same on every task) under SLURM")
-    nodes = max(1, int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1"))))
+    nodes = max(1, int(env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "1"))))
     return LaunchPlan(
         mode="env",
         backend=backend,

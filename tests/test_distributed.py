@@ -183,7 +183,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[dict[
     cfg = spawn_cfg(processes=2, out_dir=str(out_dir))
     with pytest.MonkeyPatch.context() as patch:
         # launch() reads os.environ: hide a surrounding torchrun/SLURM job.
-        for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
             patch.delenv(name, raising=False)
         returned = distributed.launch(two_rank_checks, cfg)
     ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]

@@ -48,6 +48,8 @@ TORCHRUN = {
 SLURM = {
     "SLURM_PROCID": "6",
     "SLURM_NTASKS": "8",
+    "SLURM_STEP_NUM_TASKS": "8",
+    "SLURM_STEP_NUM_NODES": "2",
     "SLURM_LOCALID": "2",
     "SLURM_NODEID": "1",
     "SLURM_NNODES": "2",
@@ -59,7 +61,7 @@ SLURM = {
 @pytest.fixture
 def no_launcher_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """launch() reads os.environ: hide a surrounding torchrun/SLURM job from these tests."""
-    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -173,10 +175,25 @@ def test_slurm_explicit_master_settings_win() -> None:
     assert plan_launch(cfg_of(master_port=29999), env=no_job).master_port == 29999
 
 
-def test_single_task_slurm_allocation_falls_back_to_options() -> None:
-    # An interactive allocation with one task: --processes still spawns.
-    env = {**SLURM, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}
+def test_single_task_slurm_step_falls_back_to_options() -> None:
+    env = {**SLURM, "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}
     assert plan_launch(cfg_of(processes=2), env=env).mode == "spawn"
+
+
+def test_batch_script_of_a_multi_task_job_is_not_a_job_step() -> None:
+    # sbatch --ntasks 4 runs the script once, with SLURM_PROCID=0 and SLURM_NTASKS=4 but no
+    # step variables: treating it as rank 0 of 4 would wait forever for the other three.
+    env = {k: v for k, v in SLURM.items() if not k.startswith("SLURM_STEP")}
+    env.update(SLURM_PROCID="0", SLURM_NTASKS="4")
+    assert distributed.detect_launcher(env) is None
+    assert distributed.launcher_world_size(env) is None
+    assert plan_launch(cfg_of(processes=2), env=env).mode == "spawn"
+
+
+def test_launcher_world_size() -> None:
+    assert distributed.launcher_world_size(TORCHRUN) == 8
+    assert distributed.launcher_world_size({**SLURM, "SLURM_STEP_NUM_TASKS": "3"}) == 3
+    assert distributed.launcher_world_size({}) is None
 
 
 @pytest.mark.parametrize(
