@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -213,6 +214,26 @@ def test_download_streams_verifies_and_records_hash(
     again = hub.download(url, tmp_path, progress=True, settings=FAST)
     assert again == path and len(server.log) == 1
     assert "already cached" in capsys.readouterr().err
+
+
+def test_progress_bar_shows_bytes_speed_and_eta(
+    server: Loopback, small_checkpoint: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=120, color_system=None)
+    monkeypatch.setattr(hub, "_console", lambda: terminal)
+    url = server.add("/bar/checkpoint_1.tar", small_checkpoint)
+    hub.download(url, tmp_path, progress=True, settings=FAST)
+    bars = [line for line in screen.getvalue().splitlines() if "B/s" in line]
+    final = bars[-1]
+    kib = f"{len(small_checkpoint) / 1024:.1f}"
+    assert f"{kib}/{kib} KiB" in final, final  # bytes done / total, binary units
+    assert re.search(r"\d+(\.\d+)? [KMG]?i?B/s", final)  # speed
+    assert re.search(r"\d:\d\d:\d\d", final)  # ETA
 
 
 def test_urls_with_the_same_basename_do_not_collide(
