@@ -185,3 +185,27 @@ def test_method_modules_do_not_import_torch_distributed_at_load(module: str) -> 
         for a in node.names
     ]
     assert names and not [n for n in names if "distributed" in n]
+
+
+def test_public_api_names_the_method_objects() -> None:
+    from simclr_cli import (
+        LARS,
+        BatchedSimCLRAugment,
+        NTXentLoss,
+        SimCLRAugment,
+        augment,
+        loss,
+        optim,
+    )
+    from simclr_cli import SimCLR as ExportedSimCLR
+    from simclr_cli import (
+        build_encoder as exported_build_encoder,
+    )
+
+    assert ExportedSimCLR is SimCLR and exported_build_encoder is build_encoder
+    assert NTXentLoss is loss.NTXentLoss and LARS is optim.LARS
+    assert SimCLRAugment is augment.SimCLRAugment
+    assert BatchedSimCLRAugment is augment.BatchedSimCLRAugment
+    assert set(simclr_cli.__all__) >= {"SimCLR", "NTXentLoss", "LARS", "build_encoder"}
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = simclr_cli.no_such_name  # type: ignore[attr-defined]
