@@ -174,8 +174,7 @@ class SimCLRAugment:
 
     def apply(self, image: Image.Image | Tensor, params: dict[str, Any]) -> Tensor:
         """Make the view described by ``params`` (from :meth:`sample_params`)."""
-        if isinstance(image, Image.Image) and image.mode != "RGB":
-            image = image.convert("RGB")
+        image = _ToRGB()(image)
         top, left, h, w = params["crop"]
         size = [self.image_size, self.image_size]
         image = F.resized_crop(image, top, left, h, w, size, antialias=True)
@@ -467,11 +466,13 @@ class BatchedSimCLRAugment(nn.Module):
 
 
 class _ToRGB:
-    """PIL image -> RGB PIL image; tensors pass through."""
+    """PIL image -> RGB PIL image; (1, H, W) tensor -> (3, H, W); other tensors pass through."""
 
     def __call__(self, image: Any) -> Any:
         if isinstance(image, Image.Image) and image.mode != "RGB":
             return image.convert("RGB")
+        if isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 1:
+            return image.expand(3, -1, -1)  # grayscale: the encoder takes 3 channels
         return image
 
 

@@ -159,6 +159,16 @@ def test_eval_and_uint8_transforms() -> None:
     )
 
 
+def test_grayscale_tensors_give_three_channels() -> None:
+    # As the batched pipeline does: the encoder's first conv takes 3 channels.
+    gray = torch.rand(1, 20, 24, generator=torch.Generator().manual_seed(0))
+    views = [SimCLRAugment(16)(gray, generator=torch.Generator().manual_seed(s)) for s in range(8)]
+    views += [eval_transform(16)(gray), to_uint8_transform(16)(gray).float()]
+    for view in views:
+        assert view.shape == (3, 16, 16)
+        assert torch.equal(view[0], view[1]) and torch.equal(view[1], view[2])
+
+
 # -------------------------------------------------------------------------------------------
 # reproducibility and independence
 
