@@ -489,6 +489,7 @@ def train_test_split(
 
     Raises:
         UsageError: ``test_fraction`` is not in (0, 1).
+        DatasetError: one side would be empty (too few images per class).
     """
     if not 0.0 < test_fraction < 1.0:
         raise UsageError("--val-split", test_fraction, "use a fraction between 0 and 1")
@@ -504,6 +505,12 @@ def train_test_split(
             n_test = min(max(n_test, 1), len(members) - 1)
         test += members[:n_test]
         train += members[n_test:]
+    for side, members in (("training", train), ("test", test)):
+        if not members:  # e.g. classes of one image each
+            raise DatasetError(
+                f"--val-split {test_fraction} of {len(labels)} images leaves no {side} images; "
+                "add images (at least two per class) or change --val-split"
+            )
     return Subset(dataset, sorted(train)), Subset(dataset, sorted(test))
 
 

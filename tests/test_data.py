@@ -279,6 +279,10 @@ def test_train_test_split_is_stratified_and_reproducible() -> None:
     for bad in (0.0, 1.0, -0.5):
         with pytest.raises(UsageError, match="--val-split"):
             train_test_split(dataset, bad)
+    one_per_class = [(torch.zeros(1), 0), (torch.zeros(1), 1)]
+    for fraction, side in ((0.5, "test"), (0.6, "training")):
+        with pytest.raises(DatasetError, match=f"leaves no {side} images.*at least two per class"):
+            train_test_split(one_per_class, fraction)  # type: ignore[arg-type]
 
 
 def test_labels_through_nested_subsets() -> None:
@@ -308,6 +312,7 @@ def test_labels_of_a_generic_dataset() -> None:
 def test_build_dataset_shapes_and_limits(tmp_path: Path) -> None:
     train = build_dataset("shapes", "train", tmp_path)
     assert isinstance(train, ShapesDataset) and len(train) == 10_000
+    assert len(build_dataset("shapes", "test", tmp_path, limit=5000)) == 2_000  # all there is
     limited = build_dataset("shapes", "test", tmp_path, limit=30)
     assert len(limited) == 30 and labels_of(limited) == [i % 10 for i in range(30)]
     assert limited[0][0].size == (32, 32)
