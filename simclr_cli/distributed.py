@@ -91,6 +91,9 @@ __all__ = [
     "wrap_ddp",
 ]
 
+#: Exit status of a run stopped by SIGINT/SIGTERM (128 + SIGINT), kept through the launcher.
+INTERRUPTED_EXIT_CODE = 130
+
 #: How long a collective may wait for the other processes before the run fails instead of hanging.
 #: Override with the environment variable ``SIMCLR_DIST_TIMEOUT`` (seconds).
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -885,9 +888,11 @@ def _worker_failure(err_dir: Path, plan: LaunchPlan, exc: Exception) -> Distribu
     # The first failure is the cause; later ones are peers losing their connection to it.
     first = min(records, key=lambda record: record["time"])
     message = first["message"] if first["simclr"] else f"{first['type']}: {first['message']}"
-    error = DistributedError(f"worker rank {first['rank']} failed: {message}")
-    # Keep the worker's exit status (2 for a usage error, 130 for an interrupt).
-    error.exit_code = int(first.get("exit_code", 1))
+    exit_code = int(first.get("exit_code", 1))
+    # A signal stops every worker (exit 130); that is no worker's failure, so no rank is named.
+    prefix = "" if exit_code == INTERRUPTED_EXIT_CODE else f"worker rank {first['rank']} failed: "
+    error = DistributedError(prefix + message)
+    error.exit_code = exit_code  # keep the worker's exit status (2 for a usage error)
     error.worker_rank = first["rank"]  # type: ignore[attr-defined]
     error.worker_traceback = first["traceback"]  # type: ignore[attr-defined]
     return error
