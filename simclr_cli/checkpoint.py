@@ -461,7 +461,8 @@ def _release_info(name: str) -> tuple[int | None, dict[str, Any] | None]:
     from simclr_cli import hub  # lazy: hub imports this module
 
     entry = hub.REGISTRY.get(name.split(".")[0])
-    match = re.fullmatch(r"checkpoint_(\d+)\.tar", name)
+    # A URL download is cached as "<url hash>-checkpoint_<epoch>.tar".
+    match = re.fullmatch(r"(?:[0-9a-f]{10}-)?checkpoint_(\d+)\.tar", name)
     epoch = int(match.group(1)) if match else (entry.epochs if entry is not None else None)
     if entry is None:
         return epoch, None

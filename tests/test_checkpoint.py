@@ -353,6 +353,15 @@ def test_describe_converted(tmp_path: Path) -> None:
     assert info["parameters"]["projector"] == 512 * 512 + 512 * 64
 
 
+@pytest.mark.parametrize(
+    ("name", "epoch"),
+    [("checkpoint_40.tar", 40), ("0123456789-checkpoint_100.tar", 100), ("weights.tar", None)],
+)
+def test_epoch_read_from_release_and_url_cache_names(name: str, epoch: int | None) -> None:
+    # A release fetched by URL is cached as "<url hash>-<basename>" (see hub._url_filename).
+    assert convert_release_state_dict(release_state_dict("1.1"), name=name)["epoch"] == epoch
+
+
 # ---------------------------------------------------------------------------- durability
 
 _WRITER = """
