@@ -270,10 +270,10 @@ class PretrainConfig(_Frozen):
     @property
     def world_size(self) -> int:
         """Processes over all nodes; a torchrun or SLURM launch sets it through the environment."""
-        for var in ("WORLD_SIZE", "SLURM_NTASKS"):
-            if var in os.environ and ("RANK" in os.environ or "SLURM_PROCID" in os.environ):
-                return int(os.environ[var])
-        return self.procs_per_node * self.nodes
+        from simclr_cli.distributed import launcher_world_size
+
+        launched = launcher_world_size()
+        return launched if launched is not None else self.procs_per_node * self.nodes
 
     @property
     def per_process_batch_size(self) -> int:

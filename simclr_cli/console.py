@@ -43,7 +43,9 @@ def get_console() -> Console:
 
 
 def stdout_console() -> Console:
-    """A console on stdout, for results a user may pipe (tables, JSON)."""
+    """A console on stdout, for results a user may pipe (tables, JSON); silent off rank 0."""
+    if not _is_main_process():
+        return _silent
     return Console(highlight=False, soft_wrap=True)
 
 
