@@ -163,6 +163,8 @@ def main() -> None:
     print(f"encoder: resnet18 {args.stem} stem, {size} px, "
           f"{'checkpoint ' + args.checkpoint if args.checkpoint else 'random init'}; "
           f"shapes {len(train)} train / {len(test)} test; {args.threads} threads")  # fmt: skip
+    with torch.inference_mode():  # warm-up: neither protocol pays first-call costs
+        model.encoder(torch.stack([train[i][0] for i in range(8)]))
     ours = our_protocol(model, train, test, args.seed)
     ref = reference_protocol(model, train, test, args.epochs, args.seed)
     report(ours, ref, args.epochs)

@@ -31,12 +31,12 @@ from simclr_cli.errors import DatasetError, UsageError
 LAYERS = ("encoder", "projection")
 # Weight decays tried on the held-out part of the train split (standardised features, mean
 # cross-entropy): from almost none to strong; the largest is first so fits can warm-start.
-WEIGHT_DECAY_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+WEIGHT_DECAY_GRID = (1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 # The weight-decay search fits on at most this many train rows (a fixed random subset) with a
 # capped L-BFGS budget per candidate; the final fit uses every row and a larger budget.
 SELECTION_ROWS = 10_000
-SELECTION_MAX_ITER = 100
-FINAL_MAX_ITER = 300
+SELECTION_MAX_ITER = 50
+FINAL_MAX_ITER = 150
 # Elements of one (chunk, N_train) similarity block in the kNN vote: ~64 MiB of float32.
 KNN_BLOCK_ELEMENTS = 1 << 24
 
@@ -296,7 +296,7 @@ def select_weight_decay(
     seed: int = 0,
     patience: int = 2,
     **fit_kwargs: Any,
-) -> tuple[float, dict[float, float]]:
+) -> tuple[float, dict[float, float], nn.Linear]:
     """Choose the weight decay with the best accuracy on a held-out part of the train split.
 
     The grid is walked from the strongest decay to the weakest, each fit warm-started from the
@@ -304,22 +304,24 @@ def select_weight_decay(
     far (or tie it). Ties in accuracy go to the stronger decay.
 
     Returns:
-        ``(best_weight_decay, {weight_decay: held-out accuracy})``.
+        ``(best_weight_decay, {weight_decay: held-out accuracy}, the head fitted with it)``.
     """
     fit_idx, val_idx = holdout_split(x.shape[0], val_fraction, seed)
     fit_idx, val_idx = fit_idx.to(x.device), val_idx.to(x.device)
     scores: dict[float, float] = {}
+    heads: dict[float, nn.Linear] = {}
     head = None
     for wd in sorted(grid, reverse=True):
         head = fit_logistic_regression(
             x[fit_idx], y[fit_idx], num_classes, wd, seed=seed, init=head, **fit_kwargs
         )
+        heads[wd] = head
         scores[wd] = topk_accuracy(head(x[val_idx]), y[val_idx], ks=(1,))[1]
         values = list(scores.values())
         if len(values) > patience and max(values[-patience:]) <= max(values[:-patience]):
             break  # weaker decay has stopped helping: the rest of the grid would overfit more
     best = max(scores, key=lambda wd: (scores[wd], wd))
-    return best, scores
+    return best, scores, heads[best]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,11 +475,14 @@ def probe_features(
         rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
         rows = rows[:SELECTION_ROWS].to(x.device)  # (min(N, SELECTION_ROWS),)
         search = {"max_iter": SELECTION_MAX_ITER, **options}
-        wd, scores = select_weight_decay(x[rows], train_y[rows], num_classes, seed=seed, **search)
+        wd, scores, init = select_weight_decay(
+            x[rows], train_y[rows], num_classes, seed=seed, **search
+        )
     else:  # too few rows to hold any out: a middle-of-the-grid decay
-        wd, scores = 1e-4, {}
+        wd, scores, init = 1e-4, {}, None
+    # Refit on every train row, warm-started from the held-out search's solution.
     final = {"max_iter": FINAL_MAX_ITER, **options}
-    head = fit_logistic_regression(x, train_y, num_classes, wd, seed=seed, **final)
+    head = fit_logistic_regression(x, train_y, num_classes, wd, seed=seed, init=init, **final)
     details = {"weight_decay": wd, "weight_decay_scores": {str(k): v for k, v in scores.items()}}
     return head(x_test).cpu(), details
 

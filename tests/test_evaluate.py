@@ -170,10 +170,10 @@ def test_holdout_split_is_a_fixed_partition():
 
 def test_weight_decay_selection_rejects_a_crippling_decay():
     x, y = separable_problem(n=150, noise=0.5)
-    best, scores = ev.select_weight_decay(x, y, 3, grid=(1e3, 1e-3), seed=0)
+    best, scores, head = ev.select_weight_decay(x, y, 3, grid=(1e3, 1e-3), seed=0)
     assert set(scores) == {1e3, 1e-3}
     assert scores[1e-3] > scores[1e3]
-    assert best == 1e-3
+    assert best == 1e-3 and head.weight.abs().max() > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,5 +378,7 @@ def test_linear_eval_reads_release_layout_checkpoints(tmp_path, layout):
 
 def test_weight_decay_search_stops_once_weaker_decay_stops_helping():
     x, y = separable_problem(n=150, noise=0.1)  # every candidate separates the held-out rows
-    best, scores = ev.select_weight_decay(x, y, 3, grid=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), patience=2)
+    best, scores, head = ev.select_weight_decay(
+        x, y, 3, grid=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), patience=2
+    )
     assert list(scores) == [1e-1, 1e-2, 1e-3] and best == 1e-1
