@@ -207,6 +207,7 @@ def peak_bytes(which: str, n: int, d: int) -> int:
     return int(out.stdout.strip())
 
 
+@pytest.mark.slow  # two fresh processes importing torch, and a 4096-pair forward+backward
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_peak_memory_at_4096_pairs_stays_under_1_gib() -> None:
     # The meter sees a (2N, 2N, D) float32 intermediate: 256 x 256 x 128 x 4 B = 32 MiB.
