@@ -28,6 +28,7 @@ import re
 import tempfile
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,19 +132,24 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-_SAFE_LEAVES = (str, int, float, bool, bytes, type(None), torch.Tensor, torch.dtype, torch.device)
+# Exact types: subclasses such as numpy.float64 (a float), namedtuples or defaultdicts pickle
+# under their own class, which weights_only loading refuses.
+_SAFE_PRIMITIVES = (str, int, float, bool, complex, bytes, type(None))
+_SAFE_MAPPINGS = (dict, OrderedDict)
+_SAFE_SEQUENCES = (list, tuple, set, torch.Size)
+_SAFE_TORCH = (torch.Tensor, torch.dtype, torch.device)  # nn.Parameter included
 
 
 def _check_weights_only_safe(obj: Any, where: str) -> None:
     """Raise TypeError naming the first object ``weights_only`` loading would refuse."""
-    if isinstance(obj, Mapping):
+    if type(obj) in _SAFE_MAPPINGS:
         for key, value in obj.items():
             _check_weights_only_safe(key, f"{where} key")
             _check_weights_only_safe(value, f"{where}[{key!r}]")
-    elif isinstance(obj, (list, tuple, set)):
+    elif type(obj) in _SAFE_SEQUENCES:
         for i, value in enumerate(obj):
             _check_weights_only_safe(value, f"{where}[{i}]")
-    elif not isinstance(obj, _SAFE_LEAVES):
+    elif type(obj) not in _SAFE_PRIMITIVES and not isinstance(obj, _SAFE_TORCH):
         raise TypeError(
             f"{where} is a {type(obj).__name__}; checkpoints hold only primitives and tensors"
         )

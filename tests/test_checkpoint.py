@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import pathlib
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -124,6 +126,16 @@ def test_save_rejects_objects_weights_only_cannot_load(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"payload\['config'\]\['transform'\] is a object"):
         save_checkpoint({"config": {"transform": object()}}, path)
     assert list(tmp_path.iterdir()) == []
+    # Subclasses of allowed types pickle under their own class: weights_only would refuse them.
+    for value in (np.float64(0.5), collections.namedtuple("Pair", "a b")(1, 2)):
+        where = rf"payload\['metrics'\]\['v'\] is a {type(value).__name__}"
+        with pytest.raises(TypeError, match=where):
+            save_checkpoint({"metrics": {"v": value}}, path)
+    assert list(tmp_path.iterdir()) == []
+    allowed = {"size": torch.Size([2]), "p": nn.Parameter(torch.ones(1)), "t": (1, 2.5, None)}
+    minimal = {"model": {"arch": "resnet18"}, "state_dict": {"w": torch.zeros(1)}}
+    loaded = load_checkpoint(save_checkpoint({**minimal, "metrics": allowed}, path))
+    assert loaded["metrics"]["size"] == torch.Size([2]) and loaded["metrics"]["t"] == (1, 2.5, None)
 
 
 def test_missing_file(tmp_path: Path) -> None:
