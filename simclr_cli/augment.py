@@ -466,11 +466,13 @@ class BatchedSimCLRAugment(nn.Module):
 
 
 class _ToRGB:
-    """PIL image -> RGB PIL image; (1, H, W) tensor -> (3, H, W); other tensors pass through."""
+    """PIL image -> 8-bit RGB PIL image; (1, H, W) tensor -> (3, H, W); other tensors as given."""
 
     def __call__(self, image: Any) -> Any:
         if isinstance(image, Image.Image) and image.mode != "RGB":
-            return image.convert("RGB")
+            from simclr_cli.data import to_rgb  # 16-bit grayscale is rescaled, not clipped
+
+            return to_rgb(image)
         if isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 1:
             return image.expand(3, -1, -1)  # grayscale: the encoder takes 3 channels
         return image

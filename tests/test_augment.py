@@ -169,6 +169,19 @@ def test_grayscale_tensors_give_three_channels() -> None:
         assert torch.equal(view[0], view[1]) and torch.equal(view[1], view[2])
 
 
+def test_sixteen_bit_pil_images_are_rescaled_not_clipped() -> None:
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    image = Image.fromarray(ramp)  # mode I;16: PIL's convert("RGB") would clip it to white
+    want = torch.from_numpy(np.round(ramp / 257.0) / 255.0).float()
+    got = eval_transform(32)(image)
+    assert got.shape == (3, 32, 32)
+    torch.testing.assert_close(got[0], want, atol=1.5 / 255, rtol=0)
+    augment = SimCLRAugment(32)
+    params = augment.sample_params(32, 32, seeded(0))
+    params.update(crop=(0, 0, 32, 32), flip=False, jitter=False, grayscale=False, blur=False)
+    torch.testing.assert_close(augment.apply(image, params)[0], want, atol=1.5 / 255, rtol=0)
+
+
 # -------------------------------------------------------------------------------------------
 # reproducibility and independence
 
