@@ -394,13 +394,15 @@ def _is_readable(path: Path) -> bool:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL image to 8-bit RGB.
 
-    16-bit grayscale (PNG/TIFF modes ``I;16*``, and ``I``) is rescaled from 0..65535 to
-    0..255 first: PIL's own conversion clips those values at 255, turning most of the
-    image white.
+    16-bit grayscale (PNG/TIFF modes ``I;16*``, and ``I`` with values above 255) is rescaled
+    from 0..65535 to 0..255 first: PIL's own conversion clips those values at 255, turning
+    most of the image white.
     """
     if image.mode == "I" or image.mode.startswith("I;16"):
-        values = np.asarray(image, dtype=np.float64)  # (H, W) in 0..65535
-        scaled = np.clip(values / 257.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+        values = np.asarray(image, dtype=np.float64)  # (H, W)
+        if image.mode != "I" or values.max() > 255:  # 0..65535, not 8-bit data in an int image
+            values = values / 257.0
+        scaled = np.clip(values + 0.5, 0.0, 255.0).astype(np.uint8)
         image = Image.fromarray(scaled)  # mode "L"
     return image.convert("RGB")  # a loaded copy, also for RGB (the file may be closed next)
 

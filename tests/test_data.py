@@ -220,6 +220,10 @@ def test_sixteen_bit_and_other_modes_become_8_bit_rgb(tmp_path: Path) -> None:
     assert np.abs(pixels(images[2])[0, 0].astype(int) - [255, 0, 0]).max() <= 2
     assert pixels(images[3])[0, 0].tolist() == [10, 20, 30]
     assert pixels(images[4])[0, 0].tolist() == [77, 77, 77]
+    as_int = Image.fromarray(ramp.astype(np.int32))  # mode I, as older PIL opened 16-bit PNGs
+    assert np.abs(pixels(data.to_rgb(as_int))[..., 1].astype(np.int64) - want).max() <= 1
+    eight_bit = Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16))  # mode I, 0..255
+    assert pixels(data.to_rgb(eight_bit))[..., 0].flatten().tolist() == list(range(256))
 
 
 def test_folder_follows_symlinked_class_folders(tmp_path: Path) -> None:
