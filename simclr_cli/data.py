@@ -507,8 +507,8 @@ def train_test_split(
             n_test = min(max(n_test, 1), len(members) - 1)
         test += members[:n_test]
         train += members[n_test:]
-    for side, members in (("training", train), ("test", test)):
-        if not members:  # e.g. classes of one image each
+    for side, indices in (("training", train), ("test", test)):
+        if not indices:  # e.g. classes of one image each
             raise DatasetError(
                 f"--val-split {test_fraction} of {len(labels)} images leaves no {side} images; "
                 "add images (at least two per class) or change --val-split"
