@@ -524,6 +524,15 @@ def _usage_line(error: Exception, argv: list[str]) -> str:
     return message
 
 
+def _error_line(error: BaseException) -> str:
+    """One line for an error, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(error)
+    if "Original Traceback" in text:  # torch's worker re-raise: "Caught X in DataLoader worker"
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(error).__module__) else last
+    return " ".join(text.split())
+
+
 def _fail(message: str, code: int) -> int:
     sys.stderr.write(f"error: {message}\n")
     return code
@@ -557,7 +566,7 @@ def run(argv: list[str] | None = None) -> int:
     except SimCLRError as error:
         if debug:
             traceback.print_exc()
-        return _fail(str(error).replace("\n", " "), error.exit_code)
+        return _fail(_error_line(error), error.exit_code)
     except _ABORTS:
         if debug:
             traceback.print_exc()

@@ -227,3 +227,50 @@ def test_info_table(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     for word in ("torch", "torchvision", "gloo", "cache_dir", "resnet50-stl10"):
         assert word in result.stdout
+
+
+def test_worker_reraised_error_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DatasetError raised inside a DataLoader worker still ends as one clean line."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from simclr_cli import report
+    from simclr_cli.errors import DatasetError
+
+    class Broken(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int):
+            raise DatasetError("cannot read img.png: truncated file; remove it or fix the folder")
+
+    def load_in_a_worker(cfg):  # noqa: ANN001 - stands in for a command that loads data
+        for _ in DataLoader(Broken(), num_workers=1):
+            pass
+
+    monkeypatch.setattr(report, "system_info", load_in_a_worker)
+    assert torch.utils.data.get_worker_info() is None
+    assert run(["info"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: cannot read img.png: truncated file; remove it or fix the folder\n"
+
+
+def test_derived_defaults_follow_the_paper() -> None:
+    from simclr_cli.config import PretrainConfig
+
+    small = PretrainConfig(dataset="shapes", device="cpu")
+    assert (small.resolved_jitter_strength, small.resolved_blur) == (0.5, False)
+    assert small.resolved_stem == "cifar"
+    large = PretrainConfig(dataset="shapes", image_size=96, device="cpu")
+    assert (large.resolved_jitter_strength, large.resolved_blur) == (1.0, True)
+    assert large.resolved_stem == "imagenet"
+    assert PretrainConfig(device="cpu", batch_size=512).resolved_lr == 0.3 * 512 / 256
+    explicit = PretrainConfig(device="cpu", lr=0.1, jitter_strength=0.7, blur=True)
+    assert (explicit.resolved_lr, explicit.resolved_jitter_strength, explicit.resolved_blur) == (
+        0.1,
+        0.7,
+        True,
+    )
+    assert PretrainConfig(device="cpu", processes=4, batch_size=256).per_process_batch_size == 64
