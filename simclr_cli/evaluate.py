@@ -35,8 +35,8 @@ WEIGHT_DECAY_GRID = (1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 # The weight-decay search fits on at most this many train rows (a fixed random subset) with a
 # capped L-BFGS budget per candidate; the final fit uses every row and a larger budget.
 SELECTION_ROWS = 10_000
-SELECTION_MAX_ITER = 50
-FINAL_MAX_ITER = 150
+SELECTION_MAX_ITER = 30
+FINAL_MAX_ITER = 100
 # Elements of one (chunk, N_train) similarity block in the kNN vote: ~64 MiB of float32.
 KNN_BLOCK_ELEMENTS = 1 << 24
 
