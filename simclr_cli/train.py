@@ -27,7 +27,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     device = select_device(cfg)
     resume_path = resume_checkpoint_path(cfg)
     payload = checkpoint.load_checkpoint(resume_path) if resume_path else None
-    if payload is not None:
+    if payload is not None and resume_path is not None:
         check_resume_compatible(payload, cfg, resume_path)
     check_same_start(payload, resume_path)
     seed_everything(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
@@ -260,7 +260,7 @@ class ResumableSampler(Sampler[int]):
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
-        self.inner = DistributedSampler(
+        self.inner: DistributedSampler = DistributedSampler(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
         self.skip = 0
@@ -289,6 +289,7 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
     mean, std = (list(stats[0]), list(stats[1])) if stats is not None else (None, None)
     jitter, blur = cfg.resolved_jitter_strength, cfg.resolved_blur
     device_augment = None
+    transform: Callable[[Any], Any]
     if cfg.augment_on == "device":
         transform = to_uint8_transform(size)
         device_augment = BatchedSimCLRAugment(size, jitter, blur, mean, std).to(device)
@@ -301,9 +302,10 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
     if skipped:  # reported once for the run, not per image
         get_console().print(f"[yellow]skipped {skipped} unreadable image files in {cfg.dataset}")
     per_process = cfg.per_process_batch_size
-    if len(dataset) < cfg.batch_size:
+    size_of_dataset = len(dataset)  # type: ignore[arg-type]  # every dataset here is Sized
+    if size_of_dataset < cfg.batch_size:
         raise DatasetError(
-            f"{cfg.dataset} has {len(dataset)} training images, fewer than one batch of "
+            f"{cfg.dataset} has {size_of_dataset} training images, fewer than one batch of "
             f"{cfg.batch_size}; lower --batch-size or raise --limit"
         )
     sampler = ResumableSampler(dataset, distributed.world_size(), distributed.rank(), cfg.seed)
@@ -351,7 +353,7 @@ def prepare_model(net: SimCLR, cfg: PretrainConfig, device: torch.device) -> nn.
     if distributed.world_size() > 1:
         model = distributed.wrap_ddp(model, device)
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model)  # type: ignore[assignment]  # an nn.Module at run time
     return model
 
 
@@ -770,7 +772,7 @@ class Trainer:
         if self.epoch_complete() and self.knn_due():
             self.metrics["knn_accuracy"] = self.knn_monitor()
             self.metrics["knn_epoch"] = self.epoch
-            record = {"step": self.global_step, "epoch": self.epoch}
+            record: dict[str, Any] = {"step": self.global_step, "epoch": self.epoch}
             record.update(knn_accuracy=self.metrics["knn_accuracy"], time=time.time())
             self.log.log(record)
         return self.save(final=self.finished())
@@ -801,13 +803,12 @@ class Trainer:
     def progress(self) -> Iterator[Any]:
         """The rich progress bar over all steps (disabled off rank 0)."""
         progress = make_progress("loss", "lr", "img/s")
+        fields: dict[str, Any] = {"loss": "-", "lr": "-", "img/s": "-"}
         progress.add_task(
             "pretrain",
             total=last_step(self.cfg, self.schedule),
             completed=self.global_step,
-            loss="-",
-            lr="-",
-            **{"img/s": "-"},
+            **fields,
         )
         with progress:
             yield progress
@@ -867,13 +868,9 @@ def knn_eval(
     was_training = net.training
     net.eval()
     try:
-        options = {"workers": cfg.workers, "precision": cfg.resolved_precision}
-        bank_h, bank_y = evaluate.extract_features(
-            net, bank, cfg.batch_size, device, "encoder", **options
-        )
-        query_h, query_y = evaluate.extract_features(
-            net, queries, cfg.batch_size, device, "encoder", **options
-        )
+        options = (cfg.batch_size, device, "encoder", cfg.workers, cfg.resolved_precision)
+        bank_h, bank_y = evaluate.extract_features(net, bank, *options)
+        query_h, query_y = evaluate.extract_features(net, queries, *options)
     finally:
         net.train(was_training)
     return evaluate.knn_accuracy(bank_h, bank_y, query_h, query_y, k=200, temperature=0.1)
