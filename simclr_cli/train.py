@@ -821,12 +821,14 @@ class Trainer:
         return {
             "out": str(self.out),
             "checkpoint": str(ckpt),
-            "epochs": self.global_step / self.data.steps_per_epoch,
+            "epochs": round(self.global_step / self.data.steps_per_epoch, 3),
             "global_step": self.global_step,
-            "final_loss": self.metrics.get("loss", math.nan),
-            "time_s": self.train_time,
-            "images_per_s": images_per_s,
-            "seconds_per_epoch": epoch_images / images_per_s if images_per_s > 0 else math.nan,
+            "final_loss": round(self.metrics.get("loss", math.nan), 4),
+            "time_s": round(self.train_time, 1),
+            "images_per_s": round(images_per_s, 1),
+            "seconds_per_epoch": round(epoch_images / images_per_s, 1)
+            if images_per_s > 0
+            else math.nan,
             "knn_accuracy": self.metrics.get("knn_accuracy"),
             "resumed_from": self.resumed_from,
             "next_command": f"simclr linear-eval --checkpoint {ckpt} --dataset {self.cfg.dataset}",
