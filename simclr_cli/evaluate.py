@@ -773,10 +773,20 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
     )  # fmt: skip
     result = {"checkpoint": str(path), "dataset": name, **result}
     result["time_s"] = round(time.perf_counter() - start, 3)
-    out_dir = Path(cfg.out) if cfg.out is not None else path.parent
-    files = write_linear_eval(result, out_dir)
+    files = write_linear_eval(result, linear_eval_dir(cfg.out, path, cfg.cache_dir))
     print_linear_eval(result)
     return linear_eval_summary(result, files)
+
+
+def linear_eval_dir(out: Path | None, checkpoint_path: Path, cache_dir: Path) -> Path:
+    """``--out``, else next to the checkpoint; never inside the checkpoint cache, where results
+    of different releases would overwrite each other (``./linear_eval/<name>`` instead)."""
+    if out is not None:
+        return Path(out)
+    cache = Path(cache_dir).expanduser().resolve()
+    if checkpoint_path.resolve().is_relative_to(cache):
+        return Path("linear_eval") / checkpoint_path.stem
+    return checkpoint_path.parent
 
 
 def linear_eval_summary(result: dict[str, Any], files: dict[str, Path]) -> dict[str, Any]:

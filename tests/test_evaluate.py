@@ -5,6 +5,7 @@ feature extraction over a whole dataset."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -382,3 +383,15 @@ def test_weight_decay_search_stops_once_weaker_decay_stops_helping():
         x, y, 3, grid=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), patience=2
     )
     assert list(scores) == [1e-1, 1e-2, 1e-3] and best == 1e-1
+
+
+def test_results_of_cached_checkpoints_stay_out_of_the_cache(tmp_path) -> None:
+    from simclr_cli.evaluate import linear_eval_dir
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cached = cache / "resnet50-stl10.tar"
+    run = tmp_path / "runs" / "a" / "checkpoint_last.pt"
+    assert linear_eval_dir(None, cached, cache) == Path("linear_eval") / "resnet50-stl10"
+    assert linear_eval_dir(None, run, cache) == run.parent
+    assert linear_eval_dir(tmp_path / "o", cached, cache) == tmp_path / "o"
