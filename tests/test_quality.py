@@ -9,10 +9,12 @@ Adam, about 5 minutes on two CPU cores. The margins asserted are well inside wha
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from simclr_cli.config import LinearEvalConfig, PretrainConfig
 from simclr_cli.evaluate import run_linear_eval
@@ -45,7 +47,16 @@ def _linear_eval(checkpoint: Path, out: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("quality")
+    # Other test modules pin torch to one thread at import; this budget assumes every core.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        return _pretrain_and_evaluate(tmp_path_factory.mktemp("quality"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain_and_evaluate(root: Path) -> dict[str, Any]:
     trained = run_pretrain(PretrainConfig(**RECIPE, epochs=8, lr=2e-3, out=root / "trained"))
     # The same recipe stopped after one step with a vanishing lr: a randomly initialised encoder
     # with the same architecture, seed and checkpoint format.
