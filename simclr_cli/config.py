@@ -18,9 +18,6 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
-DATASETS = ("cifar10", "cifar100", "stl10", "shapes")
-# Native resolution of each dataset; image folders are resized to the ImageNet size.
-DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "shapes": 32, "stl10": 96, "folder": 224}
 # Weight decay per optimiser: 1e-6 is the SimCLR paper's default with LARS ("Default setting").
 DEFAULT_WEIGHT_DECAY = {"lars": 1e-6, "adam": 1e-6, "adamw": 1e-4, "sgd": 1e-4}
 CPU_COUNT = os.cpu_count() or 1
@@ -44,14 +41,20 @@ def default_workers() -> int:
 
 
 def dataset_kind(dataset: str) -> str:
-    """``cifar10``/``cifar100``/``stl10``/``shapes``, or ``folder`` for a directory path."""
-    if dataset in DATASETS:
-        return dataset
-    if Path(dataset).expanduser().is_dir():
-        return "folder"
-    raise ValueError(
-        f"{dataset!r} is not one of {', '.join(DATASETS)} and not an existing folder of images"
-    )
+    """``cifar10``/``cifar100``/``stl10``/``shapes``, or ``folder`` (see :mod:`simclr_cli.data`).
+
+    Raises:
+        UsageError: naming ``--dataset`` (passed through pydantic unchanged).
+    """
+    from simclr_cli import data  # imported late: ``simclr --help`` needs no torchvision
+
+    return data.dataset_kind(dataset)
+
+
+def _canonical_dataset(dataset: str) -> str:
+    """The dataset's canonical name (``CIFAR10`` -> ``cifar10``); folder paths as given."""
+    kind = dataset_kind(dataset)
+    return dataset if kind == "folder" else kind
 
 
 def _cuda_available() -> bool:
@@ -159,8 +162,7 @@ class PretrainConfig(_Frozen):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, value: str) -> str:
-        dataset_kind(value)
-        return value
+        return _canonical_dataset(value)
 
     @field_validator("resume")
     @classmethod
@@ -212,7 +214,9 @@ class PretrainConfig(_Frozen):
 
     @property
     def resolved_image_size(self) -> int:
-        return self.image_size or DEFAULT_IMAGE_SIZE[self.dataset_kind]
+        from simclr_cli.data import default_image_size
+
+        return self.image_size or default_image_size(self.dataset_kind)
 
     @property
     def resolved_stem(self) -> str:
@@ -292,7 +296,8 @@ class PretrainConfig(_Frozen):
 
 def default_run_dir(dataset: str, arch: str, resume_auto: bool = False) -> Path:
     """``runs/<dataset>-<arch>-<timestamp>``; with ``--resume auto``, the newest such run."""
-    name = Path(dataset).name if dataset not in DATASETS else dataset
+    kind = dataset_kind(dataset)
+    name = Path(dataset).name if kind == "folder" else kind
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "data"
     if resume_auto:
         runs = sorted(Path("runs").glob(f"{name}-{arch}-*/checkpoint_last.pt"))
@@ -349,9 +354,7 @@ class LinearEvalConfig(_EvalCommon):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, value: str | None) -> str | None:
-        if value is not None:
-            dataset_kind(value)
-        return value
+        return None if value is None else _canonical_dataset(value)
 
     @field_validator("train_dir", "test_dir")
     @classmethod
@@ -368,7 +371,7 @@ class LinearEvalConfig(_EvalCommon):
             raise ValueError("give either --dataset or --train-dir, not both")
         if self.test_dir is not None and self.val_split is not None:
             raise ValueError("give either --test-dir or --val-split, not both")
-        if self.dataset in DATASETS and self.val_split is not None:
+        if self.dataset_kind != "folder" and self.val_split is not None:
             raise ValueError(f"--val-split is for image folders; {self.dataset} has a test split")
         return self
 
@@ -402,8 +405,7 @@ class FeaturesConfig(_EvalCommon):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, value: str) -> str:
-        dataset_kind(value)
-        return value
+        return _canonical_dataset(value)
 
     @model_validator(mode="after")
     def _split(self) -> FeaturesConfig:
