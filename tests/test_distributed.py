@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from launch_fixtures import launch_cfg as spawn_cfg
 from torch import nn
 
 from simclr_cli import distributed
@@ -24,20 +25,6 @@ TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 # Every test here shares one spawned 2-process job (about 20-40 s on 2 busy cores).
 pytestmark = pytest.mark.slow
-
-
-def spawn_cfg(**fields: Any) -> SimpleNamespace:
-    """A stand-in for PretrainConfig with the launch fields (plus anything a worker needs)."""
-    base = {
-        "gpus": 0,
-        "processes": 1,
-        "nodes": 1,
-        "node_rank": 0,
-        "master_addr": "127.0.0.1",
-        "master_port": None,
-        "resolved_device": "cpu",
-    }
-    return SimpleNamespace(**{**base, **fields})
 
 
 def rows_of(rank: int, n: int = GLOBAL_ROWS // 2) -> slice:

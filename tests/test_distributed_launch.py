@@ -15,26 +15,12 @@ from typing import Any
 
 import pytest
 import torch
+from launch_fixtures import launch_cfg as cfg_of
 from torch import nn
 
 from simclr_cli import distributed
 from simclr_cli.distributed import GlobalBatchNorm, LaunchPlan, plan_launch
 from simclr_cli.errors import DistributedError, TrainingError, UsageError
-
-
-def cfg_of(**fields: Any) -> SimpleNamespace:
-    """A stand-in for PretrainConfig with the fields plan_launch reads."""
-    base = {
-        "gpus": 0,
-        "processes": 1,
-        "nodes": 1,
-        "node_rank": 0,
-        "master_addr": "127.0.0.1",
-        "master_port": None,
-        "resolved_device": "cpu",
-    }
-    return SimpleNamespace(**{**base, **fields})
-
 
 TORCHRUN = {
     "RANK": "5",
