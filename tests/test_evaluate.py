@@ -222,6 +222,24 @@ def test_extract_features_covers_the_whole_dataset_in_order(layer):
     assert model.training  # the kNN monitor calls this mid-training
 
 
+def test_channels_last_extraction_matches_a_float64_reference():
+    """encode() runs the convolutions channels-last; h must equal the NCHW float64 forward."""
+    from simclr_cli.model import build_simclr, model_spec
+
+    torch.manual_seed(0)
+    spec = model_spec("resnet18", "cifar", image_size=16, mean=[0.5] * 3, std=[0.25] * 3)
+    model = build_simclr(spec).eval()
+    for module in model.modules():  # non-trivial running statistics, as after pretraining
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2), module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(6, 3, 16, 16)
+    h = ev.encode(model, x, "encoder", None)
+    with torch.no_grad():
+        reference = model.double().encoder(x.double())  # contiguous NCHW, float64
+    assert h.dtype == torch.float32 and h.shape == (6, 512)
+    assert torch.allclose(h.double(), reference, rtol=1e-4, atol=1e-4)
+
+
 def test_extract_features_rejects_an_unknown_layer():
     with pytest.raises(UsageError, match="--layer"):
         ev.extract_features(TinySimCLR(), IndexedImages(3), 2, "cpu", layer="fc")
