@@ -3,7 +3,8 @@
 Both protocols evaluate the SAME frozen encoder on the SAME images (``shapes``, the test-time
 transform of the checkpoint):
 
-- ours: ``h`` extracted once per split (encoder only, inference mode, whole splits), then a
+- ours: ``h`` extracted once per split (encoder only, inference mode, channels-last, uint8 crops
+  from the loader normalised per batch, whole splits), then a
   multinomial logistic regression on standardised in-memory features (full-batch L-BFGS, weight
   decay chosen on 20% of the train split from a 6-value grid, refit), plus the kNN monitor.
 - reference (Spijkervet/SimCLR ``linear_evaluation.py``): features from ``model(x, x)`` (both
@@ -31,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from simclr_cli import evaluate as ev
-from simclr_cli.augment import eval_transform
+from simclr_cli.augment import eval_transform, to_uint8_transform
 from simclr_cli.data import build_dataset, normalization
 from simclr_cli.model import build_simclr, model_spec
 
@@ -157,9 +158,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, size, mean, std = frozen_model(args)
+    # The reference transforms each image to a normalised float tensor in the loader; simclr-cli
+    # crops to uint8 there and scales/normalises whole batches (what linear-eval runs).
     transform = eval_transform(size, mean, std)
     train = build_dataset("shapes", "train", Path("."), transform, limit=args.train)
     test = build_dataset("shapes", "test", Path("."), transform, limit=args.test)
+    crops = to_uint8_transform(size)
+    train_u8 = build_dataset("shapes", "train", Path("."), crops, limit=args.train)
+    test_u8 = build_dataset("shapes", "test", Path("."), crops, limit=args.test)
     print(f"encoder: resnet18 {args.stem} stem, {size} px, "
           f"{'checkpoint ' + args.checkpoint if args.checkpoint else 'random init'}; "
           f"shapes {len(train)} train / {len(test)} test; {args.threads} threads")  # fmt: skip
@@ -170,7 +176,7 @@ def main() -> None:
     probe = nn.Parameter(torch.zeros(1))
     probe.grad = torch.ones(1)
     torch.optim.Adam([probe]).step()
-    ours = our_protocol(model, train, test, args.seed)
+    ours = our_protocol(model, train_u8, test_u8, args.seed)
     ref = reference_protocol(model, train, test, args.epochs, args.seed)
     report(ours, ref, args.epochs)
 

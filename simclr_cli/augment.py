@@ -496,6 +496,31 @@ class _ToUint8:
         return F.convert_image_dtype(image, torch.uint8)
 
 
+def normalize_uint8(
+    images: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> Tensor:
+    """The batched second half of the test-time transform: uint8 -> float in [0, 1], normalised.
+
+    ``normalize_uint8(stack([to_uint8_transform(s)(im) ...]), mean, std)`` equals
+    ``stack([eval_transform(s, mean, std)(im) ...])`` (the same float32 arithmetic), but the
+    per-image work in the loader is only the uint8 crop, and the batch crosses to the GPU as
+    uint8 (a quarter of the bytes).
+
+    Args:
+        images: (B, 3, S, S) uint8.
+        mean, std: per-channel normalisation, or None for [0, 1] floats.
+
+    Returns:
+        (B, 3, S, S) float32 on the device of ``images``.
+    """
+    x = images.float().div_(255.0)
+    if mean is not None and std is not None:
+        view = (1, -1, 1, 1)
+        x.sub_(torch.tensor(mean, device=x.device).view(view))
+        x.div_(torch.tensor(std, device=x.device).view(view))
+    return x
+
+
 def eval_transform(
     image_size: int,
     mean: Sequence[float] | None = None,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from simclr_cli.augment import normalize_uint8, to_uint8_transform
 from simclr_cli.errors import DatasetError, UsageError
 
 LAYERS = ("encoder", "projection")
@@ -401,13 +402,17 @@ def encode(model: nn.Module, x: Tensor, layer: str, dtype: torch.dtype | None) -
     """h (or z = g(h)) of a batch already on the model's device, float32, inference mode.
 
     Args:
-        x: (B, 3, H, W) images; made channels-last (faster convolutions with cuDNN and oneDNN:
-            about 1.9x for a ResNet-18 at 32 px on a 2-core CPU).
+        x: (B, 3, H, W) images: uint8 (from :func:`~simclr_cli.augment.to_uint8_transform`;
+            scaled and normalised here with the model's ``mean``/``std``) or float (already
+            transformed); made channels-last (faster convolutions with cuDNN and oneDNN: about
+            1.9x for a ResNet-18 at 32 px on a 2-core CPU).
         dtype: autocast dtype, or None for full precision.
 
     Returns:
         (B, D) float32 inference tensor on the same device.
     """
+    if x.dtype == torch.uint8:
+        x = normalize_uint8(x, model.mean, model.std)
     x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(x.device.type, dtype, enabled=dtype is not None)
     with torch.inference_mode(), autocast:
@@ -671,15 +676,18 @@ def load_frozen_model(checkpoint_ref: str, cache_dir: Path) -> tuple[nn.Module, 
 def checkpoint_transform(
     payload: dict, image_size: int | None, kind: str, augment: bool = False
 ) -> Callable[[Any], Tensor]:
-    """Test-time (resize + centre crop) or ``augment``-protocol transform with the checkpoint's
-    own image size and normalisation (``None`` mean/std: no normalisation)."""
-    from simclr_cli.augment import eval_transform
+    """Test-time or ``augment``-protocol transform at the checkpoint's own image size.
+
+    The test-time transform is resize + centre crop to uint8 tensors; :func:`encode` scales and
+    normalises each batch with the model's ``mean``/``std`` (the checkpoint's normalisation,
+    ``None``: none). The ``augment`` transform produces normalised float crops itself.
+    """
     from simclr_cli.data import default_image_size
 
     spec = payload["model"]
     size = image_size or spec.get("image_size") or default_image_size(kind)
     mean, std = spec.get("mean"), spec.get("std")
-    return augmented_transform(size, mean, std) if augment else eval_transform(size, mean, std)
+    return augmented_transform(size, mean, std) if augment else to_uint8_transform(size)
 
 
 def _limited(dataset: Dataset, limit: int | None) -> Dataset:

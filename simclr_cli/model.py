@@ -11,6 +11,7 @@ ICML 2020 (arXiv:2002.05709), section 2.1 and appendix B.9.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -189,6 +190,8 @@ class SimCLR(nn.Module):
         head: str = "v1",
         hidden_dim: int | None = None,
         head_bias: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         """Create the module.
 
@@ -199,8 +202,12 @@ class SimCLR(nn.Module):
             head: ``"v1"`` or ``"v2"``.
             hidden_dim: hidden width of the head; ``None`` means ``feature_dim`` (the paper).
             head_bias: biases in the v1 head (``False`` for Spijkervet/SimCLR checkpoints).
+            mean, std: the per-channel input normalisation the encoder was trained with (None:
+                inputs in [0, 1]); evaluation applies it to uint8 batches.
         """
         super().__init__()
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
         self.feature_dim = feature_dim
         self.projection_dim = projection_dim
         self.encoder = encoder
@@ -307,4 +314,6 @@ def build_simclr(spec: dict[str, Any]) -> SimCLR:
         head=spec["head"],
         hidden_dim=spec.get("hidden_dim"),
         head_bias=bool(spec.get("head_bias", True)),
+        mean=spec.get("mean"),
+        std=spec.get("std"),
     )

@@ -42,7 +42,6 @@ from simclr_cli.augment import (
     BatchedSimCLRAugment,
     SimCLRAugment,
     TwoViews,
-    eval_transform,
     to_uint8_transform,
 )
 from simclr_cli.config import PretrainConfig
@@ -848,10 +847,9 @@ def rng_state() -> dict[str, Any]:
 
 
 def knn_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset]:
-    """Labelled bank (train split) and queries (test split) for the kNN monitor, eval transform."""
-    stats = normalization(cfg.dataset_kind)
-    mean, std = (stats[0], stats[1]) if stats is not None else (None, None)
-    transform = eval_transform(cfg.resolved_image_size, mean, std)
+    """Labelled bank (train split) and queries (test split) for the kNN monitor, as uint8 crops
+    (the model normalises them in :func:`~simclr_cli.evaluate.encode`)."""
+    transform = to_uint8_transform(cfg.resolved_image_size)
     # A run limited to N training images gets a monitor of at most N bank and N query images.
     bank_size = min(KNN_BANK_IMAGES, cfg.limit or KNN_BANK_IMAGES)
     query_size = min(KNN_QUERY_IMAGES, bank_size)

@@ -25,6 +25,7 @@ from simclr_cli.augment import (
     blur_kernel_size,
     eval_transform,
     jitter_ranges,
+    normalize_uint8,
     to_uint8_transform,
 )
 from simclr_cli.data import ShapesDataset
@@ -157,6 +158,20 @@ def test_eval_and_uint8_transforms() -> None:
     assert torch.equal(
         to_uint8_transform(10)(square), torch.from_numpy(np.array(square)).permute(2, 0, 1)
     )
+
+
+@pytest.mark.parametrize("stats", [None, ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))])
+def test_uint8_crops_normalised_per_batch_equal_the_eval_transform(stats) -> None:
+    """linear-eval/features crop to uint8 in the loader and normalise batches on the device."""
+    rng = np.random.default_rng(1)
+    shapes = [(10, 10), (20, 40), (37, 23), (12, 12)]  # as is, resized, resized + cropped
+    images = [Image.fromarray(rng.integers(0, 256, (*hw, 3), np.uint8)) for hw in shapes]
+    mean, std = stats if stats else (None, None)
+    expected = torch.stack([eval_transform(10, mean, std)(im) for im in images])
+    crops = torch.stack([to_uint8_transform(10)(im) for im in images])
+    got = normalize_uint8(crops, mean, std)
+    assert got.dtype == torch.float32 and crops.dtype == torch.uint8
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
 def test_grayscale_tensors_give_three_channels() -> None:

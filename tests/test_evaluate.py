@@ -240,6 +240,28 @@ def test_channels_last_extraction_matches_a_float64_reference():
     assert torch.allclose(h.double(), reference, rtol=1e-4, atol=1e-4)
 
 
+def test_uint8_loader_path_gives_the_features_of_the_float_transform():
+    """checkpoint_transform crops to uint8 and encode() normalises with the model's mean/std;
+    the features must be those of the per-image float transform."""
+    from simclr_cli.augment import eval_transform
+    from simclr_cli.data import ShapesDataset
+    from simclr_cli.model import build_simclr, model_spec
+
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    payload = {"model": model_spec("resnet18", "cifar", image_size=12, mean=mean, std=std)}
+    torch.manual_seed(0)
+    model = build_simclr(payload["model"]).eval()
+    assert model.mean == tuple(mean) and model.std == tuple(std)
+    crops = ShapesDataset("test", size=10, image_size=16)  # resized to 12 by both transforms
+    crops.transform = ev.checkpoint_transform(payload, None, "shapes")
+    floats = ShapesDataset("test", size=10, image_size=16, transform=eval_transform(12, mean, std))
+    assert crops[0][0].dtype == torch.uint8
+    h_u8, y_u8 = ev.extract_features(model, crops, batch_size=4, device="cpu")
+    h_f, y_f = ev.extract_features(model, floats, batch_size=4, device="cpu")
+    assert torch.equal(y_u8, y_f)
+    torch.testing.assert_close(h_u8, h_f, atol=1e-5, rtol=1e-5)
+
+
 def test_extract_features_rejects_an_unknown_layer():
     with pytest.raises(UsageError, match="--layer"):
         ev.extract_features(TinySimCLR(), IndexedImages(3), 2, "cpu", layer="fc")

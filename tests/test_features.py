@@ -24,6 +24,16 @@ def features_config(checkpoint, out, **overrides):
     return FeaturesConfig(checkpoint=str(checkpoint), out=out, **{**options, **overrides})
 
 
+def reference_transform(ck):
+    """The per-image float test-time transform at the checkpoint's size and normalisation
+    (the export crops to uint8 and normalises whole batches; it must give the same images)."""
+    from simclr_cli.augment import eval_transform
+    from simclr_cli.checkpoint import load_checkpoint
+
+    spec = load_checkpoint(ck)["model"]
+    return eval_transform(spec["image_size"], spec["mean"], spec["std"])
+
+
 def direct_encoding(model, dataset, rows, layer="encoder"):
     """Encode a few items one by one, without the export machinery."""
     images = torch.stack([dataset[i][0] for i in rows])
@@ -42,11 +52,7 @@ def test_shapes_export_round_trips_in_dataset_order(tmp_path, layer):
     dim = 512 if layer == "encoder" else 16
     assert x.shape == (23, dim) and x.dtype == np.float32  # 23 = 2 batches of 8 + 7
     assert y.dtype == np.int64 and y.tolist() == [i % 10 for i in range(23)]
-    from simclr_cli.checkpoint import load_checkpoint
-    from simclr_cli.evaluate import checkpoint_transform
-
-    transform = checkpoint_transform(load_checkpoint(ck), None, "shapes")
-    dataset = build_dataset("shapes", "test", tmp_path, transform)
+    dataset = build_dataset("shapes", "test", tmp_path, reference_transform(ck))
     rows = [0, 9, 22]  # first, mid-batch, last row of the partial batch
     np.testing.assert_allclose(x[rows], direct_encoding(model, dataset, rows, layer), atol=1e-4)
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
@@ -73,10 +79,7 @@ def test_folder_export_writes_paths_in_row_order(tmp_path):
     labels = np.load(tmp_path / "out" / "labels.npy")
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]  # a_cats, then b_dogs
     assert all(("a_cats" in p) == (label == 0) for p, label in zip(paths, labels, strict=True))
-    from simclr_cli.checkpoint import load_checkpoint
-    from simclr_cli.evaluate import checkpoint_transform
-
-    folder.transform = checkpoint_transform(load_checkpoint(ck), None, "folder")
+    folder.transform = reference_transform(ck)
     x = np.load(tmp_path / "out" / "features.npy")
     np.testing.assert_allclose(x[[0, 5]], direct_encoding(model, folder, [0, 5]), atol=1e-4)
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["split"] == "all"
