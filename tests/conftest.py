@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# Two CPU cores in CI: one intra-op thread per test process keeps parallel workers honest.
+# CI has two CPU cores and runs one test at a time: every test gets the same two intra-op
+# threads (set once here; test modules do not change it, so results do not depend on the
+# order in which modules are collected). Spawned test processes set their own.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

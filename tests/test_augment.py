@@ -31,8 +31,6 @@ from simclr_cli.augment import (
 from simclr_cli.data import ShapesDataset
 from simclr_cli.errors import UsageError
 
-torch.set_num_threads(1)
-
 SIZE = 16  # tiny images keep thousands of draws fast
 
 

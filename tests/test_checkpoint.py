@@ -27,8 +27,6 @@ from simclr_cli.checkpoint import (
 from simclr_cli.errors import CheckpointError
 from simclr_cli.model import build_simclr, model_spec
 
-torch.set_num_threads(1)
-
 
 class _Marker:
     """Pickles to a call that creates a marker file: loading must never run it."""

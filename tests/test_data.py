@@ -28,8 +28,6 @@ from simclr_cli.data import (
 )
 from simclr_cli.errors import DatasetError, UsageError
 
-torch.set_num_threads(1)
-
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)

@@ -15,8 +15,6 @@ from torch.utils.data import Dataset
 from simclr_cli import evaluate as ev
 from simclr_cli.errors import UsageError
 
-torch.set_num_threads(1)
-
 
 def knn_reference(bank, bank_labels, query, num_classes, k, temperature):
     """Wu et al. 2018 weighted kNN vote, one query at a time, float64, plain Python."""

@@ -15,8 +15,6 @@ from simclr_cli.config import FeaturesConfig
 from simclr_cli.data import ImageFolderDataset, build_dataset
 from simclr_cli.errors import OutputExistsError
 
-torch.set_num_threads(1)
-
 
 def features_config(checkpoint, out, **overrides):
     options = {"dataset": "shapes", "split": "test", "limit": 23, "batch_size": 8}

@@ -27,8 +27,6 @@ from simclr_cli.checkpoint import FORMAT, load_checkpoint, load_model
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
 from simclr_cli.hub import DownloadSettings, Published, RegistryEntry
 
-torch.set_num_threads(1)
-
 FAST = DownloadSettings(
     connect_timeout=2.0,
     read_timeout=5.0,

@@ -26,8 +26,6 @@ from simclr_cli.errors import CheckpointError, DatasetError, OutputExistsError, 
 from simclr_cli.loss import NTXentLoss
 from simclr_cli.model import SimCLR
 
-torch.set_num_threads(1)
-
 STEPS_PER_EPOCH = 4  # limit 48 / batch 12
 
 

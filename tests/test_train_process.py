@@ -33,7 +33,7 @@ TESTS = Path(__file__).parent
 CHILD = """
 import io, json, os, sys, time
 import torch
-torch.set_num_threads(1)
+torch.set_num_threads({threads})  # as the test process: resumed runs must match bit for bit
 sys.path.insert(0, {tests!r})
 from test_train import tiny_simclr
 from simclr_cli import checkpoint, train
@@ -73,7 +73,7 @@ train.run_pretrain(PretrainConfig(**job["options"]))
 
 def start_child(job: dict[str, Any]) -> subprocess.Popen:
     job = {"step_sleep": 0.0, "hold_save_at": 0, "marker": "", "cli": None, **job}
-    code = CHILD.format(tests=str(TESTS))
+    code = CHILD.format(tests=str(TESTS), threads=torch.get_num_threads())
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     return subprocess.Popen(
         [sys.executable, "-c", code, json.dumps(job, default=str)],
