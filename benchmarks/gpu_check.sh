@@ -10,6 +10,8 @@
 # 3. `simclr pretrain` of ResNet-18 at 32 px, batch 512, bf16 for 10 and 50 steps: both exit 0,
 #    the last checkpoint's weights are finite, and images/s = 40 * 512 / (t50 - t10), which
 #    leaves out start-up (imports, CUDA context, data workers).
+# 4. (figures, not a check) benchmarks/linear_eval.py on the GPU, 10,000 / 2,000 shapes images,
+#    CIFAR stem, 4 loader workers: our linear evaluation against the Spijkervet-style protocol.
 # Exit status 0 when every check passes. PYTHON overrides the interpreter; AUGMENT_ON=cpu moves
 # augmentation to the data workers.
 set -euo pipefail
@@ -227,3 +229,6 @@ if __name__ == "__main__":
 PYEOF
 
 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" "$WORK/gpu_check.py" "$WORK"
+echo "[4] linear evaluation vs the Spijkervet-style protocol on the GPU (figures only)"
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" benchmarks/linear_eval.py \
+  --train 10000 --test 2000 --stem cifar --workers 4 --threads 4 --device cuda

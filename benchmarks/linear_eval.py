@@ -17,7 +17,7 @@ Printed: wall time of each phase and the whole protocol, the ratio, and test acc
 reference's own number and its classifier's accuracy over the whole test split).
 
 Usage: ``python benchmarks/linear_eval.py [--train 2000] [--test 1000] [--stem cifar]
-[--checkpoint PATH] [--epochs 500] [--threads 2]``
+[--checkpoint PATH] [--epochs 500] [--threads 2] [--device cuda] [--workers 8]``
 """
 
 from __future__ import annotations
@@ -49,10 +49,13 @@ class TwoBranch(nn.Module):
         return h_i, h_j, self.projector(h_i), self.projector(h_j)
 
 
-def reference_features(model: TwoBranch, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+def reference_features(
+    model: TwoBranch, loader: DataLoader, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Spijkervet's ``inference``: per batch ``model(x, x)``, h to numpy, labels to numpy."""
     feature_vector, labels_vector = [], []
     for x, y in loader:
+        x = x.to(device)
         with torch.no_grad():
             h, _, z, _ = model(x, x)
         feature_vector.extend(h.detach().cpu().numpy())
@@ -60,27 +63,31 @@ def reference_features(model: TwoBranch, loader: DataLoader) -> tuple[np.ndarray
     return np.array(feature_vector), np.array(labels_vector)
 
 
-def reference_protocol(model: nn.Module, train, test, epochs: int, seed: int) -> dict:
+def reference_protocol(
+    model: nn.Module, train, test, epochs: int, seed: int, device: torch.device, workers: int
+) -> dict:
     """Spijkervet/SimCLR's linear evaluation, transcribed (model in eval mode as there)."""
     torch.manual_seed(seed)
     two = TwoBranch(model).eval()
     start = time.perf_counter()
-    train_loader = DataLoader(train, batch_size=256, shuffle=True, drop_last=True)
-    test_loader = DataLoader(test, batch_size=256, shuffle=False, drop_last=True)
-    x_train, y_train = reference_features(two, train_loader)
-    x_test, y_test = reference_features(two, test_loader)
+    loader = {"batch_size": 256, "drop_last": True, "num_workers": workers}
+    train_loader = DataLoader(train, shuffle=True, **loader)
+    test_loader = DataLoader(test, shuffle=False, **loader)
+    x_train, y_train = reference_features(two, train_loader, device)
+    x_test, y_test = reference_features(two, test_loader, device)
     extracted = time.perf_counter()
     arrays_train = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
     arrays_test = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
     arrays_train_loader = DataLoader(arrays_train, batch_size=256, shuffle=False)
     arrays_test_loader = DataLoader(arrays_test, batch_size=256, shuffle=False)
-    head = nn.Linear(x_train.shape[1], 10)
+    head = nn.Linear(x_train.shape[1], 10).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=3e-4)
     criterion = nn.CrossEntropyLoss()
     for _ in range(epochs):
         head.train()
         for x, y in arrays_train_loader:
             optimizer.zero_grad()
+            x, y = x.to(device), y.to(device)
             output = head(x)
             loss = criterion(output, y)
             _ = (output.argmax(1) == y).sum().item() / y.size(0)  # per-step accuracy, as there
@@ -89,10 +96,11 @@ def reference_protocol(model: nn.Module, train, test, epochs: int, seed: int) ->
     head.eval()
     accuracies = []
     for x, y in arrays_test_loader:
+        x, y = x.to(device), y.to(device)
         with torch.no_grad():
             accuracies.append((head(x).argmax(1) == y).sum().item() / y.size(0))
     done = time.perf_counter()
-    full_test = whole_split_accuracy(head, model, test)
+    full_test = whole_split_accuracy(head, model, test, device)
     return {
         "extract_s": extracted - start,
         "classifier_s": done - extracted,
@@ -103,23 +111,28 @@ def reference_protocol(model: nn.Module, train, test, epochs: int, seed: int) ->
     }
 
 
-def whole_split_accuracy(head: nn.Module, model: nn.Module, test) -> float:
+def whole_split_accuracy(head: nn.Module, model: nn.Module, test, device: torch.device) -> float:
     """Accuracy of a head on raw h over EVERY test image (not timed)."""
-    h, y = ev.extract_features(model, test, 512, "cpu")
+    h, y = ev.extract_features(model, test, 512, device)
     with torch.no_grad():
-        return (head(h).argmax(1) == y).float().mean().item()
+        return (head(h.to(device)).argmax(1).cpu() == y).float().mean().item()
 
 
-def our_protocol(model: nn.Module, train, test, seed: int) -> dict:
+def our_protocol(
+    model: nn.Module, train, test, seed: int, device: torch.device, workers: int
+) -> dict:
     """simclr-cli's ``--protocol features`` path, phase by phase (what evaluate_frozen runs)."""
     start = time.perf_counter()
-    train_h, train_y = ev.extract_features(model, train, 512, "cpu")
-    test_h, test_y = ev.extract_features(model, test, 512, "cpu")
+    train_h, train_y = ev.extract_features(model, train, 512, device, workers=workers)
+    test_h, test_y = ev.extract_features(model, test, 512, device, workers=workers)
     extracted = time.perf_counter()
+    train_h, train_y = train_h.to(device), train_y.to(device)
     logits, details = ev.probe_features(train_h, train_y, test_h, 10, "lbfgs", seed)
     top1 = ev.topk_accuracy(logits, test_y, ks=(1,))[1]
     probed = time.perf_counter()
     knn = ev.knn_accuracy(train_h, train_y, test_h, test_y, 200, 0.1, 10)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     done = time.perf_counter()
     return {
         "extract_s": extracted - start,
@@ -155,9 +168,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=500, help="reference Adam epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=0, help="loader workers (both protocols)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     model, size, mean, std = frozen_model(args)
+    model = model.to(device)
     # The reference transforms each image to a normalised float tensor in the loader; simclr-cli
     # crops to uint8 there and scales/normalises whole batches (what linear-eval runs).
     transform = eval_transform(size, mean, std)
@@ -168,16 +185,17 @@ def main() -> None:
     test_u8 = build_dataset("shapes", "test", Path("."), crops, limit=args.test)
     print(f"encoder: resnet18 {args.stem} stem, {size} px, "
           f"{'checkpoint ' + args.checkpoint if args.checkpoint else 'random init'}; "
-          f"shapes {len(train)} train / {len(test)} test; {args.threads} threads")  # fmt: skip
+          f"shapes {len(train)} train / {len(test)} test; {args.threads} threads, "
+          f"{args.workers} loader workers, device {device}")  # fmt: skip
     with torch.inference_mode():  # warm-up: neither protocol pays first-call costs
-        model.encoder(torch.stack([train[i][0] for i in range(8)]))
+        model.encoder(torch.stack([train[i][0] for i in range(8)]).to(device))
     # The first optimizer step of a process imports torch._dynamo (1.5-3 s here); whichever
     # protocol ran first used to pay it.
     probe = nn.Parameter(torch.zeros(1))
     probe.grad = torch.ones(1)
     torch.optim.Adam([probe]).step()
-    ours = our_protocol(model, train_u8, test_u8, args.seed)
-    ref = reference_protocol(model, train, test, args.epochs, args.seed)
+    ours = our_protocol(model, train_u8, test_u8, args.seed, device, args.workers)
+    ref = reference_protocol(model, train, test, args.epochs, args.seed, device, args.workers)
     report(ours, ref, args.epochs)
 
 
