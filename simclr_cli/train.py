@@ -466,7 +466,10 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # the tensorboard extra is optional
             return
-        self.writer = SummaryWriter(log_dir=str(self.out))
+        # A resumed run trains again the steps logged after its checkpoint: TensorBoard drops
+        # the earlier events from that step on, as truncate_metrics does for metrics.jsonl.
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(self.out), purge_step=purge)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one ``metrics.jsonl`` line and mirror numbers to TensorBoard."""

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,7 @@ def test_run_folder_and_checkpoint_format(tmp_path: Path) -> None:
     cfg = config(tmp_path, limit=16, batch_size=8, checkpoint_every=2, knn_every=1)
     summary = train.run_pretrain(cfg)
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(EVENTS)) == [
         "checkpoint_epoch_2.pt",
         "checkpoint_last.pt",
         "config.json",
@@ -242,6 +243,64 @@ def test_run_folder_and_checkpoint_format(tmp_path: Path) -> None:
     assert summary["global_step"] == 4 and math.isfinite(summary["final_loss"])
     assert summary["next_command"].startswith("simclr linear-eval --checkpoint ")
     assert summary["images_per_s"] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorBoard (the `tensorboard` extra; installed with the `test` extra)
+
+EVENTS = "events.out.tfevents"
+
+
+def tensorboard_scalars(out: Path, tag: str = "pretrain/loss") -> dict[int, float]:
+    """{step: value} of a scalar as TensorBoard's own reader sees the run folder."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = accumulator.EventAccumulator(str(out), purge_orphaned_data=True)
+    events.Reload()
+    scalars = events.Scalars(tag)
+    assert len({s.step for s in scalars}) == len(scalars), "a step was logged twice"
+    return {s.step: s.value for s in scalars}
+
+
+def logged_losses(out: Path) -> dict[int, float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def test_tensorboard_events_mirror_the_metrics(tiny: None, tmp_path: Path) -> None:
+    train.run_pretrain(config(tmp_path, knn_every=1))
+    losses = logged_losses(tmp_path)
+    assert sorted(losses) == list(range(1, 9))
+    assert tensorboard_scalars(tmp_path) == pytest.approx(losses, rel=1e-6)  # float32 events
+    assert sorted(tensorboard_scalars(tmp_path, "pretrain/knn_accuracy")) == [4, 8]
+
+
+def test_resumed_run_replaces_the_tensorboard_steps_after_its_checkpoint(
+    tiny: None, tmp_path: Path
+) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    train.run_pretrain(config(tmp_path))  # steps 1-8, checkpoint at step 8
+    # What a run killed after that checkpoint leaves behind: events and metrics of steps 9-10.
+    stale = SummaryWriter(log_dir=str(tmp_path))
+    for step in (9, 10):
+        stale.add_scalar("pretrain/loss", 123.0, step)
+    stale.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps({"step": s, "loss": 123.0}) + "\n" for s in (9, 10))
+
+    train.run_pretrain(config(tmp_path, epochs=3, resume="auto"))  # trains steps 9-12
+    losses = logged_losses(tmp_path)
+    assert sorted(losses) == list(range(1, 13)) and 123.0 not in losses.values()
+    assert tensorboard_scalars(tmp_path) == pytest.approx(losses, rel=1e-6)
+
+
+def test_runs_without_tensorboard_installed(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
+    summary = train.run_pretrain(config(tmp_path))
+    assert summary["global_step"] == 8 and sorted(logged_losses(tmp_path)) == list(range(1, 9))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(EVENTS)]
 
 
 # ----------------------------------------------------------------------------------------------
