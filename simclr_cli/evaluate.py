@@ -404,8 +404,8 @@ def encode(model: nn.Module, x: Tensor, layer: str, dtype: torch.dtype | None) -
     Args:
         x: (B, 3, H, W) images: uint8 (from :func:`~simclr_cli.augment.to_uint8_transform`;
             scaled and normalised here with the model's ``mean``/``std``) or float (already
-            transformed); made channels-last (faster convolutions with cuDNN and oneDNN: about
-            1.9x for a ResNet-18 at 32 px on a 2-core CPU).
+            transformed); made channels-last (faster convolutions with cuDNN and oneDNN: 1.3-1.9x
+            for a ResNet-18 at 32 px on a 2-core CPU).
         dtype: autocast dtype, or None for full precision.
 
     Returns:
