@@ -164,7 +164,13 @@ def pretrain(
     ] = None,
     warmup_epochs: Annotated[
         float | None,
-        typer.Option(help=_help(P, "warmup_epochs", "Linear warmup, then cosine decay.")),
+        typer.Option(
+            help=_help(
+                P,
+                "warmup_epochs",
+                "Linear warmup epochs, then cosine decay; auto = 10, at most 10% of the run.",
+            )
+        ),
     ] = None,
     temperature: Annotated[
         float | None, typer.Option(help=_help(P, "temperature", "NT-Xent temperature (> 0)."))

@@ -130,7 +130,7 @@ class PretrainConfig(_Frozen):
     lr_scaling: Literal["linear", "sqrt"] = "linear"
     weight_decay: float | None = Field(default=None, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    warmup_epochs: float = Field(default=10, ge=0)
+    warmup_epochs: float | None = Field(default=None, ge=0)
     temperature: float = Field(default=0.5, gt=0)
     # augmentation
     jitter_strength: float | None = Field(default=None, ge=0, le=2.5)  # hue 0.2s <= 0.5
@@ -197,6 +197,11 @@ class PretrainConfig(_Frozen):
             raise ValueError(
                 f"--batch-size {self.batch_size} is the global batch and must be divisible by "
                 f"the number of processes ({self.world_size})"
+            )
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"--warmup-epochs {self.warmup_epochs:g} must be less than --epochs "
+                f"{self.epochs} (the cosine decay follows the warmup); lower it or leave it out"
             )
         if self.per_process_batch_size < 2 and self.world_size == 1:
             raise ValueError("--batch-size must be at least 2 (NT-Xent needs negatives)")

@@ -42,7 +42,9 @@ BASE_LRS = {
     ("adamw", "sqrt"): 3e-4 / 16,
 }
 
-# Warmup never takes more than this fraction of a run (10 epochs of the paper's 100-epoch runs).
+# The default warmup: 10 epochs, but never more than this fraction of a run (10 epochs of the
+# paper's 100-epoch runs are exactly at the cap). An explicit --warmup-epochs is not capped.
+DEFAULT_WARMUP_EPOCHS = 10  # Chen et al. 2020, section 2.3
 MAX_WARMUP_FRACTION = 0.1
 
 
@@ -212,14 +214,17 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def warmup_steps_for(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
-    """Number of warmup steps: ``warmup_epochs`` worth, but at most 10% of the run.
+def warmup_steps_for(warmup_epochs: float | None, steps_per_epoch: int, total_steps: int) -> int:
+    """Number of warmup steps.
 
-    The cap keeps short runs (smoke tests, ``--max-steps``) from spending most of their steps
-    in warmup; the paper's 10 epochs of a 100-epoch run are exactly at the cap.
+    ``None`` (the default): the paper's 10 epochs, but at most 10% of the run, so short runs
+    do not spend most of their steps in warmup (10 epochs of a 100-epoch run are exactly at the
+    cap). An explicit ``warmup_epochs`` is used as given (at most the whole run).
     """
-    wanted = round(warmup_epochs * steps_per_epoch)
-    return max(0, min(wanted, math.floor(MAX_WARMUP_FRACTION * total_steps)))
+    if warmup_epochs is None:
+        wanted = round(DEFAULT_WARMUP_EPOCHS * steps_per_epoch)
+        return max(0, min(wanted, math.floor(MAX_WARMUP_FRACTION * total_steps)))
+    return max(0, min(round(warmup_epochs * steps_per_epoch), total_steps))
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:

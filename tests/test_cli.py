@@ -71,6 +71,8 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["pretrain", "--stem", "imagenet", "--image-size", "16"], "--image-size"),
     (["pretrain", "--optimizer", "rmsprop"], "--optimizer"),
     (["pretrain", "--epochs", "0"], "--epochs"),
+    (["pretrain", "--epochs", "5", "--warmup-epochs", "5"], "--warmup-epochs"),
+    (["pretrain", "--warmup-epochs", "-1"], "--warmup-epochs"),
     (["pretrain", "--precision", "fp8"], "--precision"),
     (["pretrain", "--device", "tpu"], "--device"),
     (["pretrain", "--head", "v3"], "--head"),

@@ -263,9 +263,17 @@ def test_warmup_cosine_values() -> None:
 
 @pytest.mark.parametrize(
     ("epochs", "per_epoch", "total", "want"),
-    [(10, 50, 5000, 500), (10, 50, 1000, 100), (0.5, 10, 1000, 5), (10, 50, 5, 0), (0, 50, 100, 0)],
+    [
+        (None, 50, 5000, 500),  # default: the paper's 10 epochs ...
+        (None, 50, 1000, 100),  # ... but at most 10% of a short run
+        (None, 50, 5, 0),
+        (10, 50, 1000, 500),  # an explicit value is used as given
+        (0.5, 10, 1000, 5),
+        (0, 50, 100, 0),
+        (3, 50, 100, 100),  # never longer than the run
+    ],
 )
-def test_warmup_is_capped_for_short_runs(
-    epochs: float, per_epoch: int, total: int, want: int
+def test_default_warmup_is_capped_for_short_runs_an_explicit_one_is_not(
+    epochs: float | None, per_epoch: int, total: int, want: int
 ) -> None:
     assert warmup_steps_for(epochs, per_epoch, total) == want
