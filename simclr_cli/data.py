@@ -7,6 +7,7 @@ evaluation and the kNN monitor use them through :func:`labels_of` and :func:`num
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tarfile
@@ -260,8 +261,11 @@ def _shape_sdf(label: int, x: np.ndarray, y: np.ndarray, rng: np.random.Generato
     return np.hypot(qx, qy) - spacing * rng.uniform(0.2, 0.3)
 
 
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
 def _luminance(rgb: np.ndarray) -> float:
-    return float(rgb @ np.array([0.299, 0.587, 0.114]))
+    return float(rgb @ _LUMA)
 
 
 def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -276,14 +280,22 @@ def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             return fg, bg
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [0, 1], (S, S) each, read-only (shared by every image)."""
+    coords = (np.arange(image_size, dtype=np.float64) + 0.5) / image_size
+    x, y = np.meshgrid(coords, coords)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
 def render_shape(label: int, image_size: int, rng: np.random.Generator) -> np.ndarray:
     """Draw one ``shapes`` image of class ``label``.
 
     Returns:
         uint8 array (image_size, image_size, 3).
     """
-    coords = (np.arange(image_size, dtype=np.float64) + 0.5) / image_size
-    x, y = np.meshgrid(coords, coords)  # (S, S) each, x along width
+    x, y = _pixel_grid(image_size)  # (S, S) each, x along width
     sdf = _shape_sdf(label, x, y, rng)
     # One-pixel anti-aliased edge: coverage goes 1 -> 0 as the distance crosses 0.
     coverage = np.clip(0.5 - sdf * image_size, 0.0, 1.0)[..., None]  # (S, S, 1)
