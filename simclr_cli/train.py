@@ -515,8 +515,11 @@ def truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def resolved_config(cfg: PretrainConfig) -> dict[str, Any]:
-    """The options as given plus every derived value, JSON-able (``config.json``, checkpoints)."""
+def resolved_config(cfg: PretrainConfig, schedule: Schedule | None = None) -> dict[str, Any]:
+    """The options as given plus every derived value, JSON-able (``config.json``, checkpoints).
+
+    With ``schedule``, also the step counts it resolved to (``total_steps``, ``warmup_steps``).
+    """
     resolved = {
         name: getattr(cfg, name)
         for name in (
@@ -535,6 +538,8 @@ def resolved_config(cfg: PretrainConfig) -> dict[str, Any]:
             "dataset_kind",
         )
     }
+    if schedule is not None:
+        resolved.update(total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps)
     return {**cfg.model_dump(mode="json"), "resolved": resolved}
 
 
@@ -609,7 +614,7 @@ class Trainer:
             "dataset": self.cfg.dataset,
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "config": resolved_config(self.cfg),
+            "config": resolved_config(self.cfg, self.schedule),
             "metrics": dict(self.metrics),
             "state_dict": self.net.state_dict(),  # the unwrapped module: no "module." prefix
             "optimizer": self.optimizer.state_dict(),
@@ -636,7 +641,8 @@ class Trainer:
     # -- loop -------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train until ``--epochs`` (or ``--max-steps``) is reached; return the summary."""
-        self.log.open(resolved_config(self.cfg), self.global_step if self.resumed_from else None)
+        config = resolved_config(self.cfg, self.schedule)
+        self.log.open(config, self.global_step if self.resumed_from else None)
         if self.resumed_from:
             self.console.print(f"resuming from {self.resumed_from} at step {self.global_step}")
         checkpoint_path: Path | None = None

@@ -221,6 +221,8 @@ def test_run_folder_and_checkpoint_format(tmp_path: Path) -> None:
     assert saved["batch_size"] == 8 and saved["resolved"]["resolved_stem"] == "cifar"
     assert saved["resolved"]["resolved_lr"] == pytest.approx(cfg.resolved_lr)
     assert saved["resolved"]["resolved_channels_last"] is True  # the default on every device
+    # 16 images / batch 8 = 2 steps per epoch, 2 epochs; --warmup-epochs 1 as given: 2 steps
+    assert saved["resolved"]["total_steps"] == 4 and saved["resolved"]["warmup_steps"] == 2
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in records if "loss" in r]
     assert [r["step"] for r in losses] == [1, 2, 3, 4]
