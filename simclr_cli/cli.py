@@ -579,6 +579,24 @@ def run(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return _fail("interrupted", 130)
+    except RuntimeError as error:
+        if not _worker_died(error):
+            raise  # a bug: the traceback is what a report needs
+        if debug:
+            traceback.print_exc()
+        return _fail(
+            f"{' '.join(str(error).split())} (often the out-of-memory killer); "
+            "lower --workers or --batch-size",
+            1,
+        )
+
+
+def _worker_died(error: RuntimeError) -> bool:
+    """Whether ``error`` is torch's report of a DataLoader worker that was killed or vanished."""
+    text = str(error)
+    return "DataLoader worker" in text and (
+        "killed by signal" in text or "exited unexpectedly" in text
+    )
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
 import tarfile
 import urllib.error
 from collections.abc import Callable, Sequence
@@ -200,6 +201,19 @@ SHAPE_CLASSES = (
 
 _SHAPES_SPLITS = {"train": 0, "test": 1}
 _SHAPES_SIZES = {"train": 10_000, "test": 2_000}
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: DataLoader workers leave SIGINT and SIGTERM to the
+    main process.
+
+    A Ctrl-C in a terminal, systemd, Slurm's ``scancel`` and ``kill -- -PGID`` signal every
+    process of the group. A worker killed by it makes the main process fail with a RuntimeError
+    instead of finishing its step, writing a checkpoint and exiting 130. Workers still end with
+    the main process: the loader shuts them down, and they exit when their parent dies.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _triangle_wave(t: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from simclr_cli.augment import normalize_uint8, to_uint8_transform
+from simclr_cli.data import ignore_stop_signals
 from simclr_cli.errors import DatasetError, UsageError
 
 LAYERS = ("encoder", "projection")
@@ -361,6 +362,7 @@ def build_loader(
         drop_last=False,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -550,6 +552,7 @@ def probe_augmented(
         generator=generator,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
     dtype = autocast_dtype(device, precision)

@@ -46,7 +46,13 @@ from simclr_cli.augment import (
 )
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import get_console, make_progress
-from simclr_cli.data import build_dataset, normalization, pretrain_split, skipped_files
+from simclr_cli.data import (
+    build_dataset,
+    ignore_stop_signals,
+    normalization,
+    pretrain_split,
+    skipped_files,
+)
 from simclr_cli.errors import (
     CheckpointError,
     DatasetError,
@@ -316,6 +322,7 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         pin_memory=device.type == "cuda",
         drop_last=True,  # full batches only: NT-Xent's negatives and BN statistics stay comparable
         persistent_workers=cfg.workers > 0,
+        worker_init_fn=ignore_stop_signals,
     )
     steps = len(sampler.inner) // per_process
     return PretrainData(loader, sampler, steps, device_augment, mean, std)

@@ -259,6 +259,48 @@ def test_worker_reraised_error_is_one_line(
     assert err == "error: cannot read img.png: truncated file; remove it or fix the folder\n"
 
 
+def test_a_killed_worker_is_one_line_naming_the_likely_cause(
+    monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker killed from outside (as the out-of-memory killer does) ends as one line."""
+    import os
+    import signal
+
+    from torch.utils.data import DataLoader, Dataset
+
+    from simclr_cli import report
+
+    class Killed(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int):
+            os.kill(os.getpid(), signal.SIGKILL)  # runs in the worker process
+
+    def load_in_a_worker(cfg):  # noqa: ANN001 - stands in for a command that loads data
+        for _ in DataLoader(Killed(), num_workers=1):
+            pass
+
+    monkeypatch.setattr(report, "system_info", load_in_a_worker)
+    assert run(["info"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: DataLoader worker")
+    # torch words it either way, depending on which of its checks notices first
+    assert ("killed by signal" in err or "exited unexpectedly" in err) and "Traceback" not in err
+    assert "lower --workers or --batch-size" in err
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simclr_cli import report
+
+    def bug(cfg):  # noqa: ANN001
+        raise RuntimeError("shape mismatch in a matmul")
+
+    monkeypatch.setattr(report, "system_info", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run(["info"])
+
+
 def test_derived_defaults_follow_the_paper() -> None:
     from simclr_cli.config import PretrainConfig
 

@@ -8,6 +8,7 @@ that the test can kill it at a known moment.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -71,7 +72,7 @@ train.run_pretrain(PretrainConfig(**job["options"]))
 """
 
 
-def start_child(job: dict[str, Any]) -> subprocess.Popen:
+def start_child(job: dict[str, Any], new_session: bool = False) -> subprocess.Popen:
     job = {"step_sleep": 0.0, "hold_save_at": 0, "marker": "", "cli": None, **job}
     code = CHILD.format(tests=str(TESTS), threads=torch.get_num_threads())
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
@@ -81,6 +82,7 @@ def start_child(job: dict[str, Any]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=new_session,  # its own process group, to signal it whole
     )
 
 
@@ -167,6 +169,23 @@ def test_sigint_through_the_cli_exits_130_with_a_checkpoint(tmp_path: Path) -> N
         payload["optimizer"]["state"]
         and torch.isfinite(payload["state_dict"]["encoder.0.weight"]).all()
     )
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_stops_cleanly_with_workers(tmp_path: Path) -> None:
+    """systemd, Slurm's scancel and ``kill -- -PGID`` signal the DataLoader workers too; the run
+    must still finish its step, checkpoint and exit 130 with one line, no traceback."""
+    out = tmp_path / "run"
+    argv = ["pretrain", *cli_flags(options(out, epochs=50, workers=2))]
+    child = start_child({"cli": argv, "step_sleep": 0.2}, new_session=True)
+    wait_for(lambda: max(logged_steps(out), default=0) >= 2, child)
+    os.killpg(child.pid, signal.SIGTERM)  # the launcher and both workers
+    _, stderr = child.communicate(timeout=120)
+
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr and "stopped by SIGTERM" in stderr
+    assert f"--resume auto --out {out}" in stderr
+    assert load_checkpoint(out / "checkpoint_last.pt")["global_step"] == max(metric_steps(out))
 
 
 def cli_flags(values: dict[str, Any]) -> list[str]:
