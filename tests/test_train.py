@@ -281,6 +281,7 @@ def test_tensorboard_events_mirror_the_metrics(tiny: None, tmp_path: Path) -> No
 def test_resumed_run_replaces_the_tensorboard_steps_after_its_checkpoint(
     tiny: None, tmp_path: Path
 ) -> None:
+    pytest.importorskip("tensorboard")  # installed by the test extra
     from torch.utils.tensorboard import SummaryWriter
 
     train.run_pretrain(config(tmp_path))  # steps 1-8, checkpoint at step 8
