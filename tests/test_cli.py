@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -231,28 +232,41 @@ def test_info_table(workdir: Path) -> None:
         assert word in result.stdout
 
 
+def _info_loads_in_a_worker(
+    monkeypatch: pytest.MonkeyPatch, get_item: Callable[[int], object]
+) -> None:
+    """Make ``simclr info`` stand in for a command that loads data: it iterates a 2-item
+    dataset through one DataLoader worker, where ``get_item(index)`` runs."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from simclr_cli import report
+
+    class InWorker(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int):
+            return get_item(index)
+
+    def load_in_a_worker(cfg):  # noqa: ANN001
+        for _ in DataLoader(InWorker(), num_workers=1):
+            pass
+
+    monkeypatch.setattr(report, "system_info", load_in_a_worker)
+
+
 def test_worker_reraised_error_is_one_line(
     monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A DatasetError raised inside a DataLoader worker still ends as one clean line."""
     import torch
-    from torch.utils.data import DataLoader, Dataset
 
-    from simclr_cli import report
     from simclr_cli.errors import DatasetError
 
-    class Broken(Dataset):
-        def __len__(self) -> int:
-            return 2
+    def broken(index: int):
+        raise DatasetError("cannot read img.png: truncated file; remove it or fix the folder")
 
-        def __getitem__(self, index: int):
-            raise DatasetError("cannot read img.png: truncated file; remove it or fix the folder")
-
-    def load_in_a_worker(cfg):  # noqa: ANN001 - stands in for a command that loads data
-        for _ in DataLoader(Broken(), num_workers=1):
-            pass
-
-    monkeypatch.setattr(report, "system_info", load_in_a_worker)
+    _info_loads_in_a_worker(monkeypatch, broken)
     assert torch.utils.data.get_worker_info() is None
     assert run(["info"]) == 1
     err = capsys.readouterr().err
@@ -263,25 +277,12 @@ def test_a_killed_worker_is_one_line_naming_the_likely_cause(
     monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A worker killed from outside (as the out-of-memory killer does) ends as one line."""
-    import os
     import signal
 
-    from torch.utils.data import DataLoader, Dataset
+    def killed(index: int):
+        os.kill(os.getpid(), signal.SIGKILL)  # runs in the worker process
 
-    from simclr_cli import report
-
-    class Killed(Dataset):
-        def __len__(self) -> int:
-            return 2
-
-        def __getitem__(self, index: int):
-            os.kill(os.getpid(), signal.SIGKILL)  # runs in the worker process
-
-    def load_in_a_worker(cfg):  # noqa: ANN001 - stands in for a command that loads data
-        for _ in DataLoader(Killed(), num_workers=1):
-            pass
-
-    monkeypatch.setattr(report, "system_info", load_in_a_worker)
+    _info_loads_in_a_worker(monkeypatch, killed)
     assert run(["info"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: DataLoader worker")
