@@ -777,7 +777,7 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
         )
     model = model.to(device, memory_format=torch.channels_last)
     result = evaluate_frozen(
-        model.to(device), train, test, num_classes, device, cfg.protocol, cfg.solver,
+        model, train, test, num_classes, device, cfg.protocol, cfg.solver,
         cfg.batch_size, cfg.resolved_epochs, views, cfg.resolved_precision, cfg.workers,
         cfg.seed, cfg.knn_k, cfg.knn_temperature, classes,
     )  # fmt: skip
