@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from simclr_cli import allocator
 from simclr_cli.augment import normalize_uint8, to_uint8_transform
 from simclr_cli.data import ignore_stop_signals
 from simclr_cli.errors import DatasetError, UsageError
@@ -763,6 +764,7 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
     start = time.perf_counter()
     model, payload, path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
     device = resolve_device(cfg.resolved_device)
+    allocator.configure_for(device.type)
     transform = checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind)
     train, test = linear_eval_splits(cfg, transform)
     name = str(cfg.dataset or cfg.train_dir)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from simclr_cli import allocator
 from simclr_cli.errors import DatasetError, OutputExistsError
 from simclr_cli.evaluate import (
     build_loader,
@@ -95,6 +96,7 @@ def export_features(cfg: Any) -> dict[str, Any]:
     check_outputs(out, cfg.overwrite)
     model, payload, checkpoint_path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
     device = resolve_device(cfg.resolved_device)
+    allocator.configure_for(device.type)
     transform = checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind)
     dataset, split, paths = features_dataset(cfg, transform)
     out.mkdir(parents=True, exist_ok=True)

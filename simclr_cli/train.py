@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from simclr_cli import checkpoint, distributed, evaluate, optim
+from simclr_cli import allocator, checkpoint, distributed, evaluate, optim
 from simclr_cli.augment import (
     BatchedSimCLRAugment,
     SimCLRAugment,
@@ -129,6 +129,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         ``next_command``, ``resumed_from``.
     """
     device = select_device(cfg)
+    allocator.configure_for(device.type)  # in each process: spawned ranks are fresh interpreters
     resume_path = resume_checkpoint_path(cfg)
     payload = checkpoint.load_checkpoint(resume_path) if resume_path else None
     if payload is not None and resume_path is not None:
