@@ -4,27 +4,35 @@ Both pipelines train the same network (ResNet-18, CIFAR stem) on the embedded ``
 dataset with the same global batch, and both are timed over whole steps: data loading,
 augmentation, forward, loss, backward and the optimizer step, with a host sync (``.item()``)
 after every timed step so no work is left queued. The first ``--warmup`` steps are not timed
-(worker start-up, allocator warm-up).
+(worker start-up, allocator warm-up). Each pipeline runs in its own process, so that its peak
+resident size is its own and process-wide settings (malloc's, thread pools) do not carry over.
 
 * reference: the training loop of Spijkervet/SimCLR, transcribed: PIL/torchvision augmentation
   in DataLoader workers, channels-first fp32, the encoder called once per view, and the NT-Xent
   that builds an ``(2N, 2N, D)`` cosine-similarity tensor and gathers negatives with a mask.
 * simclr-cli: :func:`simclr_cli.train.run_pretrain` with the chosen options (``--augment-on``,
-  ``--channels-last``, ``--precision``), timed from the run's own ``metrics.jsonl``.
+  ``--channels-last``, ``--precision``), timed from the run's own ``metrics.jsonl``. On the
+  CPU it keeps freed memory for reuse (:mod:`simclr_cli.allocator`);
+  ``--reference-keep-freed-memory`` also times the reference with that setting, to show how
+  much of the ratio it accounts for.
 
 Usage::
 
     python benchmarks/pretrain.py                       # batch 256, 32 px, 3 timed steps
     python benchmarks/pretrain.py --compile              # also simclr-cli with --compile
     python benchmarks/pretrain.py --batch-size 64 --steps 5 --augment-on cpu
+    python benchmarks/pretrain.py --steps 8 --reference-keep-freed-memory
 
-Prints images/s of each, the ratio, and the seconds one epoch of 50,000 images would take.
+Prints images/s and peak resident size of each, the ratio, and the seconds one epoch of 50,000
+images would take.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,12 +42,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from simclr_cli import allocator
 from simclr_cli.config import PretrainConfig
 from simclr_cli.data import ShapesDataset
 from simclr_cli.model import build_encoder
 from simclr_cli.train import run_pretrain
 
 CIFAR_EPOCH = 50_000
+PIPELINES = ("reference", "reference+keep", "ours", "ours+compile")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +186,34 @@ def ours_throughput(args: argparse.Namespace, device: torch.device, compile: boo
     return args.batch_size * (len(timed) - 1) / (timed[-1] - timed[0])
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident size (``VmHWM``; Linux), GiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def run_one(args: argparse.Namespace) -> None:
+    """Time one pipeline in this process and print its result as a JSON line."""
+    device = torch.device(args.device)
+    if args.pipeline == "reference+keep":
+        allocator.keep_freed_memory()
+    if args.pipeline.startswith("reference"):
+        rate = reference_throughput(args, device)
+    else:
+        rate = ours_throughput(args, device, compile=args.pipeline == "ours+compile")
+    print(json.dumps({"images_per_s": rate, "peak_rss_gib": peak_rss_gib()}))
+
+
+def run_child(pipeline: str) -> dict[str, float]:
+    """Run one pipeline in a fresh process (malloc settings and peak memory are per process)."""
+    command = [sys.executable, __file__, *sys.argv[1:], "--pipeline", pipeline]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -187,26 +225,45 @@ def main() -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--compile", action="store_true", help="also time --compile")
+    parser.add_argument(
+        "--reference-keep-freed-memory",
+        action="store_true",
+        help="also time the reference with simclr-cli's malloc setting (simclr_cli.allocator)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--pipeline", choices=PIPELINES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     assert args.warmup >= 1, "time at least one step after a warm-up step"
-    device = torch.device(args.device)
+    if args.pipeline:
+        return run_one(args)
     print(
         f"ResNet-18 CIFAR stem, {args.image_size} px, batch {args.batch_size}, {args.steps} timed "
-        f"steps after {args.warmup}, {args.workers} workers, device {device}, "
-        f"{torch.get_num_threads()} threads"
+        f"steps after {args.warmup}, {args.workers} workers, device {args.device}, "
+        f"{torch.get_num_threads()} threads; each pipeline in its own process"
     )
-    ref = reference_throughput(args, device)
-    print(f"reference (Spijkervet-style): {ref:8.1f} images/s")
-    print(f"  implied seconds per 50,000-image epoch: {CIFAR_EPOCH / ref:.0f} s")
-    for compile in [False, True] if args.compile else [False]:
-        ours = ours_throughput(args, device, compile)
-        options = f"augment-on {args.augment_on}, channels-last {args.channels_last}, " + (
-            f"precision {args.precision}, compile {compile}"
+    pipelines = ["reference"]
+    pipelines += ["reference+keep"] if args.reference_keep_freed_memory else []
+    pipelines += ["ours"] + (["ours+compile"] if args.compile else [])
+    results = {name: run_child(name) for name in pipelines}
+    ref = results["reference"]["images_per_s"]
+    options = (
+        f"augment-on {args.augment_on}, channels-last {args.channels_last}, "
+        f"precision {args.precision}"
+    )
+    labels = {
+        "reference": "reference (Spijkervet-style)",
+        "reference+keep": "reference + simclr-cli's malloc setting",
+        "ours": f"simclr-cli ({options})",
+        "ours+compile": f"simclr-cli ({options}, --compile)",
+    }
+    for name, result in results.items():
+        rate = result["images_per_s"]
+        print(
+            f"{labels[name]}: {rate:8.1f} images/s, peak resident {result['peak_rss_gib']:.2f} GiB"
         )
-        print(f"simclr-cli ({options}): {ours:8.1f} images/s")
-        print(f"  ratio simclr-cli / reference: {ours / ref:.2f}x")
-        print(f"  implied seconds per 50,000-image epoch: {CIFAR_EPOCH / ours:.0f} s")
+        if name != "reference":
+            print(f"  ratio / reference: {rate / ref:.2f}x")
+        print(f"  implied seconds per 50,000-image epoch: {CIFAR_EPOCH / rate:.0f} s")
 
 
 if __name__ == "__main__":
