@@ -244,8 +244,6 @@ def main() -> None:
     pipelines = ["reference"]
     pipelines += ["reference+keep"] if args.reference_keep_freed_memory else []
     pipelines += ["ours"] + (["ours+compile"] if args.compile else [])
-    results = {name: run_child(name) for name in pipelines}
-    ref = results["reference"]["images_per_s"]
     options = (
         f"augment-on {args.augment_on}, channels-last {args.channels_last}, "
         f"precision {args.precision}"
@@ -256,14 +254,15 @@ def main() -> None:
         "ours": f"simclr-cli ({options})",
         "ours+compile": f"simclr-cli ({options}, --compile)",
     }
-    for name, result in results.items():
-        rate = result["images_per_s"]
-        print(
-            f"{labels[name]}: {rate:8.1f} images/s, peak resident {result['peak_rss_gib']:.2f} GiB"
-        )
+    ref = None
+    for name in pipelines:  # each line as soon as its pipeline is done
+        result = run_child(name)
+        rate, peak = result["images_per_s"], result["peak_rss_gib"]
+        ref = ref or rate
+        print(f"{labels[name]}: {rate:8.1f} images/s, peak resident size {peak:.2f} GiB")
         if name != "reference":
             print(f"  ratio / reference: {rate / ref:.2f}x")
-        print(f"  implied seconds per 50,000-image epoch: {CIFAR_EPOCH / rate:.0f} s")
+        print(f"  implied seconds per 50,000-image epoch: {CIFAR_EPOCH / rate:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
