@@ -20,9 +20,10 @@ from simclr_cli.allocator import user_tuned_malloc
 # allocation of it is a fresh mapping whose 16,384 pages fault in again when written.
 PAGES = 64 * 2**20 // 4096
 
-# Allocates, fills and frees the buffer 8 times, like a training step's activations, and
-# reports the minor page faults of the last two rounds. With the setting, the heap first grows
-# (a freed block is not reused until its neighbours are free too) and then stops faulting.
+# Allocates, fills and frees the buffer 24 times, like a training step's activations, and
+# reports the minor page faults of the last four rounds. With the setting, the heap first grows
+# for 3-8 rounds (a freed block is too small for the next 64-byte-aligned request of the same
+# size until a neighbour is free too) and then stops faulting.
 CHILD = """
 import json, resource, sys, torch
 from simclr_cli.allocator import keep_freed_memory
@@ -31,8 +32,8 @@ def fill():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(16 * 2**20).fill_(1.0)  # 64 MiB of float32, freed at once
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults = [fill() for _ in range(8)]
-print(json.dumps({"applied": applied, "faults": max(faults[-2:])}))
+faults = [fill() for _ in range(24)]
+print(json.dumps({"applied": applied, "faults": max(faults[-4:])}))
 """
 
 glibc_only = pytest.mark.skipif(
