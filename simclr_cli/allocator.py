@@ -72,6 +72,6 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
         libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl's mallopt is a no-op)
     except (OSError, AttributeError):
         return False
-    # Both or neither: without trimming off, freeing the heap's top would still return pages.
+    # Both are needed: with trimming on, freeing the heap's top would still return its pages.
     _applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM))
     return _applied
