@@ -246,15 +246,12 @@ class PretrainData:
         sampler: this rank's shard of each epoch; ``set_epoch`` reshuffles.
         steps_per_epoch: optimizer steps per epoch (the same on every rank).
         device_augment: the batched augmentation for ``--augment-on device``, else None.
-        mean, std: the normalisation the views were given (recorded in checkpoints).
     """
 
     loader: DataLoader
     sampler: ResumableSampler
     steps_per_epoch: int
     device_augment: BatchedSimCLRAugment | None
-    mean: list[float] | None
-    std: list[float] | None
 
 
 class ResumableSampler(Sampler[int]):
@@ -326,7 +323,7 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         worker_init_fn=ignore_stop_signals,
     )
     steps = len(sampler.inner) // per_process
-    return PretrainData(loader, sampler, steps, device_augment, mean, std)
+    return PretrainData(loader, sampler, steps, device_augment)
 
 
 def build_spec(cfg: PretrainConfig) -> dict[str, Any]:
