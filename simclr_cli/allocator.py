@@ -36,6 +36,27 @@ def user_tuned_malloc(environ: Mapping[str, str]) -> bool:
     return "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library when it is glibc on Linux, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl's mallopt is a no-op)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def policy(environ: Mapping[str, str] | None = None) -> str:
+    """What CPU runs of simclr-cli do with malloc here, in words (``simclr info`` shows it)."""
+    if _glibc() is None:
+        return "system default (not glibc)"
+    if user_tuned_malloc(os.environ if environ is None else environ):
+        return "as the environment sets it (MALLOC_*_, GLIBC_TUNABLES)"
+    return "keeps freed memory in CPU runs (glibc)"
+
+
 def configure_for(device_type: str) -> bool:
     """Keep freed memory when this process computes on the CPU (see the module docstring).
 
@@ -63,14 +84,8 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     global _applied
     if _applied:
         return True
-    if not sys.platform.startswith("linux") or user_tuned_malloc(
-        os.environ if environ is None else environ
-    ):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl's mallopt is a no-op)
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None or user_tuned_malloc(os.environ if environ is None else environ):
         return False
     # Both are needed: with trimming on, freeing the heap's top would still return its pages.
     _applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM))

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
-from simclr_cli import __version__
+from simclr_cli import __version__, allocator
 from simclr_cli.config import InfoConfig
 from simclr_cli.console import stdout_console
 
@@ -49,6 +49,7 @@ def _devices() -> dict[str, Any]:
         "gpus": gpus,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_malloc": allocator.policy(),
     }
 
 

@@ -101,6 +101,12 @@ def test_which_environments_count_as_a_user_malloc_setting(
     assert user_tuned_malloc(environ) is tuned
 
 
+@glibc_only
+def test_info_says_whether_cpu_runs_keep_freed_memory() -> None:
+    assert allocator.policy({}).startswith("keeps freed memory")
+    assert allocator.policy({"MALLOC_MMAP_MAX_": "65536"}).startswith("as the environment")
+
+
 class Stop(Exception):
     """Raised by the stand-ins below to end a command before any real work."""
 

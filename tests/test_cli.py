@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from simclr_cli import __version__
+from simclr_cli import __version__, allocator
 from simclr_cli.cli import run
 
 COMMANDS = ("pretrain", "linear-eval", "features", "download", "info")
@@ -219,6 +219,7 @@ def test_info_json_reports_this_machine(workdir: Path) -> None:
     assert data["versions"]["simclr-cli"] == __version__
     assert data["devices"]["cuda_available"] == torch.cuda.is_available()
     assert data["devices"]["cpu_count"] == os.cpu_count()
+    assert data["devices"]["cpu_malloc"] == allocator.policy()
     assert "gloo" in data["distributed_backends"]
     assert data["folders"]["cache_dir"] == os.environ["SIMCLR_CACHE_DIR"]
     names = {row["name"] for row in data["checkpoints"]}
