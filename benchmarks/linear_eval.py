@@ -13,16 +13,25 @@ transform of the checkpoint):
   ``nn.Linear`` trained for 500 epochs of Adam (lr 3e-4) on raw features; test accuracy averaged
   over per-batch accuracies of the dropped-last-batch test loader.
 
-Printed: wall time of each phase and the whole protocol, the ratio, and test accuracy (the
-reference's own number and its classifier's accuracy over the whole test split).
+Each protocol runs in its own process (seeded, so both see the same encoder). Ours keeps freed
+memory for reuse on the CPU, as ``simclr linear-eval`` does (:mod:`simclr_cli.allocator`); the
+reference leaves malloc as it is, and ``--reference-keep-freed-memory`` also times it with that
+setting.
+
+Printed: wall time of each phase and the whole protocol, the ratio, peak resident size, and test
+accuracy (the reference's own number and its classifier's accuracy over the whole test split).
 
 Usage: ``python benchmarks/linear_eval.py [--train 2000] [--test 1000] [--stem cifar]
-[--checkpoint PATH] [--epochs 500] [--threads 2] [--device cuda] [--workers 8]``
+[--checkpoint PATH] [--epochs 500] [--threads 2] [--device cuda] [--workers 8]
+[--reference-keep-freed-memory]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from simclr_cli import allocator
 from simclr_cli import evaluate as ev
 from simclr_cli.augment import eval_transform, to_uint8_transform
 from simclr_cli.data import build_dataset, normalization
@@ -158,6 +168,60 @@ def frozen_model(args: argparse.Namespace) -> tuple[nn.Module, int, list | None,
     return build_simclr(spec).eval().requires_grad_(False), args.image_size, mean, std
 
 
+PROTOCOLS = ("ours", "reference", "reference+keep")
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident size (``VmHWM``; Linux), GiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def run_one(args: argparse.Namespace) -> None:
+    """Run one protocol in this process and print its result as a JSON line."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.protocol == "ours":
+        allocator.configure_for(device.type)  # what simclr linear-eval does
+    elif args.protocol == "reference+keep":
+        allocator.keep_freed_memory()
+    model, size, mean, std = frozen_model(args)
+    model = model.to(device)
+    with torch.inference_mode():  # warm-up: neither protocol pays first-call costs
+        warm = torch.rand(8, 3, size, size, device=device)
+        model.encoder(warm)
+    # The first optimizer step of a process imports torch._dynamo (1.5-3 s here); not timed.
+    probe = nn.Parameter(torch.zeros(1))
+    probe.grad = torch.ones(1)
+    torch.optim.Adam([probe]).step()
+    if args.protocol == "ours":
+        # simclr-cli crops to uint8 in the loader and scales/normalises whole batches.
+        crops = to_uint8_transform(size)
+        train = build_dataset("shapes", "train", Path("."), crops, limit=args.train)
+        test = build_dataset("shapes", "test", Path("."), crops, limit=args.test)
+        result = our_protocol(model, train, test, args.seed, device, args.workers)
+    else:
+        # The reference transforms each image to a normalised float tensor in the loader.
+        transform = eval_transform(size, mean, std)
+        train = build_dataset("shapes", "train", Path("."), transform, limit=args.train)
+        test = build_dataset("shapes", "test", Path("."), transform, limit=args.test)
+        result = reference_protocol(
+            model, train, test, args.epochs, args.seed, device, args.workers
+        )
+    result["peak_rss_gib"] = peak_rss_gib()
+    print(json.dumps(result))
+
+
+def run_child(protocol: str) -> dict:
+    """Run one protocol in a fresh process (malloc settings and peak memory are per process)."""
+    command = [sys.executable, __file__, *sys.argv[1:], "--protocol", protocol]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=2000, help="train images of shapes")
@@ -170,44 +234,43 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=0, help="loader workers (both protocols)")
+    parser.add_argument(
+        "--reference-keep-freed-memory",
+        action="store_true",
+        help="also time the reference with simclr-cli's malloc setting (simclr_cli.allocator)",
+    )
+    parser.add_argument("--protocol", choices=PROTOCOLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    model, size, mean, std = frozen_model(args)
-    model = model.to(device)
-    # The reference transforms each image to a normalised float tensor in the loader; simclr-cli
-    # crops to uint8 there and scales/normalises whole batches (what linear-eval runs).
-    transform = eval_transform(size, mean, std)
-    train = build_dataset("shapes", "train", Path("."), transform, limit=args.train)
-    test = build_dataset("shapes", "test", Path("."), transform, limit=args.test)
-    crops = to_uint8_transform(size)
-    train_u8 = build_dataset("shapes", "train", Path("."), crops, limit=args.train)
-    test_u8 = build_dataset("shapes", "test", Path("."), crops, limit=args.test)
-    print(f"encoder: resnet18 {args.stem} stem, {size} px, "
-          f"{'checkpoint ' + args.checkpoint if args.checkpoint else 'random init'}; "
-          f"shapes {len(train)} train / {len(test)} test; {args.threads} threads, "
-          f"{args.workers} loader workers, device {device}")  # fmt: skip
-    with torch.inference_mode():  # warm-up: neither protocol pays first-call costs
-        model.encoder(torch.stack([train[i][0] for i in range(8)]).to(device))
-    # The first optimizer step of a process imports torch._dynamo (1.5-3 s here); whichever
-    # protocol ran first used to pay it.
-    probe = nn.Parameter(torch.zeros(1))
-    probe.grad = torch.ones(1)
-    torch.optim.Adam([probe]).step()
-    ours = our_protocol(model, train_u8, test_u8, args.seed, device, args.workers)
-    ref = reference_protocol(model, train, test, args.epochs, args.seed, device, args.workers)
-    report(ours, ref, args.epochs)
+    if args.protocol:
+        return run_one(args)
+    source = f"checkpoint {args.checkpoint}" if args.checkpoint else "random init"
+    print(f"encoder: resnet18 {args.stem} stem, {args.image_size} px unless the checkpoint "
+          f"says otherwise, {source}; shapes {args.train} train / {args.test} test; "
+          f"{args.threads} threads, {args.workers} loader workers, device {args.device}; "
+          "each protocol in its own process", flush=True)  # fmt: skip
+    ours = run_child("ours")
+    ref = run_child("reference")
+    ref_keep = run_child("reference+keep") if args.reference_keep_freed_memory else None
+    report(ours, ref, args.epochs, ref_keep)
 
 
-def report(ours: dict, ref: dict, epochs: int) -> None:
+def report(ours: dict, ref: dict, epochs: int, ref_keep: dict | None = None) -> None:
     rows = [
-        ("feature extraction", ours["extract_s"], ref["extract_s"]),
-        ("classifier", ours["classifier_s"], ref["classifier_s"]),
-        ("whole protocol", ours["total_s"], ref["total_s"]),
+        ("feature extraction", "extract_s"),
+        ("classifier", "classifier_s"),
+        ("whole protocol", "total_s"),
     ]
-    print(f"{'phase':<22}{'ours':>12}{'reference':>12}{'speed-up':>10}")
-    for name, a, b in rows:
-        print(f"{name:<22}{a:>11.2f}s{b:>11.2f}s{b / a:>9.1f}x")
+    extra = f"{'ref+malloc':>12}{'speed-up':>10}" if ref_keep else ""
+    print(f"{'phase':<22}{'ours':>12}{'reference':>12}{'speed-up':>10}{extra}")
+    for name, key in rows:
+        a, b = ours[key], ref[key]
+        line = f"{name:<22}{a:>11.2f}s{b:>11.2f}s{b / a:>9.1f}x"
+        if ref_keep:
+            line += f"{ref_keep[key]:>11.2f}s{ref_keep[key] / a:>9.1f}x"
+        print(line)
+    peaks = f"ours {ours['peak_rss_gib']:.2f} GiB, reference {ref['peak_rss_gib']:.2f} GiB"
+    peaks += f", reference + malloc setting {ref_keep['peak_rss_gib']:.2f} GiB" if ref_keep else ""
+    print(f"peak resident size: {peaks}")
     print(f"(ours includes the kNN monitor: {ours['knn_s']:.2f}s; weight decay "
           f"{ours['weight_decay']:g}; reference: {epochs} Adam epochs)")  # fmt: skip
     print(f"top-1 ours: {100 * ours['top1']:.2f}% over {ours['test_images_counted']} test images"
