@@ -46,6 +46,8 @@ from simclr_cli.augment import eval_transform, to_uint8_transform
 from simclr_cli.data import build_dataset, normalization
 from simclr_cli.model import build_simclr, model_spec
 
+from procmem import peak_rss_gib
+
 
 class TwoBranch(nn.Module):
     """The reference's model interface: ``forward(x_i, x_j) -> (h_i, h_j, z_i, z_j)``."""
@@ -169,15 +171,6 @@ def frozen_model(args: argparse.Namespace) -> tuple[nn.Module, int, list | None,
 
 
 PROTOCOLS = ("ours", "reference", "reference+keep")
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident size (``VmHWM``; Linux), GiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def run_one(args: argparse.Namespace) -> None:

@@ -26,6 +26,8 @@ from torch import nn
 
 from simclr_cli.loss import nt_xent
 
+from procmem import proc_status
+
 TEMPERATURE = 0.5
 # Measured: the reference peaks at about 6 float32 (2N, 2N, D) tensors (forward + backward).
 REFERENCE_PEAK_TENSORS = 6
@@ -66,16 +68,6 @@ def inputs(batch_size: int, dim: int, device: torch.device) -> tuple[torch.Tenso
     gen = torch.Generator().manual_seed(batch_size)
     z_i, z_j = torch.randn(2, batch_size, dim, generator=gen).to(device)
     return z_i.requires_grad_(), z_j.requires_grad_()
-
-
-def proc_status(field: str) -> int:
-    """Bytes of a ``/proc/self/status`` field (Linux). ``VmHWM`` is this process's own peak,
-    unlike ``ru_maxrss``, which a spawned process inherits from its parent."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}; CPU memory needs Linux")
 
 
 def timed(fn: Callable[[], torch.Tensor], device: torch.device, budget_s: float) -> list[float]:

@@ -48,6 +48,8 @@ from simclr_cli.data import ShapesDataset
 from simclr_cli.model import build_encoder
 from simclr_cli.train import run_pretrain
 
+from procmem import peak_rss_gib
+
 CIFAR_EPOCH = 50_000
 PIPELINES = ("reference", "reference+keep", "ours", "ours+compile")
 
@@ -184,15 +186,6 @@ def ours_throughput(args: argparse.Namespace, device: torch.device, compile: boo
     times = [r["time"] for r in records if "loss" in r]
     timed = times[args.warmup - 1 :] if args.warmup else times
     return args.batch_size * (len(timed) - 1) / (timed[-1] - timed[0])
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident size (``VmHWM``; Linux), GiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def run_one(args: argparse.Namespace) -> None:
