@@ -200,13 +200,27 @@ def _torch_load(path: Path) -> Any:
                 f"{path} was refused for safety: loading it would run code from the file "
                 f"({_refused_global(str(e))}); only weights-only checkpoints are accepted"
             ) from None
-        raise CheckpointError(
-            f"{path} is corrupt or not a torch checkpoint; download or copy it again"
-        ) from None
+        raise _unreadable(path, "is corrupt or not a torch checkpoint") from None
     except Exception as e:  # truncated zip, EOF, bad magic number, ...
-        raise CheckpointError(
-            f"{path} is corrupt or truncated ({type(e).__name__}); download or copy it again"
-        ) from None
+        raise _unreadable(path, f"is corrupt or truncated ({type(e).__name__})") from None
+
+
+def _unreadable(path: Path, problem: str) -> CheckpointError:
+    """The error for a file torch cannot load: a text file (a run's ``config.json`` or
+    ``metrics.jsonl`` given by mistake) gets its own fix; anything else is damaged."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+    try:
+        text = head.decode("utf-8") if head and b"\0" not in head else None
+    except UnicodeDecodeError:  # binary, or a multi-byte character cut at 4096 bytes
+        text = None
+    if text is not None:
+        begins = " ".join(text.split())[:40]
+        return CheckpointError(
+            f"{path} is a text file, not a torch checkpoint (it begins {begins!r}); give a "
+            "checkpoint_*.pt file, a run folder or a release checkpoint name"
+        )
+    return CheckpointError(f"{path} {problem}; download or copy it again")
 
 
 def _needs_code(message: str) -> bool:

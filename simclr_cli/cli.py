@@ -26,7 +26,7 @@ from simclr_cli.config import (
     PretrainConfig,
     flag_name,
 )
-from simclr_cli.errors import SimCLRError
+from simclr_cli.errors import SimCLRError, invalid_value
 
 try:  # typer >= 0.29 ships its own copy of click
     from typer._click import exceptions as click_exceptions
@@ -516,7 +516,7 @@ def _validation_line(error: ValidationError) -> str:
     flag = flag_name(str(first["loc"][0]))
     value = first.get("input")
     allowed = msg[0].lower() + msg[1:] if msg else msg
-    return f"{flag}: invalid value {value!r}; {allowed}"
+    return invalid_value(flag, value, allowed)
 
 
 def _usage_line(error: Exception, argv: list[str]) -> str:
@@ -528,7 +528,7 @@ def _usage_line(error: Exception, argv: list[str]) -> str:
         name, _, inline = token.partition("=")
         if name in opts:
             value = inline if inline else (argv[i + 1] if i + 1 < len(argv) else "")
-            return f"{opts[0]}: invalid value {value!r}; {message}"
+            return invalid_value(opts[0], value, message)
     return message
 
 

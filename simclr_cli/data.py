@@ -7,6 +7,7 @@ evaluation and the kNN monitor use them through :func:`labels_of` and :func:`num
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
@@ -63,8 +64,16 @@ def dataset_kind(name: str) -> str:
     """
     if name.lower() in DATASETS:
         return name.lower()
-    if Path(name).expanduser().is_dir():
+    path = Path(name).expanduser()
+    if path.is_dir():
         return "folder"
+    if path.exists():
+        raise UsageError("--dataset", name, f"it is a file, not a folder; {_DATASET_HELP}")
+    close = difflib.get_close_matches(name.lower(), DATASETS, n=1, cutoff=0.75)
+    if close:
+        raise UsageError("--dataset", name, f"did you mean {close[0]}? {_DATASET_HELP}")
+    if os.sep in name or name.startswith((".", "~")):
+        raise UsageError("--dataset", name, f"no such folder; {_DATASET_HELP}")
     raise UsageError("--dataset", name, _DATASET_HELP)
 
 

@@ -7,6 +7,17 @@ raises these instead of printing. Programmer mistakes stay ``assert``/``TypeErro
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
+
+def invalid_value(option: str, value: object, allowed: str) -> str:
+    """The line for a bad option value: ``--flag: invalid value 'x'; what is allowed``.
+
+    Paths are shown as text ('runs/x'), not as ``PosixPath('runs/x')``.
+    """
+    shown = str(value) if isinstance(value, PurePath) else value
+    return f"{option}: invalid value {shown!r}; {allowed}"
+
 
 class SimCLRError(Exception):
     """A failure the user can act on; the message names the problem and the fix."""
@@ -23,7 +34,7 @@ class UsageError(SimCLRError):
         self.option = option
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{option}: invalid value {value!r}; {allowed}")
+        super().__init__(invalid_value(option, value, allowed))
 
 
 class DatasetError(SimCLRError):

@@ -159,6 +159,16 @@ def test_random_bytes_are_corrupt_not_refused(tmp_path: Path) -> None:
     assert "refused" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl"])
+def test_a_text_file_is_named_as_such(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text('{"step": 1, "loss": 4.2, "note": "caf\u00e9"}\n' * 3, encoding="utf-8")
+    with pytest.raises(CheckpointError, match="is a text file, not a torch checkpoint") as info:
+        load_checkpoint(path)
+    assert "corrupt" not in str(info.value) and "run folder" in str(info.value)
+    assert """(it begins '{"step": 1, "loss": 4.2, "note": "caf\u00e9"}')""" in str(info.value)
+
+
 @pytest.mark.parametrize("writer", ["zip", "legacy", "pickle"])
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, writer: str) -> None:
     marker = tmp_path / "code_ran"

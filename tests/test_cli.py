@@ -124,6 +124,7 @@ def test_bad_input_is_one_line_exit_2(
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("error: ")
     assert flag in lines[0]
+    assert "PosixPath" not in lines[0]  # paths are shown as the user typed them
     assert "Traceback" not in captured.err + captured.out
     assert _listing(workdir) == before  # nothing created
     assert not (workdir / "runs").exists()

@@ -42,9 +42,18 @@ def test_dataset_kind(tmp_path: Path) -> None:
     assert dataset_kind("CIFAR10") == "cifar10"
     assert dataset_kind(str(tmp_path)) == "folder"
     (tmp_path / "file.png").write_bytes(b"")
-    for bad in ("imagenet", str(tmp_path / "missing"), str(tmp_path / "file.png")):
-        with pytest.raises(UsageError, match="--dataset.*cifar10, cifar100, stl10, shapes"):
+    cases = {
+        "imagenet": "invalid value 'imagenet'; use cifar10",
+        "cifar-10": "did you mean cifar10\\? use cifar10",
+        "Shape": "did you mean shapes\\? use",
+        str(tmp_path / "missing"): "no such folder; use cifar10",
+        "./missing": "no such folder; use cifar10",
+        str(tmp_path / "file.png"): "it is a file, not a folder; use cifar10",
+    }
+    for bad, message in cases.items():
+        with pytest.raises(UsageError, match=f"--dataset.*{message}.*stl10, shapes") as caught:
             dataset_kind(bad)
+        assert "\n" not in str(caught.value)
 
 
 def test_defaults_per_kind() -> None:

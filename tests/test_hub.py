@@ -425,7 +425,9 @@ def test_not_a_checkpoint_is_removed(server: Loopback, tmp_path: Path) -> None:
     url = server.add("/page.html", b"<html>rate limited</html>" * 100)
     with pytest.raises(CheckpointError, match="removed from the cache") as info:
         hub.download(url, tmp_path, progress=False, settings=FAST)
-    assert "corrupt or not a torch checkpoint" in str(info.value)
+    assert "is a text file, not a torch checkpoint (it begins '<html>rate limited" in str(
+        info.value
+    )
     assert _visible(tmp_path) == []
 
 
