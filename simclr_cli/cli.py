@@ -26,7 +26,7 @@ from simclr_cli.config import (
     PretrainConfig,
     flag_name,
 )
-from simclr_cli.errors import SimCLRError, invalid_value
+from simclr_cli.errors import SimCLRError, invalid_value, os_error_line
 
 try:  # typer >= 0.29 ships its own copy of click
     from typer._click import exceptions as click_exceptions
@@ -579,6 +579,13 @@ def run(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return _fail("interrupted", 130)
+    except OSError as error:
+        line = os_error_line(error)
+        if line is None:
+            raise  # not a file-system problem the user can fix: keep the traceback
+        if debug:
+            traceback.print_exc()
+        return _fail(line, 1)
     except RuntimeError as error:
         if not _worker_died(error):
             raise  # a bug: the traceback is what a report needs

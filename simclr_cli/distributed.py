@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-from simclr_cli.errors import DistributedError, SimCLRError, UsageError
+from simclr_cli.errors import DistributedError, SimCLRError, UsageError, os_error_line
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -857,13 +857,14 @@ def _spawn_entry(
         if local == 0:
             results.put(result)
     except BaseException as err:  # noqa: BLE001 - every failure must reach the parent
+        os_line = os_error_line(err) if isinstance(err, OSError) else None  # full disk, ...
         record = {
             "rank": global_rank,
             "time": time.time(),
             "type": type(err).__name__,
-            "simclr": isinstance(err, SimCLRError),
+            "simclr": isinstance(err, SimCLRError) or os_line is not None,
             "exit_code": getattr(err, "exit_code", 1),
-            "message": _one_line(err),
+            "message": os_line or _one_line(err),
             "traceback": traceback.format_exc(),
         }
         (Path(err_dir) / f"rank{global_rank}.json").write_text(json.dumps(record))

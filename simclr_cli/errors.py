@@ -7,6 +7,7 @@ raises these instead of printing. Programmer mistakes stay ``assert``/``TypeErro
 
 from __future__ import annotations
 
+import errno
 from pathlib import PurePath
 
 
@@ -59,3 +60,30 @@ class TrainingError(SimCLRError):
 
 class OutputExistsError(SimCLRError):
     """An output file exists and ``--overwrite`` was not given."""
+
+
+# What to do about a file-system error, by errno (the errors a user's machine causes).
+_OS_FIXES = {
+    errno.ENOENT: "check that the folder exists, or choose another path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; choose another path",
+    errno.EISDIR: "that is a folder; give a file",
+    errno.EACCES: "check its permissions, or choose another path",
+    errno.EPERM: "check its permissions, or choose another path",
+    errno.EROFS: "that file system is read-only; choose another path",
+    errno.ENOSPC: "free some space, or write somewhere else",
+    errno.EDQUOT: "free some space, or write somewhere else",
+}
+
+
+def os_error_line(error: OSError) -> str | None:
+    """One line for a file-system error the user can fix (a path that does not exist, no
+    permission, a full disk), or None for any other OSError (a bug: keep its traceback)."""
+    fix = _OS_FIXES.get(error.errno) if error.errno is not None else None
+    if fix is None:
+        return None
+    where = ""
+    if error.filename is not None:
+        where = f": {error.filename}"
+        if error.filename2 is not None:
+            where += f" -> {error.filename2}"
+    return f"{error.strerror or 'file system error'}{where}; {fix}"

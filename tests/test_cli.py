@@ -149,6 +149,65 @@ def test_runtime_error_is_one_line_exit_1(
     assert "Traceback" not in err[0]
 
 
+@pytest.mark.parametrize("command", ["features", "pretrain"])
+def test_an_unwritable_out_is_one_line_exit_1(
+    command: str, workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_evaluate import save_native_checkpoint
+
+    # --out under a regular file: the folder cannot be created (the same as a read-only or
+    # missing mount, without needing a non-root user).
+    (workdir / "notes.txt").write_text("not a folder")
+    out = workdir / "notes.txt" / "run"
+    if command == "features":
+        checkpoint = tmp_path / "ck.pt"
+        save_native_checkpoint(checkpoint, projection_dim=16)
+        argv = ["features", "--checkpoint", str(checkpoint), "--dataset", "shapes"]
+        argv += ["--limit", "4", "--device", "cpu"]
+    else:
+        argv = ["pretrain", "--max-steps", "1", "--device", "cpu", "--workers", "0"]
+    before = _listing(workdir)
+    assert run([*argv, "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: Not a directory: {out}; a part of that path is a file, not a folder; "
+        "choose another path\n"
+    )
+    assert _listing(workdir) == before
+
+
+def test_a_full_disk_is_one_line_exit_1(
+    monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    from simclr_cli import train
+
+    def full(cfg):  # noqa: ANN001 - stands in for a run that fills the disk while saving
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/checkpoint_last.pt.tmp")
+
+    monkeypatch.setattr(train, "run_pretrain", full)
+    assert run(["pretrain", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err == (
+        "error: No space left on device: runs/x/checkpoint_last.pt.tmp; "
+        "free some space, or write somewhere else\n"
+    )
+
+
+def test_an_os_error_that_is_a_bug_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, workdir: Path
+) -> None:
+    import errno
+
+    from simclr_cli import train
+
+    def bug(cfg):  # noqa: ANN001 - an OSError no user can fix (a bad argument to a call)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(train, "run_pretrain", bug)
+    with pytest.raises(OSError, match="Invalid argument"):
+        run(["pretrain", "--device", "cpu"])
+
+
 def _simclr(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
     return subprocess.run(
         [sys.executable, "-m", "simclr_cli", *args],

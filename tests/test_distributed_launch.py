@@ -328,6 +328,32 @@ def test_failure_report_without_records_uses_the_exit(tmp_path: Path) -> None:
     assert str(error) == "worker rank 3 failed: process 1 terminated with signal SIGKILL"
 
 
+def test_a_worker_out_of_disk_is_reported_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    # The worker body, in this process: its run fails the way a full disk fails a checkpoint.
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # so it leaves this process's threads alone
+    saved = tmp_path / "runs" / "checkpoint_last.pt.tmp"
+
+    def full_disk(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(saved))
+
+    monkeypatch.setattr(distributed, "_run_in_group", full_disk)
+    plan = plan_launch(cfg_of(processes=2), env={})
+    err_dir = tmp_path / "errors"
+    err_dir.mkdir()
+    with pytest.raises(SystemExit):
+        distributed._spawn_entry(1, None, None, plan, timedelta(seconds=5), None, str(err_dir))
+    exc = RuntimeError("process 1 terminated with exit code 1")
+    error = distributed._worker_failure(err_dir, plan, exc)
+    assert str(error) == (
+        f"worker rank 1 failed: No space left on device: {saved}; "
+        "free some space, or write somewhere else"
+    )
+
+
 def fail_on_step_two(cfg: SimpleNamespace) -> int:
     """Each step all-reduces like a training step; rank 1 fails at step 2, rank 0 blocks."""
     for step in range(1, 100):
