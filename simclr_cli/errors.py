@@ -71,8 +71,9 @@ _OS_FIXES = {
     errno.EPERM: "check its permissions, or choose another path",
     errno.EROFS: "that file system is read-only; choose another path",
     errno.ENOSPC: "free some space, or write somewhere else",
-    errno.EDQUOT: "free some space, or write somewhere else",
 }
+if hasattr(errno, "EDQUOT"):  # disk quota exceeded (not defined everywhere)
+    _OS_FIXES[errno.EDQUOT] = _OS_FIXES[errno.ENOSPC]
 
 
 def os_error_line(error: OSError) -> str | None:

@@ -193,6 +193,27 @@ def test_a_full_disk_is_one_line_exit_1(
     )
 
 
+def test_os_error_lines() -> None:
+    import errno
+
+    from simclr_cli.errors import os_error_line
+
+    renamed = OSError(errno.EROFS, "Read-only file system")
+    renamed.filename, renamed.filename2 = "a.tmp", "a.pt"
+    assert os_error_line(renamed) == (
+        "Read-only file system: a.tmp -> a.pt; that file system is read-only; choose another path"
+    )
+    denied = PermissionError(errno.EACCES, "Permission denied", "/data")
+    assert (
+        os_error_line(denied) == "Permission denied: /data; check its permissions, or choose "
+        "another path"
+    )
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded")  # no file name: still one clear line
+    assert os_error_line(quota) == "Disk quota exceeded; free some space, or write somewhere else"
+    assert os_error_line(OSError(errno.EXDEV, "Invalid cross-device link", "a")) is None
+    assert os_error_line(OSError("no errno at all")) is None
+
+
 def test_an_os_error_that_is_a_bug_keeps_its_traceback(
     monkeypatch: pytest.MonkeyPatch, workdir: Path
 ) -> None:
