@@ -108,8 +108,9 @@ def _key_value_table(title: str, rows: dict[str, Any]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows.items():
-        shown = human_bytes(value) if key.endswith("bytes") and isinstance(value, int) else value
-        table.add_row(key, _scalar(shown))
+        if key.endswith("_bytes") and isinstance(value, int):  # size_bytes -> size: 1.2 MiB
+            key, value = key.removesuffix("_bytes"), human_bytes(value)
+        table.add_row(key, _scalar(value))
     return table
 
 

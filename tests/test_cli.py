@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -312,6 +313,9 @@ def test_info_table(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     for word in ("torch", "torchvision", "gloo", "cache_dir", "resnet50-stl10"):
         assert word in result.stdout
+    # Sizes read as sizes: "cache  0 B", not "cache_bytes  0 B" (the JSON keeps *_bytes).
+    assert "_bytes" not in result.stdout
+    assert re.search(r"cache\s+│ \d+(\.\d)? (B|KiB|MiB|GiB) ", result.stdout), result.stdout
 
 
 def _info_loads_in_a_worker(
