@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -535,6 +536,29 @@ def _fetch(
                 time.sleep(delay)
 
 
+def _connection_problem(error: BaseException, url: str) -> str:
+    """What went wrong under a requests connection error, in words: the root cause is buried
+    in urllib3's exception chain (a failed DNS lookup, a refused connection, a timeout)."""
+    host = urlsplit(url).hostname or url
+    pending: list[object] = [error]
+    seen: set[int] = set()
+    while pending:
+        cause = pending.pop()
+        if not isinstance(cause, BaseException) or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve {host} (no network, or no DNS)"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"{host} refused the connection"
+        if isinstance(cause, (TimeoutError, requests.Timeout)):
+            return f"{host} did not answer in time"
+        # requests wraps urllib3's MaxRetryError (in args), which holds the cause in .reason.
+        pending += [cause.__cause__, cause.__context__, getattr(cause, "reason", None)]
+        pending += list(cause.args)
+    return type(error).__name__
+
+
 def _attempt(
     session: requests.Session,
     url: str,
@@ -558,7 +582,7 @@ def _attempt(
             timeout=(settings.connect_timeout, settings.read_timeout),
         )
     except (requests.ConnectionError, requests.Timeout) as e:
-        raise _Retry(f"connection failed: {type(e).__name__}") from None
+        raise _Retry(f"connection failed: {_connection_problem(e, url)}") from None
     except requests.RequestException as e:  # invalid URL, redirect loop, ...
         raise DownloadError(f"request to {url} failed ({type(e).__name__}); {hint}") from None
     with response:

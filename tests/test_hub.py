@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
 import pathlib
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -348,8 +350,38 @@ def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
     probe = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     port = probe.server_address[1]
     probe.server_close()  # nothing listens on this port any more
-    with pytest.raises(DownloadError, match="connection failed"):
+    with pytest.raises(DownloadError, match="connection failed") as info:
         hub.download(f"http://127.0.0.1:{port}/x.pt", tmp_path, progress=False, settings=FAST)
+    assert "(connection failed: 127.0.0.1 refused the connection)" in str(info.value)
+
+
+def test_a_failed_name_lookup_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What an offline machine sees: DNS cannot resolve the release host.
+    def no_dns(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(DownloadError) as info:
+        hub.download("https://releases.example/x.pt", tmp_path, progress=False, settings=FAST)
+    assert "failed after 3 attempts (connection failed: cannot resolve releases.example " in str(
+        info.value
+    )
+    assert "(no network, or no DNS)" in str(info.value) and "--from-file" in str(info.value)
+
+
+def test_a_server_that_never_answers_is_named(tmp_path: Path) -> None:
+    # It accepts the connection (the listen backlog) but never sends a byte.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    quick = dataclasses.replace(FAST, read_timeout=0.3, retries=1)
+    try:
+        with pytest.raises(DownloadError) as info:
+            url = f"http://127.0.0.1:{silent.getsockname()[1]}/x.pt"
+            hub.download(url, tmp_path, progress=False, settings=quick)
+    finally:
+        silent.close()
+    assert "(connection failed: 127.0.0.1 did not answer in time)" in str(info.value)
 
 
 def test_truncated_transfers_fail_without_installing(
