@@ -539,7 +539,8 @@ def _fetch(
 def _connection_problem(error: BaseException, url: str) -> str:
     """What went wrong under a requests connection error, in words: the root cause is buried
     in urllib3's exception chain (a failed DNS lookup, a refused connection, a timeout)."""
-    host = urlsplit(url).hostname or url
+    request = getattr(error, "request", None)  # after a redirect: the host that failed
+    host = urlsplit(getattr(request, "url", None) or url).hostname or url
     pending: list[object] = [error]
     seen: set[int] = set()
     while pending:

@@ -369,6 +369,20 @@ def test_a_failed_name_lookup_is_named(tmp_path: Path, monkeypatch: pytest.Monke
     assert "(no network, or no DNS)" in str(info.value) and "--from-file" in str(info.value)
 
 
+def test_a_refused_redirect_names_the_host_it_was_sent_to(server: Loopback, tmp_path: Path) -> None:
+    # Release hosts redirect to a storage host: when that one fails, the error must name it.
+    probe = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    closed_port = probe.server_address[1]
+    probe.server_close()
+    url = server.add(
+        "/releases/gone.pt", b"", mode="redirect", target=f"http://localhost:{closed_port}/blob"
+    )
+    assert url.startswith("http://127.0.0.1:")
+    with pytest.raises(DownloadError) as info:
+        hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert "(connection failed: localhost refused the connection)" in str(info.value)
+
+
 def test_a_server_that_never_answers_is_named(tmp_path: Path) -> None:
     # It accepts the connection (the listen backlog) but never sends a byte.
     silent = socket.socket()
