@@ -546,6 +546,13 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _fail_handled(debug: bool, message: str, code: int) -> int:
+    """:func:`_fail` inside an ``except`` block: with ``SIMCLR_DEBUG`` set, the traceback first."""
+    if debug:
+        traceback.print_exc()
+    return _fail(message, code)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (``main`` exits with it)."""
     debug = os.environ.get("SIMCLR_DEBUG", "") not in ("", "0")
@@ -564,34 +571,23 @@ def run(argv: list[str] | None = None) -> int:
         if type(error).__name__ == "NoArgsIsHelpError":
             sys.stdout.write(error.format_message() + "\n")
             return 0
-        if debug:
-            traceback.print_exc()
-        return _fail(_usage_line(error, argv), 2)
+        return _fail_handled(debug, _usage_line(error, argv), 2)
     except ValidationError as error:
-        if debug:
-            traceback.print_exc()
-        return _fail(_validation_line(error), 2)
+        return _fail_handled(debug, _validation_line(error), 2)
     except SimCLRError as error:
-        if debug:
-            traceback.print_exc()
-        return _fail(_error_line(error), error.exit_code)
+        return _fail_handled(debug, _error_line(error), error.exit_code)
     except _ABORTS:
-        if debug:
-            traceback.print_exc()
-        return _fail("interrupted", 130)
+        return _fail_handled(debug, "interrupted", 130)
     except OSError as error:
         line = os_error_line(error)
         if line is None:
             raise  # not a file-system problem the user can fix: keep the traceback
-        if debug:
-            traceback.print_exc()
-        return _fail(line, 1)
+        return _fail_handled(debug, line, 1)
     except RuntimeError as error:
         if not _worker_died(error):
             raise  # a bug: the traceback is what a report needs
-        if debug:
-            traceback.print_exc()
-        return _fail(
+        return _fail_handled(
+            debug,
             f"{' '.join(str(error).split())} (often the out-of-memory killer); "
             "lower --workers or --batch-size",
             1,
