@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -46,7 +44,7 @@ from simclr_cli.augment import eval_transform, to_uint8_transform
 from simclr_cli.data import build_dataset, normalization
 from simclr_cli.model import build_simclr, model_spec
 
-from procmem import peak_rss_gib
+from procmem import peak_rss_gib, run_fresh
 
 
 class TwoBranch(nn.Module):
@@ -208,13 +206,6 @@ def run_one(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def run_child(protocol: str) -> dict:
-    """Run one protocol in a fresh process (malloc settings and peak memory are per process)."""
-    command = [sys.executable, __file__, *sys.argv[1:], "--protocol", protocol]
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=2000, help="train images of shapes")
@@ -241,9 +232,13 @@ def main() -> None:
           f"says otherwise, {source}; shapes {args.train} train / {args.test} test; "
           f"{args.threads} threads, {args.workers} loader workers, device {args.device}; "
           "each protocol in its own process", flush=True)  # fmt: skip
-    ours = run_child("ours")
-    ref = run_child("reference")
-    ref_keep = run_child("reference+keep") if args.reference_keep_freed_memory else None
+    ours = run_fresh(__file__, "--protocol", "ours")
+    ref = run_fresh(__file__, "--protocol", "reference")
+    ref_keep = (
+        run_fresh(__file__, "--protocol", "reference+keep")
+        if args.reference_keep_freed_memory
+        else None
+    )
     report(ours, ref, args.epochs, ref_keep)
 
 

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +46,7 @@ from simclr_cli.data import ShapesDataset
 from simclr_cli.model import build_encoder
 from simclr_cli.train import run_pretrain
 
-from procmem import peak_rss_gib
+from procmem import peak_rss_gib, run_fresh
 
 CIFAR_EPOCH = 50_000
 PIPELINES = ("reference", "reference+keep", "ours", "ours+compile")
@@ -200,13 +198,6 @@ def run_one(args: argparse.Namespace) -> None:
     print(json.dumps({"images_per_s": rate, "peak_rss_gib": peak_rss_gib()}))
 
 
-def run_child(pipeline: str) -> dict[str, float]:
-    """Run one pipeline in a fresh process (malloc settings and peak memory are per process)."""
-    command = [sys.executable, __file__, *sys.argv[1:], "--pipeline", pipeline]
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -249,7 +240,7 @@ def main() -> None:
     }
     ref = None
     for name in pipelines:  # each line as soon as its pipeline is done
-        result = run_child(name)
+        result = run_fresh(__file__, "--pipeline", name)
         rate, peak = result["images_per_s"], result["peak_rss_gib"]
         ref = ref or rate
         print(f"{labels[name]}: {rate:8.1f} images/s, peak resident size {peak:.2f} GiB")

@@ -1,6 +1,11 @@
-"""Memory figures of the running process, shared by the benchmark scripts (Linux)."""
+"""What the benchmark scripts share: a measurement in a fresh process, and that process's
+memory figures (Linux)."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 
 def proc_status(field: str) -> int:
@@ -16,3 +21,11 @@ def proc_status(field: str) -> int:
 def peak_rss_gib() -> float:
     """This process's peak resident size (``VmHWM``), GiB."""
     return proc_status("VmHWM") / 2**30
+
+
+def run_fresh(script: str, flag: str, name: str) -> dict:
+    """Run ``script`` again with this process's arguments plus ``flag name``, in a fresh process
+    (malloc settings and peak memory are per process); return the JSON line it prints last."""
+    command = [sys.executable, script, *sys.argv[1:], flag, name]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
