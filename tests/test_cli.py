@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -179,8 +180,6 @@ def test_an_unwritable_out_is_one_line_exit_1(
 def test_a_full_disk_is_one_line_exit_1(
     monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import errno
-
     from simclr_cli import train
 
     def full(cfg):  # noqa: ANN001 - stands in for a run that fills the disk while saving
@@ -195,8 +194,6 @@ def test_a_full_disk_is_one_line_exit_1(
 
 
 def test_os_error_lines() -> None:
-    import errno
-
     from simclr_cli.errors import os_error_line
 
     renamed = OSError(errno.EROFS, "Read-only file system")
@@ -218,8 +215,6 @@ def test_os_error_lines() -> None:
 def test_an_os_error_that_is_a_bug_keeps_its_traceback(
     monkeypatch: pytest.MonkeyPatch, workdir: Path
 ) -> None:
-    import errno
-
     from simclr_cli import train
 
     def bug(cfg):  # noqa: ANN001 - an OSError no user can fix (a bad argument to a call)
