@@ -69,11 +69,19 @@ def jitter_ranges(strength: float) -> tuple[tuple[float, float], ...]:
     )
 
 
-def _check_options(image_size: int, jitter_strength: float) -> None:
+def _check_options(
+    image_size: int, jitter_strength: float, crop_scale: tuple[float, float] = CROP_SCALE
+) -> tuple[float, float]:
     if image_size < 8:
         raise UsageError("--image-size", image_size, "use at least 8 pixels")
     if not 0.0 <= jitter_strength <= 2.5:
         raise UsageError("--jitter-strength", jitter_strength, "use a value between 0 and 2.5")
+    low, high = (float(v) for v in crop_scale)
+    if not 0.0 < low <= high <= 1.0:
+        raise UsageError(
+            "--crop-scale", f"{low:g},{high:g}", "use MIN,MAX with 0 < MIN <= MAX <= 1"
+        )
+    return low, high
 
 
 def _fallback_crop(height: int, width: int) -> tuple[int, int]:
@@ -93,8 +101,9 @@ def _fallback_crop(height: int, width: int) -> tuple[int, int]:
 class SimCLRAugment:
     """One random SimCLR view of one image (PIL image or (C, H, W) tensor).
 
-    Random resized crop (scale 0.08-1, ratio 3/4-4/3) to ``image_size``, horizontal flip
-    (p=0.5), colour jitter (0.8s, 0.8s, 0.8s, 0.2s) in random order (p=0.8), grayscale (p=0.2),
+    Random resized crop (area scale ``crop_scale``, default 0.08-1, ratio 3/4-4/3) to
+    ``image_size``, horizontal flip (p=0.5, only when ``flip``), colour jitter (0.8s, 0.8s,
+    0.8s, 0.2s) in random order (p=0.8), grayscale (p=0.2),
     Gaussian blur with sigma in [0.1, 2] (p=0.5, only when ``blur``), then a float tensor
     (3, image_size, image_size) in [0, 1], normalised when ``mean``/``std`` are given.
 
@@ -109,6 +118,8 @@ class SimCLRAugment:
         blur: Apply the random Gaussian blur.
         mean: Per-channel mean for normalisation, or None.
         std: Per-channel std for normalisation, or None.
+        crop_scale: (min, max) fraction of the image area a crop covers.
+        flip: Mirror half of the views horizontally (off for digits, text, some medical images).
     """
 
     def __init__(
@@ -118,8 +129,11 @@ class SimCLRAugment:
         blur: bool = False,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        crop_scale: tuple[float, float] = CROP_SCALE,
+        flip: bool = True,
     ) -> None:
-        _check_options(image_size, jitter_strength)
+        self.crop_scale = _check_options(image_size, jitter_strength, crop_scale)
+        self.flip = flip
         self.image_size = image_size
         self.jitter_strength = jitter_strength
         self.blur = blur
@@ -139,14 +153,14 @@ class SimCLRAugment:
             ``grayscale``, ``blur`` and ``sigma``.
         """
         u = torch.rand(_U, generator=generator).tolist()
-        crop = self._sample_crop(height, width, u)
+        crop = self._sample_crop(height, width, u, self.crop_scale)
         factors = tuple(
             lo + (hi - lo) * v for (lo, hi), v in zip(self.ranges, u[_U_FACTORS], strict=True)
         )
         keys = u[_U_ORDER]
         return {
             "crop": crop,
-            "flip": u[_U_FLIP] < P_FLIP,
+            "flip": self.flip and u[_U_FLIP] < P_FLIP,
             "jitter": u[_U_JITTER] < P_JITTER,
             "factors": factors,
             "order": tuple(sorted(range(4), key=keys.__getitem__)),
@@ -156,12 +170,14 @@ class SimCLRAugment:
         }
 
     @staticmethod
-    def _sample_crop(height: int, width: int, u: list[float]) -> tuple[int, int, int, int]:
+    def _sample_crop(
+        height: int, width: int, u: list[float], scale: tuple[float, float]
+    ) -> tuple[int, int, int, int]:
         """torchvision's RandomResizedCrop rule, driven by the given uniform numbers."""
         area = height * width
         log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
         for u_scale, u_ratio in zip(u[_U_SCALE], u[_U_RATIO], strict=True):
-            target = area * (CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * u_scale)
+            target = area * (scale[0] + (scale[1] - scale[0]) * u_scale)
             aspect = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
             w = int(round(math.sqrt(target * aspect)))
             h = int(round(math.sqrt(target / aspect)))
@@ -336,6 +352,8 @@ class BatchedSimCLRAugment(nn.Module):
         blur: Apply the random Gaussian blur.
         mean: Per-channel mean for normalisation, or None.
         std: Per-channel std for normalisation, or None.
+        crop_scale: (min, max) fraction of the image area a crop covers.
+        flip: Mirror half of the views horizontally.
     """
 
     def __init__(
@@ -345,9 +363,12 @@ class BatchedSimCLRAugment(nn.Module):
         blur: bool = False,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        crop_scale: tuple[float, float] = CROP_SCALE,
+        flip: bool = True,
     ) -> None:
         super().__init__()
-        _check_options(image_size, jitter_strength)
+        self.crop_scale = _check_options(image_size, jitter_strength, crop_scale)
+        self.flip = flip
         self.image_size = image_size
         self.jitter_strength = jitter_strength
         self.blur = blur
@@ -383,9 +404,10 @@ class BatchedSimCLRAugment(nn.Module):
         lo = torch.tensor([r[0] for r in self.ranges], device=u.device)
         hi = torch.tensor([r[1] for r in self.ranges], device=u.device)
         blur = u[:, _U_BLUR] < P_BLUR
+        flip = u[:, _U_FLIP] < P_FLIP
         return {
-            "crop": self._sample_crops(u, height, width),
-            "flip": u[:, _U_FLIP] < P_FLIP,
+            "crop": self._sample_crops(u, height, width, self.crop_scale),
+            "flip": flip if self.flip else torch.zeros_like(flip),
             "jitter": u[:, _U_JITTER] < P_JITTER,
             "factors": lo + (hi - lo) * u[:, _U_FACTORS],
             "order": torch.argsort(u[:, _U_ORDER], dim=1),
@@ -395,12 +417,12 @@ class BatchedSimCLRAugment(nn.Module):
         }
 
     @staticmethod
-    def _sample_crops(u: Tensor, height: int, width: int) -> Tensor:
+    def _sample_crops(u: Tensor, height: int, width: int, scale: tuple[float, float]) -> Tensor:
         """RandomResizedCrop for every row of ``u``: first fitting attempt of 10, else fallback."""
         u = u.double()  # float64, so rounding matches the per-image Python floats
         area = height * width
         log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
-        target = area * (CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * u[:, _U_SCALE])
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[:, _U_SCALE])
         aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, _U_RATIO])  # (B, attempts)
         w = torch.round(torch.sqrt(target * aspect)).long()
         h = torch.round(torch.sqrt(target / aspect)).long()

@@ -183,6 +183,22 @@ def pretrain(
         bool | None,
         typer.Option("--blur/--no-blur", help=_help(P, "blur", "Gaussian blur; auto: >= 96 px.")),
     ] = None,
+    crop_scale: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MIN,MAX",
+            help="Area fraction a random crop covers; raise MIN (0.2-0.5) for small or "
+            "simple images. \\[default: 0.08,1]",
+        ),
+    ] = None,
+    flip: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Random horizontal flip; off for digits, text or images with a handedness. "
+            "\\[default: flip]",
+        ),
+    ] = None,
     augment_on: Annotated[
         str | None,
         typer.Option(help=_help(P, "augment_on", "cpu (DataLoader workers) or device (batched).")),
@@ -229,6 +245,12 @@ def pretrain(
     knn_every: Annotated[
         int | None,
         typer.Option(help=_help(P, "knn_every", "kNN accuracy every N epochs (0 = off).")),
+    ] = None,
+    knn_k: Annotated[
+        int | None,
+        typer.Option(
+            help=_help(P, "knn_k", "kNN neighbours; auto: 200, at most 1/10 of the smallest class.")
+        ),
     ] = None,
     log_every: Annotated[
         int | None, typer.Option(help=_help(P, "log_every", "Log metrics every N steps."))
@@ -338,7 +360,19 @@ def linear_eval(
         typer.Option(help=_help(E, "limit", "Use only the first N images per split.", "all")),
     ] = None,
     knn_k: Annotated[
-        int | None, typer.Option(help=_help(E, "knn_k", "Neighbours of the kNN classifier."))
+        int | None,
+        typer.Option(
+            help=_help(E, "knn_k", "kNN neighbours; auto: 200, at most 1/10 of the smallest class.")
+        ),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="random|pixels",
+            help="Also evaluate a baseline on the same splits and print it beside the "
+            "checkpoint: random (the same architecture, default init) or pixels (raw pixels); "
+            "repeat for both.",
+        ),
     ] = None,
     knn_temperature: Annotated[
         float | None, typer.Option(help=_help(E, "knn_temperature", "kNN vote temperature."))

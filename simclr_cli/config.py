@@ -101,6 +101,26 @@ def _check_checkpoint(value: str) -> str:
     raise ValueError(f"no such file, and not a release checkpoint name ({names}) or URL")
 
 
+def parse_crop_scale(value: Any) -> Any:
+    """``"0.2"`` -> (0.2, 1.0), ``"0.2,0.9"`` -> (0.2, 0.9); checks 0 < MIN <= MAX <= 1."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) not in (1, 2) or not all(parts):
+            raise ValueError("use MIN or MIN,MAX, e.g. 0.2 or 0.2,1")
+        try:
+            value = tuple(float(p) for p in parts)
+        except ValueError:
+            raise ValueError("use numbers: MIN or MIN,MAX, e.g. 0.2 or 0.2,1") from None
+        if len(value) == 1:
+            value = (value[0], 1.0)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        low, high = (float(v) for v in value)
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError("needs 0 < MIN <= MAX <= 1 (fractions of the image area)")
+        return (low, high)
+    return value
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", allow_inf_nan=False, protected_namespaces=()
@@ -135,6 +155,8 @@ class PretrainConfig(_Frozen):
     # augmentation
     jitter_strength: float | None = Field(default=None, ge=0, le=2.5)  # hue 0.2s <= 0.5
     blur: bool | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # the paper's; = augment.CROP_SCALE
+    flip: bool = True
     augment_on: Literal["cpu", "device"] = "cpu"
     workers: int = Field(default_factory=default_workers, ge=0)
     # runtime
@@ -149,6 +171,7 @@ class PretrainConfig(_Frozen):
     checkpoint_every: int = Field(default=10, ge=1)
     resume: str | None = None
     knn_every: int = Field(default=0, ge=0)
+    knn_k: int | None = Field(default=None, ge=1)
     log_every: int = Field(default=10, ge=1)
     # distributed
     gpus: int = Field(default=0, ge=0)
@@ -163,6 +186,11 @@ class PretrainConfig(_Frozen):
     @classmethod
     def _dataset(cls, value: str) -> str:
         return _canonical_dataset(value)
+
+    @field_validator("crop_scale", mode="before")
+    @classmethod
+    def _crop_scale(cls, value: Any) -> Any:
+        return parse_crop_scale(value)
 
     @field_validator("resume")
     @classmethod
@@ -351,8 +379,9 @@ class LinearEvalConfig(_EvalCommon):
     batch_size: int = Field(default=512, ge=1)
     seed: int = Field(default=0, ge=0)
     out: Path | None = None
-    knn_k: int = Field(default=200, ge=1)
+    knn_k: int | None = Field(default=None, ge=1)
     knn_temperature: float = Field(default=0.1, gt=0)
+    baseline: tuple[Literal["random", "pixels"], ...] = ()
 
     @field_validator("dataset")
     @classmethod

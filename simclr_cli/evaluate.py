@@ -42,6 +42,10 @@ SELECTION_MAX_ITER = 30
 FINAL_MAX_ITER = 100
 # Elements of one (chunk, N_train) similarity block in the kNN vote: ~64 MiB of float32.
 KNN_BLOCK_ELEMENTS = 1 << 24
+# The kNN vote of Wu et al. 2018 as the SimCLR/MoCo monitors run it: k = 200, temperature 0.1.
+# k is capped at a tenth of the smallest class of the bank (see knn_k_for).
+KNN_K = 200
+KNN_TEMPERATURE = 0.1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,8 +98,8 @@ def knn_predict(
     train_labels: Tensor,
     query: Tensor,
     num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
 ) -> Tensor:
     """Class scores of a weighted k-nearest-neighbour vote with cosine similarity.
 
@@ -133,18 +137,42 @@ def knn_predict(
     return torch.cat(scores)
 
 
+def knn_k_for(train_labels: Tensor, k: int | None = None) -> int:
+    """The number of neighbours of the kNN vote: ``k`` when given, else chosen from the bank.
+
+    The usual k = 200 was set for banks of thousands of images per class (ImageNet, CIFAR). On
+    a bank with few images per class most of 200 neighbours are necessarily of other classes
+    and the vote measures the class prior more than the features, so the automatic k is 200
+    capped at a tenth of the smallest class (at least 1): 200 for CIFAR-10's 5,000 per class,
+    20 for 200 per class, 14 for 140.
+
+    Args:
+        train_labels: (N,) labels of the bank; negative labels (unlabelled) are ignored.
+        k: an explicit k (``--knn-k``), returned as is.
+    """
+    if k is not None:
+        return k
+    labels = train_labels[train_labels >= 0].long()
+    if labels.numel() == 0:
+        return 1
+    counts = torch.bincount(labels)
+    smallest = int(counts[counts > 0].min())
+    return max(1, min(KNN_K, smallest // 10))
+
+
 def knn_accuracy(
     train_features: Tensor,
     train_labels: Tensor,
     test_features: Tensor,
     test_labels: Tensor,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     num_classes: int | None = None,
 ) -> float:
     """Top-1 accuracy of the weighted kNN vote (see :func:`knn_predict`) over the whole test set.
 
-    Reference: Wu et al. 2018, section 3.4; k=200, temperature 0.1 as in the SimCLR/MoCo monitors.
+    Reference: Wu et al. 2018, section 3.4; temperature 0.1 as in the SimCLR/MoCo monitors
+    (choose k with :func:`knn_k_for`).
 
     Rows with a negative label (unlabelled) are left out of the bank and of the test set.
 
@@ -606,8 +634,8 @@ def evaluate_frozen(
     precision: str = "auto",
     workers: int = 0,
     seed: int = 0,
-    knn_k: int = 200,
-    knn_temperature: float = 0.1,
+    knn_k: int | None = None,
+    knn_temperature: float = KNN_TEMPERATURE,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Linear and kNN evaluation of a frozen model on a labelled train/test pair.
@@ -618,6 +646,8 @@ def evaluate_frozen(
         train, test: labelled datasets with the test-time transform (centre crop).
         protocol: ``"features"`` (logistic regression on extracted features) or ``"augment"``
             (the paper's SGD on re-augmented crops; needs ``train_views``).
+        knn_k: neighbours of the kNN vote; ``None`` chooses it from the train labels
+            (:func:`knn_k_for`).
 
     Returns:
         Metrics over the WHOLE test split: top1, top5, per_class, confusion_matrix, knn_top1,
@@ -639,6 +669,7 @@ def evaluate_frozen(
     else:
         raise UsageError("--protocol", protocol, "use features or augment")
     metrics = classification_metrics(logits, test_y, num_classes, class_names)
+    knn_k = knn_k_for(train_y, knn_k)
     metrics["knn_top1"] = knn_accuracy(
         train_h.to(device), train_y, test_h, test_y, knn_k, knn_temperature, num_classes
     )
@@ -653,6 +684,78 @@ def evaluate_frozen(
         "feature_dim": int(train_h.shape[1]),
         "num_classes": num_classes,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# baselines: what a pretrained encoder has to beat
+
+# The raw-pixel baseline pools images larger than this side down to it, so its logistic
+# regression stays small (3 x 32 x 32 = 3,072 inputs) whatever the image size.
+PIXEL_BASELINE_SIZE = 32
+
+
+def random_encoder(spec: dict[str, Any], seed: int) -> nn.Module:
+    """The random-encoder baseline: the checkpoint's architecture and stem with torchvision's
+    default initialisation (not the zero-initialised residual branches training starts from,
+    which make every block an identity and ``h`` nearly constant), frozen, seeded."""
+    from simclr_cli.model import build_simclr
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_simclr(spec, zero_init_residual=False)
+    return model.eval().requires_grad_(False)
+
+
+def pixel_features(dataset: Dataset, batch_size: int, workers: int = 0) -> tuple[Tensor, Tensor]:
+    """Raw-pixel features: the test-time uint8 crops in [0, 1], average-pooled to at most
+    :data:`PIXEL_BASELINE_SIZE` px, flattened to (N, 3 * S * S) float32 (labels (N,) int64)."""
+    loader = build_loader(dataset, batch_size, torch.device("cpu"), workers)
+    features, labels = [], []
+    for images, targets in loader:
+        x = images.float().div_(255.0)  # (B, 3, S, S)
+        if x.shape[-1] > PIXEL_BASELINE_SIZE:
+            x = F.adaptive_avg_pool2d(x, PIXEL_BASELINE_SIZE)
+        features.append(x.flatten(1))
+        labels.append(torch.as_tensor(targets, dtype=torch.int64))
+    return torch.cat(features), torch.cat(labels)
+
+
+def evaluate_baselines(
+    kinds: Sequence[str],
+    spec: dict[str, Any],
+    train: Dataset,
+    test: Dataset,
+    num_classes: int,
+    device: torch.device,
+    cfg: Any,
+    knn_k: int,
+) -> dict[str, dict[str, Any]]:
+    """Top-1, top-5 and kNN accuracy of each baseline in ``kinds`` (``random``, ``pixels``),
+    with the same splits, probe, seed and k as the checkpoint's own evaluation."""
+    results: dict[str, dict[str, Any]] = {}
+    keys = ("top1", "top5", "knn_top1", "weight_decay")
+    if "random" in kinds:
+        model = random_encoder(spec, cfg.seed).to(device, memory_format=torch.channels_last)
+        metrics = evaluate_frozen(
+            model, train, test, num_classes, device, "features", cfg.solver, cfg.batch_size,
+            precision=cfg.resolved_precision, workers=cfg.workers, seed=cfg.seed, knn_k=knn_k,
+            knn_temperature=cfg.knn_temperature,
+        )  # fmt: skip
+        results["random"] = {k: metrics[k] for k in keys}
+    if "pixels" in kinds:
+        train_x, train_y = pixel_features(train, cfg.batch_size, cfg.workers)
+        test_x, test_y = pixel_features(test, cfg.batch_size, cfg.workers)
+        logits, details = probe_features(
+            train_x, train_y, test_x, num_classes, cfg.solver, cfg.seed
+        )
+        top = topk_accuracy(logits, test_y, ks=(1, 5))
+        knn = knn_accuracy(
+            train_x, train_y, test_x, test_y, knn_k, cfg.knn_temperature, num_classes
+        )
+        results["pixels"] = {
+            "top1": top[1], "top5": top[5], "knn_top1": knn, "weight_decay": details["weight_decay"]
+        }  # fmt: skip
+    return results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -783,6 +886,11 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
         cfg.batch_size, cfg.resolved_epochs, views, cfg.resolved_precision, cfg.workers,
         cfg.seed, cfg.knn_k, cfg.knn_temperature, classes,
     )  # fmt: skip
+    if cfg.baseline:
+        result["baselines"] = evaluate_baselines(
+            cfg.baseline, payload["model"], train, test, num_classes, device, cfg,
+            result["knn"]["k"],
+        )  # fmt: skip
     result = {"checkpoint": str(path), "dataset": name, **result}
     result["time_s"] = round(time.perf_counter() - start, 3)
     files = write_linear_eval(result, linear_eval_dir(cfg.out, path, cfg.cache_dir))
@@ -805,6 +913,9 @@ def linear_eval_summary(result: dict[str, Any], files: dict[str, Path]) -> dict[
     """The few numbers the CLI prints after the run; everything else is in the JSON."""
     keys = ("top1", "top5", "knn_top1", "protocol", "weight_decay", "train_images", "test_images")
     summary = {k: result[k] for k in keys if k in result}
+    for kind, metrics in result.get("baselines", {}).items():
+        summary[f"{kind}_top1"] = metrics["top1"]
+        summary[f"{kind}_knn_top1"] = metrics["knn_top1"]
     return {**summary, "time_s": result["time_s"], **{k: str(v) for k, v in files.items()}}
 
 
@@ -860,3 +971,24 @@ def print_linear_eval(result: dict[str, Any]) -> None:
         f"kNN (k={knn['k']}, T={knn['temperature']})", f"{100 * result['knn_top1']:.2f}%", ""
     )
     get_console().print(table)
+    if result.get("baselines"):
+        get_console().print(baseline_table(result))
+
+
+BASELINE_NAMES = {"random": "random encoder (default init)", "pixels": "raw pixels"}
+
+
+def baseline_table(result: dict[str, Any]) -> Any:
+    """The checkpoint's accuracies beside those of the baselines, one row each."""
+    from rich.table import Table
+
+    table = Table(title="Against baselines (same splits, probe and kNN)")
+    for column in ("encoder", "linear top-1", "top-5", f"kNN (k={result['knn']['k']})"):
+        table.add_column(column, justify="left" if column == "encoder" else "right")
+    rows = [
+        ("this checkpoint", result),
+        *((BASELINE_NAMES[k], v) for k, v in result["baselines"].items()),
+    ]
+    for name, m in rows:
+        table.add_row(name, *(f"{100 * m[k]:.2f}%" for k in ("top1", "top5", "knn_top1")))
+    return table

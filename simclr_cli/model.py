@@ -85,15 +85,17 @@ def _cifar_stem(resnet: torchvision.models.ResNet) -> None:
     resnet.maxpool = nn.Identity()
 
 
-def build_encoder(arch: str, stem: str = "imagenet") -> tuple[nn.Module, int]:
+def build_encoder(
+    arch: str, stem: str = "imagenet", zero_init_residual: bool = True
+) -> tuple[nn.Module, int]:
     """Build a randomly initialised ResNet encoder without its classifier.
-
-    The last batch norm of each residual block starts at zero, as in the SimCLR reference
-    ResNet, so every block starts as the identity.
 
     Args:
         arch: one of :data:`ARCHS`.
         stem: ``"cifar"`` or ``"imagenet"`` (resolve ``"auto"`` with :func:`resolve_stem` first).
+        zero_init_residual: start the last batch norm of each residual block at zero, as the
+            SimCLR reference ResNet does, so every block starts as the identity. ``False`` is
+            torchvision's default initialisation (the random-encoder baseline).
 
     Returns:
         ``(encoder, feature_dim)``; ``encoder(x)`` maps ``(B, 3, H, W)`` to ``(B, feature_dim)``.
@@ -105,7 +107,7 @@ def build_encoder(arch: str, stem: str = "imagenet") -> tuple[nn.Module, int]:
         raise UsageError("--arch", arch, f"choose one of {', '.join(ARCHS)}")
     if stem not in ("cifar", "imagenet"):
         raise UsageError("--stem", stem, "choose cifar or imagenet")
-    resnet = getattr(torchvision.models, arch)(weights=None, zero_init_residual=True)
+    resnet = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
     feature_dim = resnet.fc.in_features
     resnet.fc = nn.Identity()
     if stem == "cifar":
@@ -275,11 +277,12 @@ def model_spec(
     }
 
 
-def build_simclr(spec: dict[str, Any]) -> SimCLR:
+def build_simclr(spec: dict[str, Any], zero_init_residual: bool = True) -> SimCLR:
     """Build a randomly initialised :class:`SimCLR` from a :func:`model_spec` dict.
 
     Args:
         spec: a dict as returned by :func:`model_spec` (e.g. from a checkpoint).
+        zero_init_residual: see :func:`build_encoder`.
 
     Returns:
         The model, in training mode, on the CPU.
@@ -301,7 +304,7 @@ def build_simclr(spec: dict[str, Any]) -> SimCLR:
         raise CheckpointError(
             f"model description has unsupported {', '.join(bad)}; upgrade simclr-cli or re-export"
         )
-    encoder, feature_dim = build_encoder(spec["arch"], spec["stem"])
+    encoder, feature_dim = build_encoder(spec["arch"], spec["stem"], zero_init_residual)
     if spec.get("feature_dim", feature_dim) != feature_dim:
         raise CheckpointError(
             f"model description says feature_dim={spec['feature_dim']} but {spec['arch']} has "

@@ -290,14 +290,21 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
     size = cfg.resolved_image_size
     stats = normalization(cfg.dataset_kind)
     mean, std = (list(stats[0]), list(stats[1])) if stats is not None else (None, None)
-    jitter, blur = cfg.resolved_jitter_strength, cfg.resolved_blur
+    views = {
+        "jitter_strength": cfg.resolved_jitter_strength,
+        "blur": cfg.resolved_blur,
+        "mean": mean,
+        "std": std,
+        "crop_scale": cfg.crop_scale,
+        "flip": cfg.flip,
+    }
     device_augment = None
     transform: Callable[[Any], Any]
     if cfg.augment_on == "device":
         transform = to_uint8_transform(size)
-        device_augment = BatchedSimCLRAugment(size, jitter, blur, mean, std).to(device)
+        device_augment = BatchedSimCLRAugment(size, **views).to(device)
     else:
-        transform = TwoViews(SimCLRAugment(size, jitter, blur, mean, std))
+        transform = TwoViews(SimCLRAugment(size, **views))
     dataset = build_dataset(
         cfg.dataset, pretrain_split(cfg.dataset_kind), cfg.data_dir, transform, limit=cfg.limit
     )
@@ -451,6 +458,10 @@ def stop_on_signals() -> Iterator[StopRequest]:
 # run folder: config, metrics, TensorBoard
 
 
+# metrics.jsonl keys that are not curves: the x axes, and the k a kNN accuracy was measured at.
+NOT_SCALARS = ("step", "epoch", "time", "knn_k")
+
+
 class RunLog:
     """``config.json``, ``metrics.jsonl`` and (when installed) TensorBoard events; rank 0 only."""
 
@@ -484,7 +495,7 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
-                if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
+                if key not in NOT_SCALARS and isinstance(value, (int, float)):
                     self.writer.add_scalar(f"pretrain/{key}", value, record["step"])
 
     def close(self) -> None:
@@ -783,10 +794,11 @@ class Trainer:
     def end_of_epoch(self) -> Path | None:
         """kNN monitor when due, then the epoch checkpoint (after the loss was checked finite)."""
         if self.epoch_complete() and self.knn_due():
-            self.metrics["knn_accuracy"] = self.knn_monitor()
+            self.metrics["knn_accuracy"], self.metrics["knn_k"] = self.knn_monitor()
             self.metrics["knn_epoch"] = self.epoch
             record: dict[str, Any] = {"step": self.global_step, "epoch": self.epoch}
-            record.update(knn_accuracy=self.metrics["knn_accuracy"], time=time.time())
+            record.update(knn_accuracy=self.metrics["knn_accuracy"], knn_k=self.metrics["knn_k"])
+            record["time"] = time.time()
             self.log.log(record)
         return self.save(final=self.finished())
 
@@ -801,16 +813,17 @@ class Trainer:
             return False
         return self.epoch % every == 0 or self.finished()
 
-    def knn_monitor(self) -> float:
-        """kNN top-1 accuracy of ``h`` on labelled train/test subsets (rank 0 computes it)."""
-        accuracy = math.nan
+    def knn_monitor(self) -> tuple[float, int | None]:
+        """kNN top-1 accuracy of ``h`` on labelled train/test subsets and its k (rank 0
+        computes them; other ranks return NaN and None)."""
+        accuracy, k = math.nan, None
         if self.main:
             if self.knn_sets is None:
                 self.knn_sets = knn_datasets(self.cfg)
-            accuracy = knn_eval(self.net, *self.knn_sets, self.cfg, self.device)
-            self.console.print(f"epoch {self.epoch}: kNN accuracy {accuracy:.2%}")
+            accuracy, k = knn_eval(self.net, *self.knn_sets, self.cfg, self.device)
+            self.console.print(f"epoch {self.epoch}: kNN accuracy {accuracy:.2%} (k={k})")
         distributed.barrier()
-        return accuracy
+        return accuracy, k
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[Any]:
@@ -874,8 +887,9 @@ def knn_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset]:
 
 def knn_eval(
     net: SimCLR, bank: Dataset, queries: Dataset, cfg: PretrainConfig, device: torch.device
-) -> float:
-    """Weighted kNN (k=200, temperature 0.1) top-1 accuracy of the encoder's ``h``.
+) -> tuple[float, int]:
+    """Weighted kNN top-1 accuracy of the encoder's ``h`` and the k it used (``--knn-k``, else
+    chosen from the bank by :func:`~simclr_cli.evaluate.knn_k_for`; temperature 0.1).
 
     Reference: Wu et al. 2018 (arXiv:1805.01978), section 3.4, as the SimCLR/MoCo monitors.
     """
@@ -887,4 +901,6 @@ def knn_eval(
         query_h, query_y = evaluate.extract_features(net, queries, *options)
     finally:
         net.train(was_training)
-    return evaluate.knn_accuracy(bank_h, bank_y, query_h, query_y, k=200, temperature=0.1)
+    k = evaluate.knn_k_for(bank_y, cfg.knn_k)
+    accuracy = evaluate.knn_accuracy(bank_h, bank_y, query_h, query_y, k, evaluate.KNN_TEMPERATURE)
+    return accuracy, k

@@ -460,3 +460,49 @@ def test_batched_on_cuda_matches_cpu(batch: torch.Tensor) -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
     views = augment(batch.cuda(), torch.Generator("cuda").manual_seed(0))
     assert views.device.type == "cuda" and views.shape == (64, 3, SIZE, SIZE)
+
+
+# -------------------------------------------------------------------------------------------
+# user-set crop scale and flip
+
+
+def test_crop_scale_option_matches_torchvision_in_both_pipelines() -> None:
+    """--crop-scale 0.3,0.9: the area distribution of RandomResizedCrop(scale=(0.3, 0.9)),
+    and the per-image pipeline draws the same crops as the batched one from the same numbers."""
+    n, height, width, scale = 3000, 64, 64, (0.3, 0.9)
+    torch.manual_seed(0)
+    image = torch.zeros(1, height, width)
+    theirs = torch.tensor(
+        [
+            transforms.RandomResizedCrop.get_params(image, list(scale), [3 / 4, 4 / 3])[2:]
+            for _ in range(n)
+        ],
+        dtype=torch.float64,
+    )
+    batched = BatchedSimCLRAugment(SIZE, crop_scale=scale)
+    ours = batched.sample_params(n, height, width, seeded(0))["crop"]
+    area = ours[:, 2].double() * ours[:, 3] / (height * width)
+    theirs_area = theirs[:, 0] * theirs[:, 1] / (height * width)
+    assert area.min() >= 0.3 - 0.04 and area.max() <= 0.9 + 0.04
+    se = torch.sqrt((area.var() + theirs_area.var()) / n)
+    assert (area.mean() - theirs_area.mean()).abs() < 4 * se
+    per_image = SimCLRAugment(SIZE, crop_scale=scale)
+    generator = seeded(5)
+    single = [per_image.sample_params(height, width, generator)["crop"] for _ in range(20)]
+    rows = batched.sample_params(20, height, width, seeded(5))["crop"]
+    assert [tuple(r) for r in rows.tolist()] == single
+
+
+def test_no_flip_never_mirrors() -> None:
+    batched = BatchedSimCLRAugment(SIZE, flip=False).sample_params(500, 32, 32, seeded(0))
+    assert not batched["flip"].any()
+    assert BatchedSimCLRAugment(SIZE).sample_params(500, 32, 32, seeded(0))["flip"].any()
+    per_image = SimCLRAugment(SIZE, flip=False)
+    assert not any(per_image.sample_params(32, 32, seeded(s))["flip"] for s in range(200))
+
+
+@pytest.mark.parametrize("scale", [(0.0, 1.0), (0.5, 0.4), (0.2, 1.5)])
+def test_bad_crop_scale_is_a_usage_error(scale: tuple[float, float]) -> None:
+    for cls in (SimCLRAugment, BatchedSimCLRAugment):
+        with pytest.raises(UsageError, match="--crop-scale"):
+            cls(SIZE, crop_scale=scale)

@@ -83,6 +83,11 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["pretrain", "--workers", "-1"], "--workers"),
     (["pretrain", "--jitter-strength", "-1"], "--jitter-strength"),
     (["pretrain", "--augment-on", "tpu"], "--augment-on"),
+    (["pretrain", "--crop-scale", "0"], "--crop-scale"),
+    (["pretrain", "--crop-scale", "0.5,0.2"], "--crop-scale"),
+    (["pretrain", "--crop-scale", "big"], "--crop-scale"),
+    (["pretrain", "--crop-scale", "0.2,0.5,1"], "--crop-scale"),
+    (["pretrain", "--knn-k", "0"], "--knn-k"),
     (["pretrain", "--resume", "missing.pt"], "--resume"),
     (["pretrain", "--device", "cpu", "--processes", "3", "--batch-size", "256"], "--batch-size"),
     (["pretrain", "--nodes", "2", "--node-rank", "2"], "--node-rank"),
@@ -97,6 +102,10 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
         "--val-split",
     ),
     (["linear-eval", "--dataset", "shapes"], "--checkpoint"),
+    (
+        ["linear-eval", "--checkpoint", "FILE", "--dataset", "shapes", "--baseline", "zero"],
+        "--baseline",
+    ),
     (["features", "--checkpoint", "missing.pt", "--out", "feats"], "--checkpoint"),
     (["features", "--checkpoint", "FILE", "--out", "feats", "--layer", "middle"], "--layer"),
     (["features", "--checkpoint", "FILE", "--out", "feats", "--split", "val"], "--split"),
@@ -282,6 +291,36 @@ def test_pretrain_receives_validated_config(
     assert cfg.dataset == "shapes" and cfg.resolved_image_size == 32
     assert cfg.resolved_stem == "cifar"
     assert str(cfg.out).startswith("runs")
+    assert cfg.crop_scale == (0.08, 1.0) and cfg.flip is True  # the paper's views by default
+
+
+def test_pretrain_view_options_reach_the_config(
+    monkeypatch: pytest.MonkeyPatch, workdir: Path
+) -> None:
+    from simclr_cli import augment, train
+    from simclr_cli.config import PretrainConfig
+
+    seen: list = []
+    monkeypatch.setattr(train, "run_pretrain", lambda cfg: seen.append(cfg) or {"loss": 1.0})
+    assert run(["pretrain", "--crop-scale", "0.25", "--no-flip", "--knn-k", "20"]) == 0
+    assert run(["pretrain", "--crop-scale", "0.3,0.9"]) == 0
+    assert (seen[0].crop_scale, seen[0].flip, seen[0].knn_k) == ((0.25, 1.0), False, 20)
+    assert seen[1].crop_scale == (0.3, 0.9) and seen[1].knn_k is None
+    assert PretrainConfig().crop_scale == augment.CROP_SCALE  # one default, two modules
+
+
+def test_linear_eval_baseline_flag_reaches_the_config(
+    monkeypatch: pytest.MonkeyPatch, workdir: Path, a_file: Path
+) -> None:
+    from simclr_cli import evaluate
+
+    seen: list = []
+    monkeypatch.setattr(evaluate, "run_linear_eval", lambda cfg: seen.append(cfg) or {"top1": 1})
+    argv = ["linear-eval", "--checkpoint", str(a_file), "--dataset", "shapes"]
+    assert run([*argv, "--baseline", "random", "--baseline", "pixels"]) == 0
+    assert run(argv) == 0
+    assert seen[0].baseline == ("random", "pixels") and seen[1].baseline == ()
+    assert seen[1].knn_k is None  # chosen from the data
 
 
 def test_info_json_reports_this_machine(workdir: Path) -> None:

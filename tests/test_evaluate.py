@@ -433,3 +433,79 @@ def test_results_of_cached_checkpoints_stay_out_of_the_cache(tmp_path) -> None:
     assert linear_eval_dir(None, cached, cache) == Path("linear_eval") / "resnet50-stl10"
     assert linear_eval_dir(None, run, cache) == run.parent
     assert linear_eval_dir(tmp_path / "o", cached, cache) == tmp_path / "o"
+
+
+# ----------------------------------------------------------------------------------------------
+# kNN k chosen from the data, and the baselines
+
+
+def test_knn_k_is_200_capped_at_a_tenth_of_the_smallest_class():
+    def labels(*counts):
+        return torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+
+    assert ev.knn_k_for(labels(5000, 5000)) == 200  # CIFAR-10-sized classes: the usual k
+    assert ev.knn_k_for(labels(200, 300, 250)) == 20  # the smallest class sets the cap
+    assert ev.knn_k_for(labels(140, 1000)) == 14
+    assert ev.knn_k_for(labels(3, 4)) == 1  # never below one neighbour
+    assert ev.knn_k_for(torch.tensor([-1, -1, 0, 0] + [1] * 50)) == 1  # unlabelled rows ignored
+    assert ev.knn_k_for(labels(5, 5), k=7) == 7  # --knn-k wins
+
+
+def test_linear_eval_records_the_k_it_chose(tmp_path):
+    import json
+
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    ev.run_linear_eval(eval_config(ck, limit=200, out=tmp_path / "auto"))
+    ev.run_linear_eval(eval_config(ck, limit=200, knn_k=3, out=tmp_path / "given"))
+    auto = json.loads((tmp_path / "auto" / "linear_eval.json").read_text())
+    given = json.loads((tmp_path / "given" / "linear_eval.json").read_text())
+    from simclr_cli.data import build_dataset, labels_of
+
+    train_labels = labels_of(build_dataset("shapes", "train", tmp_path, limit=200))
+    smallest = int(torch.bincount(torch.tensor(train_labels)).min())
+    # 200 images over 10 classes: a tenth of the smallest class, not 200
+    assert auto["knn"]["k"] == max(1, smallest // 10) < 200
+    assert given["knn"]["k"] == 3
+
+
+def test_random_baseline_is_default_initialised_and_seeded():
+    from simclr_cli.model import build_simclr, model_spec
+
+    spec = model_spec("resnet18", "imagenet", image_size=32)
+    a, b, c = ev.random_encoder(spec, 0), ev.random_encoder(spec, 0), ev.random_encoder(spec, 1)
+    last_bn = a.encoder.layer1[0].bn2.weight
+    # torchvision's default: batch-norm scales are 1; training starts from zero-initialised ones
+    assert torch.equal(last_bn, torch.ones_like(last_bn))
+    assert not build_simclr(spec).encoder.layer1[0].bn2.weight.any()
+    assert torch.equal(a.encoder.conv1.weight, b.encoder.conv1.weight)
+    assert not torch.equal(a.encoder.conv1.weight, c.encoder.conv1.weight)
+    assert not a.training and not any(p.requires_grad for p in a.parameters())
+    state = torch.random.get_rng_state()
+    ev.random_encoder(spec, 3)
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's stream is untouched
+
+
+def test_pixel_features_are_the_pooled_crops():
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    dataset = torch.utils.data.TensorDataset(images, torch.arange(5))
+    x, y = ev.pixel_features(dataset, batch_size=2)
+    expected = torch.nn.functional.avg_pool2d(images.double() / 255, 2).flatten(1)
+    assert x.shape == (5, 3 * 32 * 32) and torch.equal(y, torch.arange(5))
+    assert torch.allclose(x.double(), expected, atol=1e-6)
+
+
+def test_linear_eval_reports_baselines_beside_the_checkpoint(tmp_path):
+    import json
+
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    cfg = eval_config(ck, limit=100, baseline=("random", "pixels"), out=tmp_path / "eval")
+    summary = ev.run_linear_eval(cfg)
+    result = json.loads((tmp_path / "eval" / "linear_eval.json").read_text())
+    random, pixels = result["baselines"]["random"], result["baselines"]["pixels"]
+    for metrics in (random, pixels):
+        assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and 0 <= metrics["knn_top1"] <= 1
+    assert summary["random_top1"] == random["top1"] and summary["pixels_top1"] == pixels["top1"]
+    # the random baseline is not the checkpoint: a zero-init checkpoint's h is nearly constant
+    assert random["top1"] != result["top1"] or random["knn_top1"] != result["knn_top1"]
