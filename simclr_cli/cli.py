@@ -33,6 +33,22 @@ try:  # typer >= 0.29 ships its own copy of click
 except ImportError:  # pragma: no cover - older typer depends on click
     from click import exceptions as click_exceptions
 
+
+def _no_flag_type(show_type: Any) -> Any:
+    """Typer 0.29 prints ``<bool>`` in the type column of every on/off flag (``--help``
+    included); a flag takes no value, so its type column stays empty."""
+
+    def display_type_rich(self: Any, ctx: Any) -> Any:
+        return None if getattr(self, "is_flag", False) else show_type(self, ctx)
+
+    return display_type_rich
+
+
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    typer.core.TyperOption.display_type_rich = _no_flag_type(  # type: ignore[method-assign]
+        typer.core.TyperOption.display_type_rich
+    )
+
 _EXITS = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
 _ABORTS = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort), KeyboardInterrupt})
 
@@ -132,6 +148,15 @@ def pretrain(
     hidden_dim: Annotated[
         int | None,
         typer.Option(help=_help(P, "hidden_dim", "Hidden dim of the head; auto = feature dim.")),
+    ] = None,
+    zero_init_residual: Annotated[
+        bool | None,
+        typer.Option(
+            "--zero-init-residual/--no-zero-init-residual",
+            help="Start each residual block as the identity (its last batch norm at zero, as "
+            "the paper's TF code) instead of torchvision's initialisation. "
+            "\\[default: no-zero-init-residual]",
+        ),
     ] = None,
     batch_size: Annotated[
         int | None,

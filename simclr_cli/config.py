@@ -141,6 +141,9 @@ class PretrainConfig(_Frozen):
     head: Literal["v1", "v2"] = "v1"
     projection_dim: int = Field(default=128, ge=1)
     hidden_dim: int | None = Field(default=None, ge=1)
+    # Off: torchvision's initialisation, which trains faster in short runs (benchmarks/
+    # quality.py); on: the last BN of each residual block starts at zero (the paper's TF code).
+    zero_init_residual: bool = False
     # optimisation
     batch_size: int = Field(default=256, ge=2)
     epochs: int = Field(default=100, ge=1)
@@ -220,7 +223,12 @@ class PretrainConfig(_Frozen):
             raise ValueError("--gpus needs --device cuda or auto; on the CPU use --processes")
         if self.node_rank >= self.nodes:
             raise ValueError(f"--node-rank {self.node_rank} must be below --nodes {self.nodes}")
-        _check_device("cuda" if self.gpus else self.device, self.precision)
+        if self.gpus and not _cuda_available():
+            raise ValueError(
+                f"--gpus {self.gpus} needs a CUDA device and none is visible; drop --gpus to "
+                "train on the CPU (--processes N for several CPU processes)"
+            )
+        _check_device(self.device, self.precision)
         if self.batch_size % self.world_size:
             raise ValueError(
                 f"--batch-size {self.batch_size} is the global batch and must be divisible by "

@@ -696,8 +696,9 @@ PIXEL_BASELINE_SIZE = 32
 
 def random_encoder(spec: dict[str, Any], seed: int) -> nn.Module:
     """The random-encoder baseline: the checkpoint's architecture and stem with torchvision's
-    default initialisation (not the zero-initialised residual branches training starts from,
-    which make every block an identity and ``h`` nearly constant), frozen, seeded."""
+    default initialisation (never zero-initialised residual branches, which make every block
+    an identity and, with the ImageNet stem at 32 px, ``h`` a function of one corner), frozen,
+    seeded without touching the caller's random stream."""
     from simclr_cli.model import build_simclr
 
     with torch.random.fork_rng(devices=[]):
@@ -916,6 +917,8 @@ def linear_eval_summary(result: dict[str, Any], files: dict[str, Path]) -> dict[
     for kind, metrics in result.get("baselines", {}).items():
         summary[f"{kind}_top1"] = metrics["top1"]
         summary[f"{kind}_knn_top1"] = metrics["knn_top1"]
+    if result.get("baselines"):
+        summary["verdict"] = baseline_verdict(result)
     return {**summary, "time_s": result["time_s"], **{k: str(v) for k, v in files.items()}}
 
 
@@ -976,6 +979,19 @@ def print_linear_eval(result: dict[str, Any]) -> None:
 
 
 BASELINE_NAMES = {"random": "random encoder (default init)", "pixels": "raw pixels"}
+
+
+def baseline_verdict(result: dict[str, Any]) -> str:
+    """One line: linear / kNN top-1 of the checkpoint, then of each baseline with the gap."""
+
+    def pct(m: dict[str, Any]) -> str:
+        return f"{100 * m['top1']:.1f}% / {100 * m['knn_top1']:.1f}%"
+
+    parts = [f"this checkpoint {pct(result)} (linear / kNN top-1)"]
+    for kind, m in result["baselines"].items():
+        gap = [100 * (result[k] - m[k]) for k in ("top1", "knn_top1")]
+        parts.append(f"{BASELINE_NAMES[kind]} {pct(m)} ({gap[0]:+.1f} / {gap[1]:+.1f} points)")
+    return "; ".join(parts)
 
 
 def baseline_table(result: dict[str, Any]) -> Any:

@@ -86,7 +86,7 @@ def _cifar_stem(resnet: torchvision.models.ResNet) -> None:
 
 
 def build_encoder(
-    arch: str, stem: str = "imagenet", zero_init_residual: bool = True
+    arch: str, stem: str = "imagenet", zero_init_residual: bool = False
 ) -> tuple[nn.Module, int]:
     """Build a randomly initialised ResNet encoder without its classifier.
 
@@ -94,8 +94,9 @@ def build_encoder(
         arch: one of :data:`ARCHS`.
         stem: ``"cifar"`` or ``"imagenet"`` (resolve ``"auto"`` with :func:`resolve_stem` first).
         zero_init_residual: start the last batch norm of each residual block at zero, as the
-            SimCLR reference ResNet does, so every block starts as the identity. ``False`` is
-            torchvision's default initialisation (the random-encoder baseline).
+            SimCLR TF code does, so every block starts as the identity. The default, ``False``,
+            is torchvision's initialisation: it is what a random-encoder baseline means, and in
+            short runs it trains to better features (``benchmarks/RESULTS.md``, "Quality").
 
     Returns:
         ``(encoder, feature_dim)``; ``encoder(x)`` maps ``(B, 3, H, W)`` to ``(B, feature_dim)``.
@@ -277,7 +278,7 @@ def model_spec(
     }
 
 
-def build_simclr(spec: dict[str, Any], zero_init_residual: bool = True) -> SimCLR:
+def build_simclr(spec: dict[str, Any], zero_init_residual: bool = False) -> SimCLR:
     """Build a randomly initialised :class:`SimCLR` from a :func:`model_spec` dict.
 
     Args:

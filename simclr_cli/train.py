@@ -138,7 +138,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     data = build_pretrain_data(cfg, device)
     spec = build_spec(cfg)
-    net = build_simclr(spec)
+    net = build_simclr(spec, zero_init_residual=cfg.zero_init_residual)
     model = prepare_model(net, cfg, device)
     criterion = NTXentLoss(cfg.temperature)
     optimizer = optim.build_optimizer(

@@ -45,6 +45,15 @@ def test_command_help_has_defaults_and_examples(
     assert f"$ simclr {command}" in out
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_no_type_for_on_off_flags(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "<bool>" not in out and "--help" in out
+
+
 def test_pretrain_help_shows_model_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["pretrain", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
@@ -92,6 +101,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["pretrain", "--device", "cpu", "--processes", "3", "--batch-size", "256"], "--batch-size"),
     (["pretrain", "--nodes", "2", "--node-rank", "2"], "--node-rank"),
     (["pretrain", "--gpus", "2", "--device", "cpu"], "--gpus"),
+    (["pretrain", "--gpus", "4"], "drop --gpus"),  # no GPU here: the advice must work
     (["pretrain", "--no-such-flag"], "--no-such-flag"),
     (["linear-eval", "--checkpoint", "missing.pt", "--dataset", "shapes"], "--checkpoint"),
     (["linear-eval", "--checkpoint", "FILE"], "--dataset"),

@@ -477,7 +477,7 @@ def test_random_baseline_is_default_initialised_and_seeded():
     last_bn = a.encoder.layer1[0].bn2.weight
     # torchvision's default: batch-norm scales are 1; training starts from zero-initialised ones
     assert torch.equal(last_bn, torch.ones_like(last_bn))
-    assert not build_simclr(spec).encoder.layer1[0].bn2.weight.any()
+    assert not build_simclr(spec, zero_init_residual=True).encoder.layer1[0].bn2.weight.any()
     assert torch.equal(a.encoder.conv1.weight, b.encoder.conv1.weight)
     assert not torch.equal(a.encoder.conv1.weight, c.encoder.conv1.weight)
     assert not a.training and not any(p.requires_grad for p in a.parameters())
@@ -507,5 +507,8 @@ def test_linear_eval_reports_baselines_beside_the_checkpoint(tmp_path):
     for metrics in (random, pixels):
         assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and 0 <= metrics["knn_top1"] <= 1
     assert summary["random_top1"] == random["top1"] and summary["pixels_top1"] == pixels["top1"]
+    gap = 100 * (result["top1"] - random["top1"])
+    assert f"random encoder (default init) {100 * random['top1']:.1f}%" in summary["verdict"]
+    assert f"({gap:+.1f} / " in summary["verdict"]
     # the random baseline is not the checkpoint: a zero-init checkpoint's h is nearly constant
     assert random["top1"] != result["top1"] or random["knn_top1"] != result["knn_top1"]

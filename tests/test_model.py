@@ -69,9 +69,11 @@ def test_cifar_stem_is_really_used() -> None:
     assert imagenet.conv1.kernel_size == (7, 7) and _layer1_input_side(imagenet, 32) == 8
 
 
-def test_residual_branches_start_at_zero() -> None:
-    encoder, _ = build_encoder("resnet18", "cifar")
+def test_residual_branches_start_at_zero_only_when_asked() -> None:
+    encoder, _ = build_encoder("resnet18", "cifar", zero_init_residual=True)
     assert all(torch.all(block.bn2.weight == 0) for block in encoder.layer1)
+    default, _ = build_encoder("resnet18", "cifar")  # torchvision's initialisation
+    assert all(torch.all(block.bn2.weight == 1) for block in default.layer1)
 
 
 @pytest.mark.parametrize(
