@@ -570,6 +570,7 @@ def run(argv: list[str] | None = None) -> int:
     debug = os.environ.get("SIMCLR_DEBUG", "") not in ("", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
     previous = signal.getsignal(signal.SIGTERM)
+    signals.terminated.clear()
     signals.terminate_as_interrupt()  # SIGTERM while starting up: exit 130 with a line
     try:
         return _run(argv, debug)
@@ -584,11 +585,11 @@ def _run(argv: list[str], debug: bool) -> int:
         command = typer.main.get_command(app)
         result = command.main(args=argv, prog_name="simclr", standalone_mode=False)
         if result == 130:  # typer turns Ctrl-C into an exit code of 130
-            return _fail("interrupted (Ctrl-C)", 130)
+            return _fail(signals.interrupt_line(), 130)
         return result if isinstance(result, int) else 0
     except _EXITS as exit_:
         if exit_.exit_code == 130:  # typer turns Ctrl-C into Exit(130)
-            return _fail("interrupted (Ctrl-C)", 130)
+            return _fail(signals.interrupt_line(), 130)
         return exit_.exit_code
     except click_exceptions.UsageError as error:
         if type(error).__name__ == "NoArgsIsHelpError":

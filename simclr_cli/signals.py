@@ -44,8 +44,18 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+# The last SIGTERM turned into an interrupt: Typer reports every KeyboardInterrupt as Ctrl-C.
+terminated: list[int] = []
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    terminated.append(signum)
     raise Terminated(signum)
+
+
+def interrupt_line() -> str:
+    """The one line for an interrupt: which signal it was."""
+    return "interrupted (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
 
 
 def terminate_as_interrupt() -> None:
