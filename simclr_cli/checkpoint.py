@@ -20,14 +20,11 @@ above, inferring the architecture, stem and head from key names and tensor shape
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
 import pickle
 import re
-import tempfile
-import time
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from simclr_cli import fileio, registry
 from simclr_cli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
@@ -62,8 +60,6 @@ _WIDE_LAYER1_WIDTH = 128
 _STEMS = {7: "imagenet", 3: "cifar"}
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 _DDP_PREFIX = "module."
-# A temp file untouched this long belongs to a writer that died (kill -9) mid-save.
-_STALE_TEMP_S = 60.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,12 +68,10 @@ _STALE_TEMP_S = 60.0
 
 
 def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``payload`` to ``path`` atomically.
+    """Write ``payload`` to ``path`` atomically (see :mod:`simclr_cli.fileio`).
 
-    The bytes go to a temporary file in the destination folder, are flushed and fsync'ed, and the
-    file is renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows); the folder is
-    fsync'ed so the rename itself survives a power loss. A crash at any moment leaves either the old
-    file or the new one, never a mix; the temporary file is removed on any failure.
+    A crash at any moment leaves either the old file or the new one, never a mix; the temporary
+    file is removed on any failure, and those of writers that were killed are removed first.
 
     Args:
         payload: the checkpoint dict; ``format``/``format_version``/``kind`` are filled in when
@@ -89,47 +83,15 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) ->
 
     Raises:
         TypeError: ``payload`` holds an object ``torch.load(weights_only=True)`` would refuse.
+        WriteError: the disk is full or the folder cannot be written (one line, naming it).
     """
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": PRETRAIN_KIND, **payload}
     _check_weights_only_safe(full, "payload")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(full, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    fileio.remove_dead_temps(path.parent)
+    with fileio.atomic_write(path, "wb") as f:
+        torch.save(full, f)
     return path
-
-
-def _remove_stale_temps(path: Path, older_than_s: float = _STALE_TEMP_S) -> None:
-    """Delete temp files a killed writer of ``path`` left behind (old enough to be dead)."""
-    now = time.time()
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(OSError):  # another process may remove it first
-            if now - tmp.stat().st_mtime > older_than_s:
-                tmp.unlink()
-
-
-def fsync_dir(folder: Path) -> None:
-    """Flush a directory entry (a rename) to disk; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # Exact types: subclasses such as numpy.float64 (a float), namedtuples or defaultdicts pickle
@@ -160,11 +122,16 @@ def _check_weights_only_safe(obj: Any, where: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], shown: str | None = None) -> dict[str, Any]:
     """Load a simclr-cli checkpoint or a Spijkervet/SimCLR release file, without running its code.
+
+    A file in torch's zip format has its archive CRCs checked first: ``torch.load`` does not, so
+    a flipped bit in the tensor data would otherwise load as different weights.
 
     Args:
         path: the checkpoint file.
+        shown: how messages name the file (default: ``path``), e.g. the source of a download
+            that is still in a temporary file.
 
     Returns:
         A payload in the layout of this module (release files are converted; what was inferred is
@@ -175,37 +142,71 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             or is not a pretraining checkpoint.
     """
     path = Path(path)
-    obj = _torch_load(path)
+    shown = shown or str(path)
+    obj = _torch_load(path, shown)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        return _check_native(obj, path)
+        return _check_native(obj, shown)
     if _is_state_dict(obj):
-        return convert_release_state_dict(obj, name=path.name)
+        try:
+            return convert_release_state_dict(obj, name=path.name)
+        except CheckpointError as e:  # named after the file as the caller knows it
+            problem = str(e).removeprefix(f"{path.name}: ").removeprefix(path.name)
+            raise CheckpointError(f"{shown}: {problem}", problem=problem) from None
+    problem = f"it is not a simclr-cli pretraining checkpoint ({_summarize(obj)})"
     raise CheckpointError(
-        f"{path} is not a simclr-cli pretraining checkpoint ({_summarize(obj)}); "
-        "give a file written by `simclr pretrain` or a Spijkervet/SimCLR release checkpoint"
+        f"{shown} is not a simclr-cli pretraining checkpoint ({_summarize(obj)}); "
+        "give a file written by `simclr pretrain` or a Spijkervet/SimCLR release checkpoint",
+        problem=problem,
     )
 
 
-def _torch_load(path: Path) -> Any:
+# No torch checkpoint is this small (an empty dict saves to ~700 bytes in zip, ~300 legacy).
+_MIN_CHECKPOINT_BYTES = 64
+
+
+def _torch_load(path: Path, shown: str) -> Any:
     """``torch.load`` with ``weights_only=True``, mapping every failure to a CheckpointError."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+        raise CheckpointError(f"checkpoint {shown} does not exist; check the path")
+    size = path.stat().st_size
+    if size < _MIN_CHECKPOINT_BYTES:
+        problem = f"it is only {size} bytes long (truncated, or not a checkpoint)"
+        raise CheckpointError(f"{shown}: {problem}; download or copy it again", problem=problem)
+    _check_zip_crcs(path, shown)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols it tolerates
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if _needs_code(str(e)):
-            raise CheckpointError(
-                f"{path} was refused for safety: loading it would run code from the file "
+            problem = (
+                "it was refused for safety: loading it would run code from the file "
                 f"({_refused_global(str(e))}); only weights-only checkpoints are accepted"
-            ) from None
-        raise _unreadable(path, "is corrupt or not a torch checkpoint") from None
+            )
+            raise CheckpointError(f"{shown} {problem.removeprefix('it ')}", problem) from None
+        raise _unreadable(path, shown, "is corrupt or not a torch checkpoint") from None
     except Exception as e:  # truncated zip, EOF, bad magic number, ...
-        raise _unreadable(path, f"is corrupt or truncated ({type(e).__name__})") from None
+        raise _unreadable(path, shown, f"is corrupt or truncated ({type(e).__name__})") from None
 
 
-def _unreadable(path: Path, problem: str) -> CheckpointError:
+def _check_zip_crcs(path: Path, shown: str) -> None:
+    """Compare each member of a torch zip checkpoint with its stored CRC-32."""
+    if not zipfile.is_zipfile(path):
+        return  # legacy serialization: no checksums to check
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as e:  # a damaged directory: BadZipFile, UnicodeDecodeError, EOFError...
+        problem = f"it is damaged (its zip directory cannot be read: {type(e).__name__})"
+        raise CheckpointError(f"{shown}: {problem}; download or copy it again", problem) from None
+    if bad is not None:
+        problem = f"it is damaged (CRC mismatch in {bad})"
+        raise CheckpointError(
+            f"{shown} is damaged (CRC mismatch in {bad}); download or copy it again", problem
+        )
+
+
+def _unreadable(path: Path, shown: str, problem: str) -> CheckpointError:
     """The error for a file torch cannot load: a text file (a run's ``config.json`` or
     ``metrics.jsonl`` given by mistake) gets its own fix; anything else is damaged."""
     with path.open("rb") as f:
@@ -217,10 +218,11 @@ def _unreadable(path: Path, problem: str) -> CheckpointError:
     if text is not None:
         begins = " ".join(text.split())[:40]
         return CheckpointError(
-            f"{path} is a text file, not a torch checkpoint (it begins {begins!r}); give a "
-            "checkpoint_*.pt file, a run folder or a release checkpoint name"
+            f"{shown} is a text file, not a torch checkpoint (it begins {begins!r}); give a "
+            "checkpoint_*.pt file, a run folder or a release checkpoint name",
+            problem=f"it is a text file, not a torch checkpoint (it begins {begins!r})",
         )
-    return CheckpointError(f"{path} {problem}; download or copy it again")
+    return CheckpointError(f"{shown} {problem}; download or copy it again", f"it {problem}")
 
 
 def _needs_code(message: str) -> bool:
@@ -234,7 +236,7 @@ def _refused_global(message: str) -> str:
     return f"it references {match.group(1)}" if match else "it references a non-tensor object"
 
 
-def _check_native(obj: Mapping[str, Any], path: Path) -> dict[str, Any]:
+def _check_native(obj: Mapping[str, Any], path: str) -> dict[str, Any]:
     """Validate a payload that carries our FORMAT marker."""
     version = obj.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -318,7 +320,7 @@ def convert_release_state_dict(
     }
     converted = {f"encoder.{k}": v for k, v in encoder.items()}
     converted.update({f"projector.{k}": v for k, v in projector.items()})
-    epoch, release = _release_info(name)
+    epoch, release = _release_info(name, arch, head)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -472,15 +474,23 @@ def _infer_head(projector: Mapping[str, torch.Tensor], feature_dim: int, name: s
     }
 
 
-def _release_info(name: str) -> tuple[int | None, dict[str, Any] | None]:
+def _release_info(
+    name: str, arch: str, head: Mapping[str, Any]
+) -> tuple[int | None, dict[str, Any] | None]:
     """Epoch and registry facts for a file name.
 
     Spijkervet names files ``checkpoint_<epoch>.tar``; the cache names them after the registry
-    entry (``resnet50-stl10.tar``), whose epochs and published accuracy are then recorded.
+    entry (``resnet50-stl10.tar``), whose epochs and published accuracy are then recorded, but
+    only when the file holds that entry's model (a file stored under the wrong name must not
+    carry another model's published accuracy).
     """
-    from simclr_cli import hub  # lazy: hub imports this module
-
-    entry = hub.REGISTRY.get(name.split(".")[0])
+    entry = registry.REGISTRY.get(name.split(".")[0])
+    if entry is not None and (arch, head["hidden_dim"], head["projection_dim"]) != (
+        entry.arch,
+        entry.hidden_dim,
+        entry.projection_dim,
+    ):
+        entry = None
     # A URL download is cached as "<url hash>-checkpoint_<epoch>.tar".
     match = re.fullmatch(r"(?:[0-9a-f]{10}-)?checkpoint_(\d+)\.tar", name)
     epoch = int(match.group(1)) if match else (entry.epochs if entry is not None else None)

@@ -7,8 +7,10 @@ for a runtime failure, 130 for Ctrl-C); ``SIMCLR_DEBUG=1`` shows the traceback i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, ValidationError
 
-from simclr_cli import __version__
+from simclr_cli import __version__, signals
 from simclr_cli.config import (
     DownloadConfig,
     FeaturesConfig,
@@ -505,6 +507,10 @@ def download(
         Path | None,
         typer.Option(help="Import a file fetched by hand (offline machines) instead."),
     ] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option(help="Expected sha256 of the file (hex); verified, for any name or URL."),
+    ] = None,
 ) -> None:
     """Fetch a release checkpoint (or any checkpoint URL) into the cache, verified."""
     cfg = _build(DownloadConfig, **locals())
@@ -513,7 +519,13 @@ def download(
     if cfg.list_only and cfg.name is None:
         _print_registry(cfg.cache_dir)
         return
-    path = hub.download(cfg.name, cache_dir=cfg.cache_dir, force=cfg.force, from_file=cfg.from_file)
+    path = hub.download(
+        cfg.name,
+        cache_dir=cfg.cache_dir,
+        force=cfg.force,
+        from_file=cfg.from_file,
+        sha256=cfg.sha256,
+    )
     typer.echo(str(path))
 
 
@@ -616,15 +628,27 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (``main`` exits with it)."""
     debug = os.environ.get("SIMCLR_DEBUG", "") not in ("", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    signals.terminated.clear()
+    signals.terminate_as_interrupt()  # SIGTERM while starting up: exit 130 with a line
+    try:
+        return _run(argv, debug)
+    finally:
+        with contextlib.suppress(ValueError, TypeError):  # not the main thread, or not ours
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str], debug: bool) -> int:
+    """The error boundary of :func:`run`."""
     try:
         command = typer.main.get_command(app)
         result = command.main(args=argv, prog_name="simclr", standalone_mode=False)
         if result == 130:  # typer turns Ctrl-C into an exit code of 130
-            return _fail("interrupted (Ctrl-C)", 130)
+            return _fail(signals.interrupt_line(), 130)
         return result if isinstance(result, int) else 0
     except _EXITS as exit_:
         if exit_.exit_code == 130:  # typer turns Ctrl-C into Exit(130)
-            return _fail("interrupted (Ctrl-C)", 130)
+            return _fail(signals.interrupt_line(), 130)
         return exit_.exit_code
     except click_exceptions.UsageError as error:
         if type(error).__name__ == "NoArgsIsHelpError":
@@ -635,6 +659,8 @@ def run(argv: list[str] | None = None) -> int:
         return _fail_handled(debug, _validation_line(error), 2)
     except SimCLRError as error:
         return _fail_handled(debug, _error_line(error), error.exit_code)
+    except signals.Terminated:
+        return _fail_handled(debug, "interrupted (SIGTERM)", 130)
     except _ABORTS:
         return _fail_handled(debug, "interrupted", 130)
     except OSError as error:

@@ -468,16 +468,24 @@ class DownloadConfig(_Frozen):
     force: bool = False
     from_file: Path | None = None
     list_only: bool = False
+    sha256: str | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        from simclr_cli.hub import REGISTRY
+        from simclr_cli.registry import REGISTRY
 
         if value is None or value in REGISTRY or re.match(r"^https?://\S+$", value):
             return value
         names = ", ".join(sorted(REGISTRY))
         raise ValueError(f"not a release checkpoint name ({names}) or an http(s) URL")
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("give the 64 hex digits of the file's sha256")
+        return value.lower() if value else value
 
     @field_validator("from_file")
     @classmethod

@@ -14,6 +14,7 @@ import os
 import signal
 import tarfile
 import urllib.error
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -478,7 +479,12 @@ class ImageFolderDataset(Dataset):
         if subfolders:
             candidates = [p for p in candidates if len(p.relative_to(self.root).parts) > 1]
         if verify:  # threads overlap the file reads (PIL releases the GIL while decoding)
-            with ThreadPoolExecutor(max_workers=8) as pool:
+            # An image over PIL's MAX_IMAGE_PIXELS (a possible decompression bomb) is skipped and
+            # counted like an unreadable one, instead of PIL's two-line warning in the middle of
+            # the progress display. The filter is set here, around the pool, because
+            # catch_warnings is not thread-safe.
+            with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=8) as pool:
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 ok = list(pool.map(_is_readable, candidates))
             readable = [p for p, good in zip(candidates, ok, strict=True) if good]
         else:

@@ -47,10 +47,9 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -63,6 +62,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
+from simclr_cli import signals
 from simclr_cli.errors import DistributedError, SimCLRError, UsageError, os_error_line
 
 __all__ = [
@@ -796,7 +796,8 @@ def _spawn(worker_fn: Callable[[Any], Any], cfg: Any, plan: LaunchPlan, timeout:
                 while not procs.join(timeout=0.5):
                     _drain(results, box)
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-            raise _worker_failure(Path(err_dir), plan, exc) from None
+            exit_codes = [process.exitcode for process in procs.processes]
+            raise _worker_failure(Path(err_dir), plan, exc, exit_codes) from None
         finally:
             spawn_log.setLevel(level)
             for process in procs.processes:  # only after a second Ctrl-C or an internal error
@@ -807,30 +808,14 @@ def _spawn(worker_fn: Callable[[Any], Any], cfg: Any, plan: LaunchPlan, timeout:
     return box[0] if box else None
 
 
-@contextlib.contextmanager
-def _patient_signals() -> Iterator[None]:
+def _patient_signals() -> contextlib.AbstractContextManager[Any]:
     """While workers run, the first SIGINT/SIGTERM here waits for them; a second one aborts.
 
     Ctrl-C and ``scancel`` signal the whole process group, workers included, and the workers
     stop cleanly on their own (the training loop checkpoints first). Forwarding the signal
     would deliver it twice. A second signal raises KeyboardInterrupt, and ``_spawn`` kills them.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        received.append(signum)
-        if len(received) > 1:
-            raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return signals.stop_requests()
 
 
 def _drain(results: Any, box: list[Any]) -> None:
@@ -872,14 +857,25 @@ def _spawn_entry(
         sys.exit(1)
 
 
-def _worker_failure(err_dir: Path, plan: LaunchPlan, exc: Exception) -> DistributedError:
-    """Build the one error for a failed spawn: the earliest recorded worker failure."""
+def _worker_failure(
+    err_dir: Path, plan: LaunchPlan, exc: Exception, exit_codes: Sequence[int | None] = ()
+) -> DistributedError:
+    """Build the one error for a failed spawn: a worker killed by a signal, else the earliest
+    recorded worker failure.
+
+    A worker killed by a signal (kill -9, the out-of-memory killer, a crash) writes no record,
+    and its peers then fail on the broken connection and record that: the signal is the cause.
+    SIGTERM is left out: torch sends it to the survivors after the first failure.
+    """
     records = []
     for path in err_dir.glob("rank*.json"):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue  # a worker killed while writing; others tell the story
+    killed = _killed_by_signal(plan, exit_codes, {record["rank"] for record in records})
+    if killed is not None:
+        return killed
     if not records:
         # Killed without a Python exception (signal, out of memory).
         failed = plan.node_rank * plan.procs_per_node + getattr(exc, "error_index", 0)
@@ -897,6 +893,27 @@ def _worker_failure(err_dir: Path, plan: LaunchPlan, exc: Exception) -> Distribu
     error.worker_rank = first["rank"]  # type: ignore[attr-defined]
     error.worker_traceback = first["traceback"]  # type: ignore[attr-defined]
     return error
+
+
+def _killed_by_signal(
+    plan: LaunchPlan, exit_codes: Sequence[int | None], recorded: set[int]
+) -> DistributedError | None:
+    """The error for the first worker (in rank order) that a signal other than SIGTERM ended."""
+    for local, code in enumerate(exit_codes):
+        rank = plan.node_rank * plan.procs_per_node + local
+        if code is None or code >= 0 or rank in recorded or -code == signal.SIGTERM:
+            continue
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        error = DistributedError(
+            f"worker rank {rank} was killed by signal {-code} ({name}) (often the out-of-memory "
+            "killer); the other ranks stopped because it died; lower --batch-size or --workers"
+        )
+        error.worker_rank = rank  # type: ignore[attr-defined]
+        return error
+    return None
 
 
 def available_backends() -> list[str]:

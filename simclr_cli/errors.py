@@ -43,7 +43,16 @@ class DatasetError(SimCLRError):
 
 
 class CheckpointError(SimCLRError):
-    """A checkpoint is missing, corrupt, unsafe or of the wrong kind."""
+    """A checkpoint is missing, corrupt, unsafe or of the wrong kind.
+
+    Attributes:
+        problem: what is wrong with the file, without its path or advice, for callers that
+            name the file and the fix in their own words (``download --from-file``).
+    """
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or message
 
 
 class DownloadError(SimCLRError):
@@ -62,6 +71,10 @@ class OutputExistsError(SimCLRError):
     """An output file exists and ``--overwrite`` was not given."""
 
 
+class WriteError(SimCLRError):
+    """An output file could not be written (a full disk, no permission, a read-only mount)."""
+
+
 # What to do about a file-system error, by errno (the errors a user's machine causes).
 _OS_FIXES = {
     errno.ENOENT: "check that the folder exists, or choose another path",
@@ -76,10 +89,15 @@ if hasattr(errno, "EDQUOT"):  # disk quota exceeded (not defined everywhere)
     _OS_FIXES[errno.EDQUOT] = _OS_FIXES[errno.ENOSPC]
 
 
+def os_error_fix(error: OSError) -> str | None:
+    """What to do about a file-system error the user can fix, or None (a bug)."""
+    return _OS_FIXES.get(error.errno) if error.errno is not None else None
+
+
 def os_error_line(error: OSError) -> str | None:
     """One line for a file-system error the user can fix (a path that does not exist, no
     permission, a full disk), or None for any other OSError (a bug: keep its traceback)."""
-    fix = _OS_FIXES.get(error.errno) if error.errno is not None else None
+    fix = os_error_fix(error)
     if fix is None:
         return None
     where = ""

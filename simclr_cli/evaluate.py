@@ -11,11 +11,8 @@ Every function below the "metrics" line is pure tensor code and is what the test
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from simclr_cli import allocator
+from simclr_cli import allocator, fileio
 from simclr_cli.augment import normalize_uint8, to_uint8_transform
 from simclr_cli.data import ignore_stop_signals
 from simclr_cli.errors import DatasetError, UsageError
@@ -922,24 +919,6 @@ def linear_eval_summary(result: dict[str, Any], files: dict[str, Path]) -> dict[
     return {**summary, "time_s": result["time_s"], **{k: str(v) for k, v in files.items()}}
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, so a
-    reader sees the old file or the complete new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_linear_eval(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write ``linear_eval.json`` and ``confusion_matrix.csv`` (rows true, columns predicted)."""
     names = [row["class"] for row in result["per_class"]]
@@ -948,8 +927,12 @@ def write_linear_eval(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         ",".join([n, *map(str, r)]) for n, r in zip(names, result["confusion_matrix"], strict=True)
     ]
     return {
-        "results": write_text_atomic(out_dir / "linear_eval.json", json.dumps(result, indent=2)),
-        "confusion": write_text_atomic(out_dir / "confusion_matrix.csv", "\n".join(rows) + "\n"),
+        "results": fileio.write_text_atomic(
+            out_dir / "linear_eval.json", json.dumps(result, indent=2)
+        ),
+        "confusion": fileio.write_text_atomic(
+            out_dir / "confusion_matrix.csv", "\n".join(rows) + "\n"
+        ),
     }
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from simclr_cli import allocator
+from simclr_cli import allocator, fileio
 from simclr_cli.errors import DatasetError, OutputExistsError
 from simclr_cli.evaluate import (
     build_loader,
@@ -28,7 +26,6 @@ from simclr_cli.evaluate import (
     iter_features,
     load_frozen_model,
     resolve_device,
-    write_text_atomic,
 )
 
 FEATURES, LABELS, META, PATHS = "features.npy", "labels.npy", "meta.json", "paths.txt"
@@ -102,6 +99,7 @@ def export_features(cfg: Any) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}
     try:
+        fileio.remove_dead_temps(out)  # of exports that were killed
         staged[FEATURES], labels = stream_features(model.to(device), dataset, cfg, device, out)
         staged[LABELS] = _stage_labels(out, labels)
         count, dim = np.load(staged[FEATURES], mmap_mode="r").shape
@@ -132,15 +130,15 @@ def stream_features(
     tmp = _temp_path(out, FEATURES)
     labels = np.empty(n, dtype=np.int64)
     try:
-        rows = _fill(
-            tmp,
-            labels,
-            iter_features(model, loader, device, cfg.layer, cfg.resolved_precision),
-            len(loader),
-        )
+        with fileio.write_errors_of(out / FEATURES):
+            rows = _fill(
+                tmp,
+                labels,
+                iter_features(model, loader, device, cfg.layer, cfg.resolved_precision),
+                len(loader),
+            )
         if rows != n:
             raise DatasetError(f"the dataset yielded {rows} of {n} images; check the data folder")
-        _fsync(tmp)
     except BaseException:  # a failed or interrupted export leaves no temporary file behind
         tmp.unlink(missing_ok=True)
         raise
@@ -208,36 +206,29 @@ def build_meta(
 
 
 def _temp_path(out: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
+    return fileio.temp_path(out / name)
 
 
 def _stage_labels(out: Path, labels: np.ndarray) -> Path:
     tmp = _temp_path(out, LABELS)
-    with open(tmp, "wb") as handle:  # a file object: np.save would append ".npy" to a name
+    # A file object: np.save would append ".npy" to a name.
+    with fileio.write_errors_of(out / LABELS), open(tmp, "wb") as handle:
         np.save(handle, labels)
-        handle.flush()
-        os.fsync(handle.fileno())
     return tmp
 
 
 def _stage_text(out: Path, name: str, text: str) -> Path:
     tmp = _temp_path(out, name)
-    write_text_atomic(tmp, text)
+    with fileio.write_errors_of(out / name):
+        tmp.write_text(text, encoding="utf-8")
     return tmp
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
 def _commit(out: Path, staged: dict[str, Path]) -> None:
-    """Rename the complete temporary files into place, ``meta.json`` last; drop a stale
-    ``paths.txt`` from an earlier export that this one does not replace."""
+    """Rename the complete temporary files into place (each fsync'ed), ``meta.json`` last; drop
+    a stale ``paths.txt`` from an earlier export that this one does not replace."""
     if PATHS not in staged:
         (out / PATHS).unlink(missing_ok=True)
     for name in (FEATURES, LABELS, PATHS, META):
         if name in staged:
-            os.replace(staged[name], out / name)
+            fileio.commit(staged[name], out / name)

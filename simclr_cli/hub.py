@@ -11,18 +11,17 @@ later downloads are verified against it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import socket
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -37,8 +36,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from simclr_cli.checkpoint import fsync_dir, load_checkpoint
+from simclr_cli import fileio
+from simclr_cli.checkpoint import load_checkpoint
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
+from simclr_cli.registry import REGISTRY, Published, RegistryEntry
 
 try:  # POSIX; on Windows downloads of the same file are not serialised
     import fcntl
@@ -48,105 +49,6 @@ except ImportError:  # pragma: no cover - exercised only on Windows
 MANIFEST = "manifest.json"
 _PART = ".part"
 _LOCK = ".lock"
-
-
-# --------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Published:
-    """An accuracy published with a release, and how it was measured."""
-
-    dataset: str
-    top1: float | None
-    protocol: str
-    source: str
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    """A release checkpoint: where it lives and what model it holds."""
-
-    name: str
-    url: str
-    arch: str
-    epochs: int
-    hidden_dim: int
-    projection_dim: int
-    head_bias: bool
-    batch_size: int
-    optimizer: str
-    published: Published
-    sha256: str | None = None  # verified when set; otherwise recorded in the cache manifest
-    dataset: str = "stl10 (unlabeled)"
-    image_size: int = 96
-
-    @property
-    def filename(self) -> str:
-        """File name in the cache."""
-        return f"{self.name}.tar"
-
-    @property
-    def head(self) -> str:
-        """Head dims, e.g. ``2048-2048-64 without bias``."""
-        feature_dim = 2048 if self.arch.startswith(("resnet50", "resnet101", "wide")) else 512
-        bias = "with bias" if self.head_bias else "without bias"
-        return f"{feature_dim}-{self.hidden_dim}-{self.projection_dim} {bias}"
-
-
-_RELEASES = "https://github.com/Spijkervet/SimCLR/releases/download"
-_README = "Spijkervet/SimCLR README, 'Pre-trained models' table (commit 89af1a8)"
-_PROTOCOL = (
-    "logistic regression (Adam) trained on frozen encoder features h of the STL-10 train split "
-    "at 96 px, top-1 on the STL-10 test split (upstream testing/logistic_regression.py)"
-)
-
-REGISTRY: Mapping[str, RegistryEntry] = MappingProxyType(
-    {
-        e.name: e
-        for e in (
-            RegistryEntry(
-                name="resnet50-stl10",
-                url=f"{_RELEASES}/1.2/checkpoint_100.tar",
-                arch="resnet50",
-                epochs=100,
-                hidden_dim=2048,
-                projection_dim=64,
-                head_bias=False,
-                batch_size=256,
-                optimizer="adam",
-                # An older README revision lists 0.791 for the same file.
-                published=Published("stl10", 0.829, _PROTOCOL, _README),
-            ),
-            RegistryEntry(
-                name="resnet18-stl10",
-                url=f"{_RELEASES}/1.1/checkpoint_100.tar",
-                arch="resnet18",
-                epochs=100,
-                hidden_dim=512,
-                projection_dim=64,
-                head_bias=False,
-                batch_size=256,
-                optimizer="adam",
-                published=Published("stl10", 0.765, _PROTOCOL, _README),
-            ),
-            RegistryEntry(
-                name="resnet18-stl10-40ep",
-                url=f"{_RELEASES}/1.0/checkpoint_40.tar",
-                arch="resnet18",
-                epochs=40,
-                hidden_dim=512,
-                projection_dim=64,
-                head_bias=True,
-                batch_size=256,
-                optimizer="adam",
-                published=Published("stl10", 0.719, _PROTOCOL, _README),
-            ),
-        )
-    }
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,8 +77,9 @@ class _Target:
 
     url: str
     filename: str
-    sha256: str | None  # from the registry: always verified
+    sha256: str | None  # from the registry or --sha256: always verified
     name: str | None  # registry name, if any
+    entry: RegistryEntry | None = None  # what the file must hold, for a release
 
 
 class _Retry(Exception):
@@ -195,6 +98,7 @@ def download(
     from_file: str | os.PathLike[str] | None = None,
     progress: bool = True,
     settings: DownloadSettings = DEFAULT_SETTINGS,
+    sha256: str | None = None,
 ) -> Path:
     """Fetch a release checkpoint (registry name) or an http(s) URL into the cache.
 
@@ -206,6 +110,7 @@ def download(
         from_file: import this local file instead of downloading (for offline machines).
         progress: show a progress bar and messages on stderr.
         settings: timeouts, retries and backoff.
+        sha256: the file's expected sha256 (hex); verified, for a URL or a release alike.
 
     Returns:
         The path of the verified file in the cache.
@@ -216,6 +121,8 @@ def download(
         CheckpointError: the file is not a usable checkpoint (it is removed from the cache).
     """
     target = _target(name_or_url)
+    if sha256 is not None:
+        target = dataclasses.replace(target, sha256=_check_sha256(sha256))
     cache = _make_cache(cache_dir)
     dest = cache / target.filename
     assert dest.parent == cache, dest  # filenames are sanitised; never write outside the cache
@@ -229,7 +136,7 @@ def download(
         if force:
             part.unlink(missing_ok=True)
         digest, size = _fetch(target, part, settings, progress)
-        _install(part, dest, target, digest, size, source=target.url)
+        _install(part, dest, target, digest, size, source=target.url, progress=progress)
     _say(progress, f"saved {target.filename} ({_human(size)}) to {dest}")
     return dest
 
@@ -327,7 +234,7 @@ def _target(name_or_url: str) -> _Target:
         raise UsageError("NAME", name_or_url, f"give a release name ({', '.join(REGISTRY)})")
     if name_or_url in REGISTRY:
         entry = REGISTRY[name_or_url]
-        return _Target(entry.url, entry.filename, entry.sha256, entry.name)
+        return _Target(entry.url, entry.filename, entry.sha256, entry.name, entry)
     parts = urlsplit(name_or_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(
@@ -337,7 +244,7 @@ def _target(name_or_url: str) -> _Target:
         )
     for entry in REGISTRY.values():  # a release URL is stored under its release name
         if entry.url == name_or_url:
-            return _Target(entry.url, entry.filename, entry.sha256, entry.name)
+            return _Target(entry.url, entry.filename, entry.sha256, entry.name, entry)
     return _Target(name_or_url, _url_filename(name_or_url), None, None)
 
 
@@ -390,45 +297,55 @@ def _record(cache: Path, filename: str, record: dict[str, Any], progress: bool) 
     with _locked(cache / f".{MANIFEST}{_LOCK}", None, settings, progress):
         manifest = _read_manifest(cache)
         manifest[filename] = record
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{MANIFEST}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(manifest, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, cache / MANIFEST)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        fileio.write_json_atomic(cache / MANIFEST, manifest)
 
 
-def _expected_sha256(dest: Path, target: _Target) -> str | None:
-    """The registry hash when set, else the hash recorded on first download, else None."""
+def _check_sha256(value: str) -> str:
+    """``--sha256``: 64 hex digits, compared in lower case."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise UsageError("--sha256", value, "give the 64 hex digits of the file's sha256")
+    return value.lower()
+
+
+def _expected_sha256(dest: Path, target: _Target) -> tuple[str | None, str]:
+    """The hash to verify and where it comes from: the registry or ``--sha256`` when set, else
+    the hash recorded at the first download, else None."""
     if target.sha256:
-        return target.sha256.lower()
+        return target.sha256.lower(), "expected"
     record = _read_manifest(dest.parent).get(dest.name)
-    return record.get("sha256") if record else None
+    if record and record.get("sha256"):
+        return record["sha256"], "recorded at the first download"
+    return None, ""
 
 
-def _install(part: Path, dest: Path, target: _Target, digest: str, size: int, source: str) -> None:
-    """Verify sha256 and that the file loads as a checkpoint, then move it into the cache."""
-    expected = _expected_sha256(dest, target)
+def _install(
+    part: Path,
+    dest: Path,
+    target: _Target,
+    digest: str,
+    size: int,
+    source: str,
+    progress: bool = True,
+) -> None:
+    """Verify sha256 and that the file loads as the checkpoint it claims to be, then move it
+    into the cache and record its hash."""
+    expected, origin = _expected_sha256(dest, target)
     if expected is not None and digest != expected:
         part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"sha256 mismatch for {target.filename} from {source}: expected {expected}, got "
-            f"{digest}; the file was removed, retry or delete {dest.parent / MANIFEST} if the "
-            "upstream file changed"
-        )
+        raise DownloadError(_mismatch(target, source, expected, origin, digest))
     try:
-        load_checkpoint(part)  # weights-only load + conversion: the file is usable
+        payload = load_checkpoint(part, shown=source)  # weights-only load, zip CRCs, conversion
+        if target.entry is not None:
+            _check_release_matches(payload, target.entry, source)
     except CheckpointError as e:
         part.unlink(missing_ok=True)
         raise CheckpointError(
-            f"{source} is not a usable checkpoint and was removed from the cache: {e}"
+            f"{source} is not a usable checkpoint and was removed from the cache: "
+            f"{e.problem}; "
+            f"{_usable_fix(target, source)}"
         ) from None
-    os.replace(part, dest)
-    fsync_dir(dest.parent)
+    _replace_record_note(dest, digest, progress)
+    fileio.commit(part, dest)
     _record(
         dest.parent,
         dest.name,
@@ -441,6 +358,71 @@ def _install(part: Path, dest: Path, target: _Target, digest: str, size: int, so
         },
         progress=False,
     )
+
+
+def _mismatch(target: _Target, source: str, expected: str, origin: str, digest: str) -> str:
+    """The sha256 mismatch line, with the command that gets out of it."""
+    line = (
+        f"sha256 mismatch for {target.filename} from {source}: {origin} {expected}, got {digest}; "
+        "the file was not cached"
+    )
+    if origin == "expected":
+        return line + "; retry, or check the file's source and --sha256"
+    name = target.name or target.url
+    return (
+        line + "; if the first download was damaged or the file changed upstream, replace the "
+        f"record with `simclr download {name} --force --sha256 HASH` (the hash you trust, "
+        "e.g. from the publisher)"
+    )
+
+
+def _usable_fix(target: _Target, source: str) -> str:
+    """What to do about a file that is not the checkpoint it should be."""
+    if source == target.url:
+        return "check the URL, or retry if the download was damaged"
+    return f"give the file downloaded from {target.url}"
+
+
+_RELEASE_FIELDS = ("arch", "stem", "hidden_dim", "projection_dim", "head_bias")
+
+
+def _check_release_matches(payload: dict[str, Any], entry: RegistryEntry, source: str) -> None:
+    """Refuse a file that holds another model than the registry entry it is stored under.
+
+    Compared: architecture, stem and head (hidden and projection dims, bias), where the file
+    states them (a converted release file states all).
+    """
+    spec = payload["model"]
+    known = [key for key in _RELEASE_FIELDS if spec.get(key) is not None]
+    if all(spec[key] == getattr(entry, key) for key in known):
+        return
+    found, wanted = _model_summary(spec), _model_summary(dataclasses.asdict(entry))
+    others = [e.name for e in REGISTRY.values() if _model_summary(dataclasses.asdict(e)) == found]
+    hint = f"; it looks like {' or '.join(others)}" if others else ""
+    raise CheckpointError(
+        f"{source} holds {found} but {entry.name} is {wanted}",
+        problem=f"it holds {found} but the release {entry.name} is {wanted}{hint}",
+    )
+
+
+def _model_summary(model: dict[str, Any]) -> str:
+    """``a resnet18 (imagenet stem, head 512-64 without bias)`` for the mismatch line."""
+    bias = "with" if model.get("head_bias", True) else "without"
+    return (
+        f"a {model.get('arch')} ({model.get('stem')} stem, head "
+        f"{model.get('hidden_dim')}-{model.get('projection_dim')} {bias} bias)"
+    )
+
+
+def _replace_record_note(dest: Path, digest: str, progress: bool) -> None:
+    """Say when a new file (``--force --sha256``) replaces a differently recorded hash."""
+    record = _read_manifest(dest.parent).get(dest.name)
+    if record and record.get("sha256") not in (None, digest):
+        _say(
+            progress,
+            f"note: {dest.name} differs from the file first cached (sha256 "
+            f"{record['sha256'][:12]}..., now {digest[:12]}...); the record is replaced",
+        )
 
 
 def _import_file(src: Path, target: _Target, dest: Path, force: bool, progress: bool) -> Path:
@@ -468,7 +450,7 @@ def _import_file(src: Path, target: _Target, dest: Path, force: bool, progress: 
                 "disk space, or choose another --cache-dir"
             ) from None
         raise
-    _install(part, dest, target, digest.hexdigest(), part.stat().st_size, source=str(src))
+    _install(part, dest, target, digest.hexdigest(), part.stat().st_size, str(src), progress)
     _say(progress, f"imported {src} as {dest}")
     return dest
 
@@ -477,31 +459,67 @@ def _import_file(src: Path, target: _Target, dest: Path, force: bool, progress: 
 def _locked(
     lock_path: Path, target: _Target | None, settings: DownloadSettings, progress: bool
 ) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path``; say so once if another process holds it."""
+    """Hold an exclusive ``flock`` on ``lock_path``; say so once if another process holds it.
+
+    The lock file is removed when released (a failed download leaves no empty file behind).
+    Removal is safe because a waiter re-checks, once it holds the lock, that the path still
+    names the file it locked; if not, it locks the new file instead.
+    """
     if fcntl is None:  # pragma: no cover
         yield
         return
-    with lock_path.open("a") as f:
-        deadline = time.monotonic() + settings.lock_timeout
-        waiting = False
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waiting and target is not None:
-                    _say(progress, f"waiting for another download of {target.filename} ...")
-                waiting = True
-                if time.monotonic() > deadline:
-                    raise DownloadError(
-                        f"another process has held {lock_path} for {settings.lock_timeout:.0f} "
-                        "s; if no download is running, delete that file and retry"
-                    ) from None
-                time.sleep(0.05)
+    deadline = time.monotonic() + settings.lock_timeout
+    waiting = False
+    while True:
+        f = lock_path.open("a")
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            waiting = _acquire(f, lock_path, target, settings, progress, deadline, waiting)
+            if _same_file(f, lock_path):
+                break
+        except BaseException:
+            f.close()
+            raise
+        f.close()  # the holder removed this file: lock the one now at the path
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # while still holding it: see the docstring
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+def _acquire(
+    f: Any,
+    lock_path: Path,
+    target: _Target | None,
+    settings: DownloadSettings,
+    progress: bool,
+    deadline: float,
+    waiting: bool,
+) -> bool:
+    """Block (polling) until ``f`` is locked; return whether we had to wait."""
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return waiting
+        except BlockingIOError:
+            if not waiting and target is not None:
+                _say(progress, f"waiting for another download of {target.filename} ...")
+            waiting = True
+            if time.monotonic() > deadline:
+                raise DownloadError(
+                    f"another process has held {lock_path} for {settings.lock_timeout:.0f} "
+                    "s; if no download is running, delete that file and retry"
+                ) from None
+            time.sleep(0.05)
+
+
+def _same_file(f: Any, path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), path.stat())
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,10 +534,10 @@ def _fetch(
     url, hint = target.url, _from_file_hint(target)
     attempt = 0
     with _progress_bar(progress) as bar, requests.Session() as session:
-        task = bar.add_task(part.name.removesuffix(_PART), total=None)
+        task = _LazyTask(bar, part.name.removesuffix(_PART))
         while True:
             try:
-                return _attempt(session, url, part, settings, bar, task, hint)
+                return _attempt(session, url, part, settings, task, hint)
             except OSError as e:  # writing the part file (requests' errors are handled inside)
                 raise DownloadError(
                     f"cannot write {part} ({e.strerror or e}); free disk space or choose "
@@ -534,6 +552,21 @@ def _fetch(
                 delay = settings.backoff * 2 ** (attempt - 1)
                 _say(progress, f"{e}; retrying in {delay:.1f} s")
                 time.sleep(delay)
+
+
+class _LazyTask:
+    """A progress-bar row that appears on its first update, so that a download that never got
+    an answer leaves no empty ``0/? bytes`` row above its error."""
+
+    def __init__(self, bar: Progress, description: str) -> None:
+        self.bar, self.description = bar, description
+        self.task: Any = None
+
+    def update(self, **fields: Any) -> None:
+        """Create the row on first use, then update it."""
+        if self.task is None:
+            self.task = self.bar.add_task(self.description, total=fields.get("total"))
+        self.bar.update(self.task, **fields)
 
 
 def _connection_problem(error: BaseException, url: str) -> str:
@@ -565,8 +598,7 @@ def _attempt(
     url: str,
     part: Path,
     settings: DownloadSettings,
-    bar: Progress,
-    task: Any,
+    task: _LazyTask,
     hint: str,
 ) -> tuple[str, int]:
     """One GET: resume from ``part`` when it has bytes, stream, hash, check the length."""
@@ -590,8 +622,8 @@ def _attempt(
         offset = _check_status(response, url, part, offset, hint)
         digest = _hash_prefix(part, offset)
         total = _expected_total(response, offset)
-        bar.update(task, total=total, completed=offset)
-        size = _stream(response, part, offset, digest, settings, bar, task)
+        task.update(total=total, completed=offset)  # the bar appears once bytes can come
+        size = _stream(response, part, offset, digest, settings, task)
     if total is not None and size != total:
         raise _Retry(f"connection closed early: got {size} of {total} bytes")
     return digest.hexdigest(), size
@@ -646,8 +678,7 @@ def _stream(
     offset: int,
     digest: Any,
     settings: DownloadSettings,
-    bar: Progress,
-    task: Any,
+    task: _LazyTask,
 ) -> int:
     """Append the body to ``part`` (truncated to ``offset``); keep what arrived on errors."""
     size = offset
@@ -659,7 +690,7 @@ def _stream(
                 f.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
-                bar.update(task, completed=size)
+                task.update(completed=size)
         except (requests.RequestException, ConnectionError):
             # ChunkedEncodingError / ProtocolError / read timeout: keep the bytes, resume later.
             raise _Retry(f"connection lost after {size} bytes") from None

@@ -25,7 +25,6 @@ import math
 import os
 import random
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from simclr_cli import allocator, checkpoint, distributed, evaluate, optim
+from simclr_cli import allocator, checkpoint, distributed, evaluate, fileio, optim, signals
 from simclr_cli.augment import (
     BatchedSimCLRAugment,
     SimCLRAugment,
@@ -184,28 +183,53 @@ def resume_checkpoint_path(cfg: PretrainConfig) -> Path | None:
     return Path(cfg.resume).expanduser()
 
 
+# Options that must equal the checkpoint's: they change the data stream, the model's shapes or the
+# optimizer's state. Each is (flag, value in the checkpoint, value of this run), read from the
+# checkpoint's model spec (shapes) or its resolved config.
+_SPEC_OPTIONS = ("arch", "stem", "head", "hidden_dim", "projection_dim", "image_size")
+_CONFIG_OPTIONS = ("dataset", "limit", "batch_size", "optimizer", "momentum")
+
+
 def check_resume_compatible(payload: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
-    """Raise unless ``payload`` continues the run ``cfg`` describes (same data, model and batch).
+    """Raise unless ``payload`` continues the run ``cfg`` describes (same data, model, optimizer).
 
     The number of processes may differ; the global batch may not (it fixes the schedule).
 
     Raises:
-        CheckpointError: naming the first differing option.
+        CheckpointError: listing every differing option with both values, and the fix.
     """
     if payload.get("kind") != "pretrain" or payload.get("optimizer") is None:
         raise CheckpointError(
             f"{path} is not a resumable pretraining checkpoint (no optimizer state); "
             "start a new run, or pass it to linear-eval instead"
         )
+    differences = resume_differences(payload, cfg)
+    if differences:
+        given = "; ".join(
+            f"{flag} {theirs} (this run: {ours})" for flag, theirs, ours in differences
+        )
+        flags = " ".join(f"{flag} {theirs}" for flag, theirs, _ in differences)
+        raise CheckpointError(
+            f"{path} was trained with {given}; resume with {flags} or start a new --out"
+        )
+
+
+def resume_differences(payload: dict[str, Any], cfg: PretrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(flag, checkpoint value, this run's value)`` for each option that disagrees."""
     saved = payload.get("config") or {}
+    spec = payload.get("model") or {}
     current = cfg.model_dump(mode="json")
-    for key in ("dataset", "limit", "arch", "head", "projection_dim", "batch_size", "image_size"):
-        if key in saved and saved[key] != current[key]:
-            flag = "--" + key.replace("_", "-")
-            raise CheckpointError(
-                f"{path} was trained with {flag} {saved[key]} but this run has {current[key]}; "
-                f"resume with {flag} {saved[key]} or start a new --out"
-            )
+    ours_spec = build_spec(cfg)
+    pairs = [(key, spec.get(key), ours_spec.get(key)) for key in _SPEC_OPTIONS if key in spec]
+    pairs += [(key, saved[key], current[key]) for key in _CONFIG_OPTIONS if key in saved]
+    decay = (saved.get("resolved") or {}).get("resolved_weight_decay")
+    if decay is not None:
+        pairs.append(("weight_decay", decay, cfg.resolved_weight_decay))
+    return [
+        ("--" + key.replace("_", "-"), theirs, ours)
+        for key, theirs, ours in pairs
+        if theirs != ours
+    ]
 
 
 def check_same_start(payload: dict[str, Any] | None, path: Path | None) -> None:
@@ -418,40 +442,10 @@ def autocast_context(
 
 
 # ----------------------------------------------------------------------------------------------
-# stopping on signals
+# stopping on signals (one mechanism for the package: simclr_cli.signals)
 
-
-@dataclass
-class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop stops after the current step."""
-
-    signum: int | None = None
-
-    @property
-    def requested(self) -> bool:
-        """Whether a signal arrived."""
-        return self.signum is not None
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
-    """Turn the first SIGINT/SIGTERM into a stop request; a second one interrupts at once."""
-    request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield request  # handlers can only be installed from the main thread
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        if request.requested:
-            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
-        request.signum = signum
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield request
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+StopRequest = signals.StopRequest
+stop_on_signals = signals.stop_requests
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,24 +469,24 @@ class RunLog:
         if not self.enabled:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        fileio.remove_dead_temps(self.out)  # saves of earlier processes that were killed
         write_json_atomic(self.out / "config.json", config)
-        if resume_step is not None:
-            truncate_metrics(self.out / "metrics.jsonl", resume_step)
+        # A fresh start drops what a run killed before its first checkpoint logged.
+        truncate_metrics(self.out / "metrics.jsonl", resume_step or 0)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # the tensorboard extra is optional
             return
         # A resumed run trains again the steps logged after its checkpoint: TensorBoard drops
         # the earlier events from that step on, as truncate_metrics does for metrics.jsonl.
-        purge = None if resume_step is None else resume_step + 1
+        purge = (resume_step or 0) + 1
         self.writer = SummaryWriter(log_dir=str(self.out), purge_step=purge)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one ``metrics.jsonl`` line and mirror numbers to TensorBoard."""
         if not self.enabled:
             return
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        fileio.append_line(self.out / "metrics.jsonl", json.dumps(record))
         if self.writer is not None:
             for key, value in record.items():
                 if key not in NOT_SCALARS and isinstance(value, (int, float)):
@@ -505,16 +499,15 @@ class RunLog:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON next to ``path`` and rename it into place (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write JSON atomically (never a half-written file); see :mod:`simclr_cli.fileio`."""
+    fileio.write_json_atomic(path, obj)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep only ``metrics.jsonl`` records up to ``step``, so a resumed log stays monotone.
 
-    A run killed after its last checkpoint logged steps that the resumed run trains again.
+    A run killed after its last checkpoint logged steps that the resumed run trains again; one
+    killed before its first checkpoint logged steps that the fresh start (``step`` 0) trains again.
     """
     if not path.exists():
         return
@@ -526,9 +519,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             continue
         if isinstance(record, dict) and record.get("step", math.inf) <= step:
             kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    fileio.write_text_atomic(path, "".join(kept))
 
 
 def resolved_config(cfg: PretrainConfig, schedule: Schedule | None = None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 import torchvision
 from release_fixtures import make_release_checkpoint
 
-from simclr_cli import hub
+from simclr_cli import hub, registry
 from simclr_cli.checkpoint import FORMAT, load_checkpoint, load_model
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
 from simclr_cli.hub import DownloadSettings, Published, RegistryEntry
@@ -186,7 +186,9 @@ def _entry(name: str, url: str, epochs: int = 100, sha256: str | None = None, bi
 
 
 def _use_registry(monkeypatch: pytest.MonkeyPatch, *entries: RegistryEntry) -> None:
-    monkeypatch.setattr(hub, "REGISTRY", MappingProxyType({e.name: e for e in entries}))
+    table = MappingProxyType({e.name: e for e in entries})
+    monkeypatch.setattr(hub, "REGISTRY", table)
+    monkeypatch.setattr(registry, "REGISTRY", table)  # what the release-file converter reads
 
 
 def _visible(cache: Path) -> list[str]:

@@ -53,10 +53,27 @@ train.Trainer.step = slow_step
 real_save = torch.save
 calls = [0]
 
+class HeldWrite:
+    # A file whose third write (inside torch's zip writer) stops until the process is signalled.
+    def __init__(self, f):
+        self.f, self.writes = f, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 3:
+            open(job["marker"], "w").close()
+            time.sleep(600)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
 def held_save(obj, f, *args, **kwargs):
     calls[0] += 1
     if calls[0] != job["hold_save_at"]:
         return real_save(obj, f, *args, **kwargs)
+    if job.get("hold_in_write"):
+        return real_save(obj, HeldWrite(f), *args, **kwargs)
     buffer = io.BytesIO()
     real_save(obj, buffer)
     f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # half of the bytes on disk
@@ -65,6 +82,15 @@ def held_save(obj, f, *args, **kwargs):
     time.sleep(600)
 
 checkpoint.torch.save = held_save
+if job.get("mark_start"):  # stop while starting up: before the data and model are built
+    build_data = train.build_pretrain_data
+
+    def held_data(*args, **kwargs):
+        open(job["marker"], "w").close()
+        time.sleep(600)
+        return build_data(*args, **kwargs)
+
+    train.build_pretrain_data = held_data
 if job["cli"]:
     from simclr_cli.cli import run
     sys.exit(run(job["cli"]))

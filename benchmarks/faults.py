@@ -1,0 +1,233 @@
+"""Random fault trials: kill -9 during a pretrain then ``--resume auto``; downloads that go wrong.
+
+Usage::
+
+    nice -n 10 python benchmarks/faults.py [--kill-trials 20] [--download-trials 24] [--seed 0]
+
+Kill trials: a tiny pretrain (a 2-conv encoder, 48 shapes images of 8 px, batch 12, 3 epochs)
+runs in a child process through the CLI and is killed with SIGKILL at a random moment (start-up,
+a step or a checkpoint write), then continued with ``--resume auto`` until it finishes. A trial
+passes when the final weights are bit-identical to an uninterrupted run, ``metrics.jsonl`` holds
+each step once and no temporary file is left.
+
+Download trials: a loopback HTTP server drops the connection mid-body, stalls past the read
+timeout, flips one byte of a zip checkpoint, or serves another release's file. A trial passes
+when the outcome is the promised one: a dropped or stalled transfer resumes and installs the exact
+bytes; a corrupt or wrong file is refused with one error and nothing is cached.
+
+Prints a table of (trial kind, trials, passed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+CHILD = """
+import sys
+import torch
+torch.set_num_threads(1)
+sys.path[:0] = [{root!r}, {tests!r}]
+from test_train import tiny_simclr
+from simclr_cli import train
+from simclr_cli.cli import run
+train.build_simclr = tiny_simclr
+sys.exit(run(sys.argv[1:]))
+"""
+ARGS = [
+    "pretrain", "--dataset", "shapes", "--limit", "48", "--image-size", "8", "--stem", "cifar",
+    "--batch-size", "12", "--epochs", "3", "--warmup-epochs", "1", "--workers", "0",
+    "--device", "cpu", "--precision", "fp32", "--log-every", "1", "--checkpoint-every", "1",
+    "--seed", "0",
+]  # fmt: skip
+
+
+def pretrain(out: Path, *extra: str) -> subprocess.Popen:
+    """Start the tiny CLI pretrain in a child process."""
+    code = CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", code, *ARGS, "--out", str(out), *extra]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    path = out / "checkpoint_last.pt"
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def kill_trial(work: Path, reference: dict[str, torch.Tensor], rng: random.Random) -> bool:
+    """Kill -9 at a random moment, resume until done, compare with the uninterrupted run."""
+    out = work / f"kill-{rng.random():.6f}"
+    child = pretrain(out)
+    time.sleep(rng.uniform(0.5, 8.0))  # start-up takes ~2-4 s here; the run ~3-6 s more
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    resumed = pretrain(out, "--resume", "auto")
+    _, err = resumed.communicate()
+    if resumed.returncode != 0:
+        print(f"  resume failed ({resumed.returncode}): {err.decode()[-300:]}", file=sys.stderr)
+        return False
+    weights = final_weights(out)
+    same = weights.keys() == reference.keys() and all(
+        torch.equal(weights[k], reference[k]) for k in weights
+    )
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines if "loss" in json.loads(line)]
+    leftovers = list(out.glob(".*.tmp"))
+    return same and steps == list(range(1, 13)) and not leftovers
+
+
+# ------------------------------------------------------------------------------ downloads
+
+
+class Server:
+    """A loopback server whose one route misbehaves as ``mode`` says."""
+
+    def __init__(self) -> None:
+        self.body, self.mode, self.served = b"", "ok", 0
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                state.served += 1
+                body, start = state.body, 0
+                wanted = self.headers.get("Range")
+                if wanted:
+                    start = int(wanted.removeprefix("bytes=").split("-")[0])
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.end_headers()
+                first = state.served == 1
+                half = start + (len(body) - start) // 2
+                if first and state.mode in ("drop", "stall"):
+                    self.wfile.write(body[start:half])
+                    self.wfile.flush()
+                    if state.mode == "stall":
+                        time.sleep(1.5)  # past the client's read timeout
+                    self.close_connection = True
+                    return
+                self.wfile.write(body[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+
+def download_trial(
+    kind: str, server: Server, files: dict[str, bytes], work: Path, rng: Any
+) -> bool:
+    """One download fault; True when the outcome is the promised one."""
+    from simclr_cli import hub, registry
+    from simclr_cli.errors import SimCLRError
+
+    settings = hub.DownloadSettings(read_timeout=0.5, retries=3, backoff=0.01, chunk_size=4096)
+    cache = work / f"cache-{rng.random():.6f}"
+    server.served, server.mode = 0, {"drop": "drop", "stall": "stall"}.get(kind, "ok")
+    body = files["native"] if kind != "wrong" else files["resnet34"]
+    if kind == "corrupt":
+        flipped = bytearray(body)
+        flipped[rng.randrange(len(flipped) // 4, 3 * len(flipped) // 4)] ^= 1 << rng.randrange(8)
+        body = bytes(flipped)
+    server.body = body
+    path = f"/{kind}-{rng.random():.6f}.tar"
+    if kind == "wrong":
+        entry = registry.RegistryEntry(
+            name="resnet18-trial", url=server.base + path, arch="resnet18", epochs=1,
+            hidden_dim=512, projection_dim=64, head_bias=False, batch_size=1,
+            optimizer="adam", published=registry.Published("stl10", None, "-", "-"),
+        )  # fmt: skip
+        table = MappingProxyType({entry.name: entry})
+        hub.REGISTRY = registry.REGISTRY = table  # type: ignore[misc]
+        name = entry.name
+    else:
+        name = server.base + path
+    try:
+        got = hub.download(name, cache, progress=False, settings=settings)
+    except SimCLRError:
+        refused = kind in ("corrupt", "wrong")
+        return refused and not [p for p in cache.iterdir() if p.name != "manifest.json"]
+    return kind in ("drop", "stall") and got.read_bytes() == files["native"]
+
+
+def release_files(work: Path) -> dict[str, bytes]:
+    """A zip checkpoint (native, ~64 KiB of weights) and a ResNet-34 release file."""
+    from release_fixtures import make_release_checkpoint
+
+    from simclr_cli.checkpoint import save_checkpoint
+
+    native = save_checkpoint(
+        {"model": {"arch": "resnet18"}, "state_dict": {"w": torch.randn(16384)}}, work / "n.pt"
+    )
+    make_release_checkpoint(work / "r34.tar", "1.1", arch="resnet34")
+    return {"native": native.read_bytes(), "resnet34": (work / "r34.tar").read_bytes()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kill-trials", type=int, default=20)
+    parser.add_argument("--download-trials", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    trials: Counter[str] = Counter()
+    passed: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory(prefix="simclr-faults-") as tmp:
+        work = Path(tmp)
+        straight = pretrain(work / "straight")
+        if straight.wait() != 0:
+            sys.exit(f"the uninterrupted run failed: {straight.stderr.read().decode()[-500:]}")
+        reference = final_weights(work / "straight")
+        for i in range(args.kill_trials):
+            ok = kill_trial(work, reference, rng)
+            trials["kill -9, then --resume auto"] += 1
+            passed["kill -9, then --resume auto"] += ok
+            print(f"kill trial {i + 1}: {'pass' if ok else 'FAIL'}", file=sys.stderr)
+        files, server = release_files(work), Server()
+        kinds = ("drop", "stall", "corrupt", "wrong")
+        for i in range(args.download_trials):
+            kind = kinds[i % len(kinds)]
+            ok = download_trial(kind, server, files, work, rng)
+            label = {
+                "drop": "download: connection dropped mid-body",
+                "stall": "download: server stalls past the read timeout",
+                "corrupt": "download: one bit flipped (zip checkpoint)",
+                "wrong": "download: another release's file served",
+            }[kind]
+            trials[label] += 1
+            passed[label] += ok
+        server.httpd.shutdown()
+    print("| trial kind | trials | passed |")
+    print("|---|---:|---:|")
+    for label in trials:
+        print(f"| {label} | {trials[label]} | {passed[label]} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The release registry: which Spijkervet/SimCLR checkpoints exist and what model each holds.
+
+Plain data, importing nothing of the package, so that both :mod:`simclr_cli.hub` (downloads) and
+:mod:`simclr_cli.checkpoint` (conversion of release files) can read it without importing each
+other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class Published:
+    """An accuracy published with a release, and how it was measured."""
+
+    dataset: str
+    top1: float | None
+    protocol: str
+    source: str
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A release checkpoint: where it lives and what model it holds."""
+
+    name: str
+    url: str
+    arch: str
+    epochs: int
+    hidden_dim: int
+    projection_dim: int
+    head_bias: bool
+    batch_size: int
+    optimizer: str
+    published: Published
+    sha256: str | None = None  # verified when set; otherwise recorded in the cache manifest
+    dataset: str = "stl10 (unlabeled)"
+    image_size: int = 96
+    stem: str = "imagenet"  # torchvision's 7x7 stride-2 conv and max-pool, as upstream trained
+
+    @property
+    def filename(self) -> str:
+        """File name in the cache."""
+        return f"{self.name}.tar"
+
+    @property
+    def head(self) -> str:
+        """Head dims, e.g. ``2048-2048-64 without bias``."""
+        feature_dim = 2048 if self.arch.startswith(("resnet50", "resnet101", "wide")) else 512
+        bias = "with bias" if self.head_bias else "without bias"
+        return f"{feature_dim}-{self.hidden_dim}-{self.projection_dim} {bias}"
+
+
+_RELEASES = "https://github.com/Spijkervet/SimCLR/releases/download"
+_README = "Spijkervet/SimCLR README, 'Pre-trained models' table (commit 89af1a8)"
+_PROTOCOL = (
+    "logistic regression (Adam) trained on frozen encoder features h of the STL-10 train split "
+    "at 96 px, top-1 on the STL-10 test split (upstream testing/logistic_regression.py)"
+)
+
+REGISTRY: Mapping[str, RegistryEntry] = MappingProxyType(
+    {
+        e.name: e
+        for e in (
+            RegistryEntry(
+                name="resnet50-stl10",
+                url=f"{_RELEASES}/1.2/checkpoint_100.tar",
+                arch="resnet50",
+                epochs=100,
+                hidden_dim=2048,
+                projection_dim=64,
+                head_bias=False,
+                batch_size=256,
+                optimizer="adam",
+                # An older README revision lists 0.791 for the same file.
+                published=Published("stl10", 0.829, _PROTOCOL, _README),
+            ),
+            RegistryEntry(
+                name="resnet18-stl10",
+                url=f"{_RELEASES}/1.1/checkpoint_100.tar",
+                arch="resnet18",
+                epochs=100,
+                hidden_dim=512,
+                projection_dim=64,
+                head_bias=False,
+                batch_size=256,
+                optimizer="adam",
+                published=Published("stl10", 0.765, _PROTOCOL, _README),
+            ),
+            RegistryEntry(
+                name="resnet18-stl10-40ep",
+                url=f"{_RELEASES}/1.0/checkpoint_40.tar",
+                arch="resnet18",
+                epochs=40,
+                hidden_dim=512,
+                projection_dim=64,
+                head_bias=True,
+                batch_size=256,
+                optimizer="adam",
+                published=Published("stl10", 0.719, _PROTOCOL, _README),
+            ),
+        )
+    }
+)
+
+
+__all__ = ["REGISTRY", "Published", "RegistryEntry"]
