@@ -4,8 +4,7 @@ On the same data, image size, encoder (torchvision ResNet-18), batch and number 
 trains
 
 * **simclr-cli** through :func:`simclr_cli.train.run_pretrain`, the function behind
-  ``simclr pretrain``, with the quickstart's options (``OURS``; ``--crop-scale`` changes the
-  crop), and
+  ``simclr pretrain``, with the quickstart's options (``OURS`` and ``--crop-scale 0.5``), and
 * **lightly**: a reference built from the published pieces of the ``lightly`` package
   (``pip install lightly``; the benchmark's own dependency, not simclr-cli's): its
   ``SimCLRTransform`` in DataLoader workers, its ``SimCLRProjectionHead`` and ``NTXentLoss``,
@@ -25,6 +24,7 @@ Usage::
     python benchmarks/quality.py --epochs 4,16,48 --seeds 0,1,2
     python benchmarks/quality.py --dataset ./labelled_folder --image-size 64 --limit 0
     python benchmarks/quality.py --skip-reference --crop-scale 0.08   # ours with the paper's crop
+    python benchmarks/quality.py --skip-ours --reference-min-scale 0.5 # lightly with our crop
 
 A folder is pretrained on whole (labels unused) and evaluated on a fixed 80/20 split of it.
 """
@@ -219,11 +219,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", default="4,16", help="training lengths, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--crop-scale", default="0.25,1", help="simclr-cli's --crop-scale")
+    parser.add_argument("--crop-scale", default="0.5,1", help="simclr-cli's --crop-scale")
     parser.add_argument("--reference-min-scale", type=float, default=0.08, help="lightly's")
     parser.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -250,21 +252,26 @@ def main() -> None:
                      "wall_s": time.perf_counter() - start, **metrics})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
 
+    reference = f"lightly reference (min_scale {args.reference_min_scale:g})"
     start = time.perf_counter()
-    record("raw pixels", 0, 0, start, probe_pixels(splits))
+    if not args.skip_baselines:
+        record("raw pixels", 0, 0, start, probe_pixels(splits))
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             start = time.perf_counter()
-            record("random (default init)", 0, seed, start,
-                   probe(evaluate.random_encoder(spec, seed), splits))  # fmt: skip
+            if not args.skip_baselines:
+                record("random (default init)", 0, seed, start,
+                       probe(evaluate.random_encoder(spec, seed), splits))  # fmt: skip
             for epochs in epochs_list:
-                start = time.perf_counter()
-                model = train_ours(args, epochs, seed, Path(tmp))
-                record("simclr-cli", epochs, seed, start, probe(model, splits))
+                if not args.skip_ours:
+                    start = time.perf_counter()
+                    model = train_ours(args, epochs, seed, Path(tmp))
+                    record(f"simclr-cli (crop {args.crop_scale})", epochs, seed, start,
+                           probe(model, splits))  # fmt: skip
                 if not args.skip_reference:
                     start = time.perf_counter()
                     model = train_lightly(args, epochs, seed)
-                    record("lightly reference", epochs, seed, start, probe(model, splits))
+                    record(reference, epochs, seed, start, probe(model, splits))
     print_table(rows, steps_per_epoch)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
