@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from simclr_cli import __version__
 from simclr_cli.config import (
     DownloadConfig,
+    ExportConfig,
     FeaturesConfig,
     InfoConfig,
     LinearEvalConfig,
@@ -417,6 +418,54 @@ def features(
 
     result = export_features(cfg)
     _print_summary("Features written", result)
+
+
+X = ExportConfig
+
+
+@app.command(
+    epilog=_examples(
+        "simclr export --checkpoint runs/quickstart --format torchvision --out encoder.pt",
+        "simclr export --checkpoint runs/quickstart --format onnx --out encoder.onnx",
+        "simclr export --checkpoint resnet50-stl10 --format safetensors --out r50.safetensors",
+        "simclr export --checkpoint ck.pt --format torchvision --part both --out simclr.pt",
+    )
+)
+def export(
+    checkpoint: Annotated[
+        str,
+        typer.Option(help="Run folder, checkpoint file or release name (simclr download --list)."),
+    ],
+    out: Annotated[Path, typer.Option(help="The file to write (a <file>.meta.json goes beside).")],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help=_help(X, "format", "torchvision, torchscript, onnx or safetensors.")
+        ),
+    ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(X, "part", "encoder, projector or both (torchvision/safetensors only).")
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help=_help(X, "image_size", "Input size of the graph; auto = checkpoint's.")),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help=_help(X, "cache_dir", "Checkpoint cache."))
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option(help=_help(X, "overwrite", "Replace an existing --out file."))
+    ] = None,
+) -> None:
+    """Export the encoder for other code: a torchvision state_dict, TorchScript, ONNX or
+    safetensors, verified against the checkpoint before it is written."""
+    cfg = _build(ExportConfig, **locals())
+    from simclr_cli.export import run_export
+
+    _print_summary("Exported", run_export(cfg))
 
 
 D = DownloadConfig

@@ -159,7 +159,8 @@ def render_summary(title: str, summary: Any) -> None:
     if not isinstance(summary, dict):
         stdout_console().print(f"{title}: {summary}")
         return
-    shown = {k: v for k, v in summary.items() if k != "next_command"}
+    shown = {k: v for k, v in summary.items() if k not in ("next_command", "next_commands")}
     stdout_console().print(_key_value_table(title, shown))
-    if summary.get("next_command"):
-        stdout_console().print(f"next: [bold]{summary['next_command']}[/bold]")
+    commands = summary.get("next_commands") or [summary.get("next_command")]
+    for command in filter(None, commands):
+        stdout_console().print(f"next: [bold]{command}[/bold]", markup=True)
