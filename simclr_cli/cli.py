@@ -25,6 +25,7 @@ from simclr_cli.config import (
     InfoConfig,
     LinearEvalConfig,
     PretrainConfig,
+    ReportConfig,
     flag_name,
 )
 from simclr_cli.errors import SimCLRError, invalid_value, os_error_line
@@ -466,6 +467,54 @@ def export(
     from simclr_cli.export import run_export
 
     _print_summary("Exported", run_export(cfg))
+
+
+R = ReportConfig
+
+
+@app.command(
+    epilog=_examples(
+        "simclr report runs/quickstart",
+        "simclr report runs/quickstart --out report/ --max-images 5000",
+        "simclr report runs/c10 --features feats/   # feats/train, feats/test: simclr features",
+    )
+)
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder (from simclr pretrain).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for report.html and its PNGs. \\[default: the run folder]"),
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Features from simclr features: DIR (one set) or DIR/train + DIR/test. "
+            "\\[default: computed]"
+        ),
+    ] = None,
+    max_images: Annotated[
+        int | None,
+        typer.Option(help=_help(R, "max_images", "Training images to encode for neighbours/PCA.")),
+    ] = None,
+    queries: Annotated[
+        int | None, typer.Option(help=_help(R, "queries", "Test images shown with neighbours."))
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_help(R, "batch_size", "Images per forward pass."))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_help(R, "seed", "Seed of the queries."))] = None,
+    device: Annotated[
+        str | None, typer.Option(help=_help(R, "device", "auto, cpu or cuda."))
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help=_help(R, "data_dir", "Where datasets live."))
+    ] = None,
+) -> None:
+    """One self-contained report.html of a run: curves, accuracy, neighbours, embedding map."""
+    cfg = _build(ReportConfig, **locals())
+    from simclr_cli.run_report import run_report
+
+    _print_summary("Report written", run_report(cfg))
 
 
 D = DownloadConfig
