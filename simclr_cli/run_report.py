@@ -223,6 +223,9 @@ def plot_curves(records: Sequence[dict[str, Any]]) -> Any:
                 "top", functions=(lambda s, p=per_epoch: s / p, lambda e, p=per_epoch: e * p)
             )
             top.set_xlabel("epoch")
+    last = max(r["step"] for r in records)
+    for ax in axes[: len(panels)]:  # one step range for all panels, so they line up
+        ax.set_xlim(0, last * 1.02)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig
@@ -636,9 +639,13 @@ def build_sections(run: RunFiles, pngs: dict[str, bytes], nb: Neighbours | None)
         if any("resumed_from" in r for r in run.records):
             text += "; dashed lines mark where the run was resumed"
         sections.append(_figure_section("Training", "curves.png", pngs, text + "."))
-    for name, title in (("confusion.png", "Confusion matrix"), ("per_class.png", "Per class")):
+    for name, title, text in (
+        ("confusion.png", "Confusion matrix", "Rows: true class; columns: predicted class; "
+         "numbers: test images; colour: share of the true class."),
+        ("per_class.png", "Per-class accuracy", "Linear probe accuracy per class; dashed: top-1."),
+    ):  # fmt: skip
         if name in pngs:
-            sections.append(_figure_section(title, name, pngs, ""))
+            sections.append(_figure_section(title, name, pngs, text, narrow=True))
     if nb is not None:
         text = (
             f"{len(nb.queries)} test images (seeded sample) and their {nb.indices.shape[1]} "
@@ -648,10 +655,11 @@ def build_sections(run: RunFiles, pngs: dict[str, bytes], nb: Neighbours | None)
         if (nb.query_labels >= 0).any():
             text += " Green: same label as the query; red: a different one."
         sections.append(_figure_section("Nearest neighbours", "neighbours.png", pngs, text))
-        sections.append(_figure_section("Embedding", "embedding.png", pngs, "PCA of h."))
+        text = "The gallery's h on its first two principal components (exact SVD), by class."
+        sections.append(_figure_section("Embedding", "embedding.png", pngs, text, narrow=True))
     sections.append(_table_section("Summary", run_summary(run)))
     if run.config is not None:
-        sections.append(_table_section("Configuration", flatten(run.config)))
+        sections.append(_list_section("Configuration", flatten(run.config)))
     return sections
 
 
@@ -666,12 +674,16 @@ def _linear_eval_header(result: dict[str, Any]) -> str:
     return f"<section><h2>Linear evaluation</h2>{stats}<p>{html.escape(where)}</p></section>"
 
 
-def _figure_section(title: str, name: str, pngs: dict[str, bytes], text: str) -> str:
+def _figure_section(
+    title: str, name: str, pngs: dict[str, bytes], text: str, narrow: bool = False
+) -> str:
+    """A heading, the PNG embedded as base64 and a caption naming its file."""
     data = base64.b64encode(pngs[name]).decode("ascii")
     caption = f"{html.escape(text)} <code>{html.escape(name)}</code>"
+    size = ' class="narrow"' if narrow else ""
     return (
         f"<section><h2>{html.escape(title)}</h2><figure>"
-        f'<img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
+        f'<img{size} src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
         f"<figcaption>{caption}</figcaption></figure></section>"
     )
 
@@ -682,6 +694,15 @@ def _table_section(title: str, rows: dict[str, Any]) -> str:
         for k, v in rows.items()
     )
     return f"<section><h2>{html.escape(title)}</h2><table>{body}</table></section>"
+
+
+def _list_section(title: str, rows: dict[str, Any]) -> str:
+    """Many short key-value pairs, in columns (``config.json`` has ~50)."""
+    items = "".join(
+        f"<div><dt>{html.escape(str(k))}</dt><dd>{html.escape(_text(v))}</dd></div>"
+        for k, v in rows.items()
+    )
+    return f'<section><h2>{html.escape(title)}</h2><dl class="pairs">{items}</dl></section>'
 
 
 def _text(value: Any) -> str:
@@ -719,7 +740,7 @@ def run_summary(run: RunFiles) -> dict[str, Any]:
         "images/s (median)": float(np.median(rates)) if rates else None,
         "wall time (s)": round(times[-1] - times[0], 1) if len(times) > 1 else None,
         "resumes": sum("resumed_from" in r for r in run.records),
-        "last kNN accuracy": knn[-1] if knn else None,
+        "last kNN accuracy": f"{100 * knn[-1]:.1f}%" if knn else None,
     }
 
 
@@ -732,7 +753,10 @@ table{border-collapse:collapse;font-size:.85rem}th,td{border:1px solid #e3e3e3;
 padding:.2rem .5rem;text-align:left;vertical-align:top}th{background:#f6f6f6;font-weight:600}
 td{word-break:break-all}.stats{display:flex;gap:1rem}.stat{border:1px solid #ddd;
 border-radius:6px;padding:.6rem 1rem;text-align:center}.stat b{display:block;font-size:1.6rem}
-.stat span{color:#555;font-size:.85rem}.notes{background:#fff7e0;border:1px solid #f0d890;
+.stat span{color:#555;font-size:.85rem}.pairs{columns:3 260px;font-size:.85rem;margin:0}
+.pairs div{break-inside:avoid;display:flex;gap:.5rem;border-bottom:1px solid #eee;padding:.1rem 0}
+.pairs dt{font-weight:600;min-width:45%}.pairs dd{margin:0;word-break:break-all}
+img.narrow{max-width:760px}.notes{background:#fff7e0;border:1px solid #f0d890;
 padding:.5rem 1rem;border-radius:6px}
 """
 
