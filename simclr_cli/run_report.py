@@ -452,39 +452,47 @@ def find_neighbours(cfg: Any, run: RunFiles) -> Neighbours | None:
 
 
 def _neighbours(cfg: Any, run: RunFiles) -> Neighbours:
-    size = _image_size(cfg, run)
+    size = _image_size(run)
     if cfg.features is not None:
-        gallery, queries, same, source = _from_features(Path(cfg.features), cfg, size)
+        gallery, queries, source = _from_features(Path(cfg.features), cfg, size)
     else:
-        gallery, queries, same = _from_dataset(cfg, run, size)
-        source = f"computed from {run.checkpoint} (first {len(gallery.dataset)} images)"
-    pool = len((gallery if same else queries).dataset)
-    if queries.features is None:  # computed: draw the queries among the first --max-images
+        gallery, queries = _from_dataset(cfg, run, size)
+        source = f"computed from {run.checkpoint}, first {len(gallery.dataset)} images"
+    same = queries is gallery  # one set: each query is left out of its own neighbours
+    pool = len(queries.dataset)
+    if queries.features is None:  # computed: queries among the first --max-images test images
         pool = min(pool, cfg.max_images)
     rows = sample_queries(cfg.queries, pool, cfg.seed)
-    if gallery.features is None:
-        model = _model(run)
-        gallery.features, gallery.labels = encode_dataset(model, gallery.dataset, cfg, "gallery")
-        if not same:
-            picked = torch.utils.data.Subset(queries.dataset, rows)
-            q_features, q_labels = encode_dataset(model, picked, cfg, "queries")
-    if same:
-        q_features, q_labels = gallery.features[rows], gallery.labels[rows]
-    elif queries.features is not None:
-        q_features, q_labels = queries.features[rows], queries.labels[rows]
+    q_features, q_labels = _query_features(cfg, run, gallery, queries, rows)
     indices, sims = top_k_cosine(q_features, gallery.features, TOP_K, rows if same else None)
     shown = sorted({int(i) for i in indices.ravel()})
     return Neighbours(
         queries=rows, indices=indices, similarities=sims, query_labels=np.asarray(q_labels),
         gallery_labels=np.asarray(gallery.labels),
-        query_images=[_hwc((gallery if same else queries).dataset[i][0]) for i in rows],
+        query_images=[_hwc(queries.dataset[i][0]) for i in rows],
         gallery_images={i: _hwc(gallery.dataset[i][0]) for i in shown},
         gallery_features=np.asarray(gallery.features), classes=_classes(gallery.dataset, run),
         source=source, query_split=queries.name, gallery_split=gallery.name,
     )  # fmt: skip
 
 
-def _image_size(cfg: Any, run: RunFiles) -> int:
+def _query_features(
+    cfg: Any, run: RunFiles, gallery: _Split, queries: _Split, rows: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """h and labels of the query rows; encodes the gallery (and the queries) when no features
+    were given, loading the checkpoint once."""
+    model = None
+    if gallery.features is None:
+        model = _model(run)
+        gallery.features, gallery.labels = encode_dataset(model, gallery.dataset, cfg, "gallery")
+    if queries.features is not None:
+        assert queries.labels is not None
+        return queries.features[rows], queries.labels[rows]
+    picked = torch.utils.data.Subset(queries.dataset, rows)
+    return encode_dataset(model or _model(run), picked, cfg, "queries")
+
+
+def _image_size(run: RunFiles) -> int:
     """The checkpoint's image size, from config.json (else 32)."""
     resolved = (run.config or {}).get("resolved") or {}
     return int(resolved.get("resolved_image_size") or (run.config or {}).get("image_size") or 32)
@@ -501,7 +509,7 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
 
 
-def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split, bool]:
+def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
     """Gallery: the first ``--max-images`` training images; queries: the test split. A folder
     has no test split: its queries come from the gallery itself (leaving each one out)."""
     from simclr_cli.augment import to_uint8_transform
@@ -513,25 +521,25 @@ def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split, b
     transform = to_uint8_transform(size)
     options = {"transform": transform, "download": False}
     data_dir = Path(cfg.data_dir)
-    if dataset_kind(name) == "folder":
-        gallery = build_dataset(name, "train", data_dir, limit=cfg.max_images, **options)
-        return _Split(gallery, "folder"), _Split(gallery, "folder"), True
     gallery = build_dataset(name, "train", data_dir, limit=cfg.max_images, **options)
+    if dataset_kind(name) == "folder":
+        split = _Split(gallery, Path(name).name or "folder")
+        return split, split
     queries = build_dataset(name, "test", data_dir, **options)
-    return _Split(gallery, f"{name} train"), _Split(queries, f"{name} test"), False
+    return _Split(gallery, f"{name} train"), _Split(queries, f"{name} test")
 
 
-def _from_features(root: Path, cfg: Any, size: int) -> tuple[_Split, _Split, bool, str]:
+def _from_features(root: Path, cfg: Any, size: int) -> tuple[_Split, _Split, str]:
     """Features exported by ``simclr features``: ``DIR`` itself (queries from the same rows)
     or ``DIR/train`` (gallery) with ``DIR/test`` (queries)."""
     data_dir = Path(cfg.data_dir)
     if (root / "features.npy").is_file():
         split = _feature_split(root, size, data_dir)
-        return split, split, True, f"features in {root}"
+        return split, split, f"features in {root}"
     if (root / "train" / "features.npy").is_file() and (root / "test" / "features.npy").is_file():
         gallery = _feature_split(root / "train", size, data_dir)
         queries = _feature_split(root / "test", size, data_dir)
-        return gallery, queries, False, f"features in {root}/train and {root}/test"
+        return gallery, queries, f"features in {root}/train and {root}/test"
     raise DatasetError(
         f"{root} holds no features.npy (nor train/ and test/ folders with one); write them with "
         "simclr features --out DIR"
@@ -648,7 +656,8 @@ def build_sections(run: RunFiles, pngs: dict[str, bytes], nb: Neighbours | None)
             sections.append(_figure_section(title, name, pngs, text, narrow=True))
     if nb is not None:
         text = (
-            f"{len(nb.queries)} test images (seeded sample) and their {nb.indices.shape[1]} "
+            f"{len(nb.queries)} {nb.query_split} images (seeded sample) and their "
+            f"{nb.indices.shape[1]} "
             f"nearest {nb.gallery_split} images by cosine similarity of h ({nb.source}); "
             "#row and similarity above each."
         )

@@ -176,6 +176,17 @@ def test_a_run_without_labels_reports_neighbours_without_verdicts(checkpoint, tm
     for name in ("curves.png", "neighbours.png", "embedding.png"):
         assert_png_shows_something(run_dir / name)
     assert_self_contained((run_dir / "report.html").read_text(), ["neighbours.png"])
+    # The same folder's features from simclr features: one set, queried against itself.
+    feats = tmp_path / "feats"
+    export_features(checkpoint, feats, "test", None, dataset=str(tmp_path / "photos"))
+    assert run(["report", str(run_dir), "--features", str(feats), "--queries", "3"]) == 0
+    shown = json.loads((run_dir / "neighbours.json").read_text())
+    rows = [q["query"] for q in shown["queries"]]
+    x = np.load(feats / "features.npy")
+    assert [[n["index"] for n in q["neighbours"]] for q in shown["queries"]] == (
+        brute_force_neighbours(x[rows], x, 8, skip=rows)
+    )
+    assert_png_shows_something(run_dir / "neighbours.png")
 
 
 def test_a_truncated_metrics_line_is_skipped_with_a_note(checkpoint, tmp_path, capsys) -> None:
