@@ -176,30 +176,41 @@ def run_export(cfg: Any) -> dict[str, Any]:
     _require_packages(cfg.format)
     path = resolve_checkpoint(cfg.checkpoint, cfg.cache_dir)
     payload = load_checkpoint(path)
-    model = load_model(payload).eval()
-    spec = dict(payload["model"])
-    size = int(cfg.image_size or spec.get("image_size") or 224)
-    reference = make_reference(model, size)
-    meta = build_meta(spec, cfg, path, size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _staged(out) as tmp, _staged(meta_path) as tmp_meta:
-        WRITERS[cfg.format](payload, cfg.part, tmp, meta)
-        error = verify(cfg.format, cfg.part, tmp, spec, reference)
-        meta["verified"] = {"batch": VERIFY_BATCH, "max_abs_error": error, "tolerance": TOLERANCE}
-        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _fsync(tmp)
-        _fsync(tmp_meta)
-        os.replace(tmp, out)
-        os.replace(tmp_meta, meta_path)
+    size = int(cfg.image_size or payload["model"].get("image_size") or 224)
+    reference = make_reference(load_model(payload).eval(), size)
+    meta = build_meta(payload["model"], cfg, path, size)
+    error = write_verified(payload, cfg, out, meta, reference)
     return {
         "file": str(out),
         "meta": str(meta_path),
         "format": cfg.format,
         "part": cfg.part,
         "checkpoint": str(path),
-        "input": f"(batch, 3, {size}, {size}) float, normalised",
+        "input": f"(batch, 3, {size}, {size}) float32, {meta['input']['value_range']}",
         "verified_max_error": f"{error:.2e} (<= {TOLERANCE:g} x max(1, |h|))",
     }
+
+
+def write_verified(
+    payload: Mapping[str, Any], cfg: Any, out: Path, meta: dict[str, Any], reference: Reference
+) -> float:
+    """Write the export and its meta.json under temporary names, verify, then rename both.
+
+    Returns:
+        The verified largest difference from the checkpoint's outputs.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta_path = meta_path_for(out)
+    with _staged(out) as tmp, _staged(meta_path) as tmp_meta:
+        WRITERS[cfg.format](payload, cfg.part, tmp, meta)
+        error = verify(cfg.format, cfg.part, tmp, payload["model"], reference)
+        meta["verified"] = {"batch": VERIFY_BATCH, "max_abs_error": error, "tolerance": TOLERANCE}
+        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _fsync(tmp)
+        _fsync(tmp_meta)
+        os.replace(tmp, out)
+        os.replace(tmp_meta, meta_path)
+    return error
 
 
 def meta_path_for(out: Path) -> Path:

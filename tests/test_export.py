@@ -26,8 +26,7 @@ COMBINATIONS = [
     ("safetensors", "encoder"),
     ("safetensors", "both"),
     ("torchscript", "encoder"),
-    ("onnx", "encoder"),
-]
+]  # onnx: test_onnx_export (one ONNX export per module, the slow one)
 
 
 @pytest.fixture(scope="module")
@@ -142,22 +141,33 @@ def test_torchscript_takes_any_batch_and_records_its_input(checkpoints, tmp_path
             )
 
 
-def test_onnx_runs_in_onnxruntime_with_a_dynamic_batch(checkpoints, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def onnx_export(checkpoints, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "e.onnx"
+    export(checkpoints["cifar"], out, format="onnx")
+    return out
+
+
+def test_onnx_export_is_verified_and_runs_in_onnxruntime_with_any_batch(
+    checkpoints, onnx_export
+) -> None:
     onnx = pytest.importorskip("onnx")
     import onnxruntime
 
-    export(checkpoints["imagenet"], tmp_path / "e.onnx", format="onnx")
-    model = onnx.load(str(tmp_path / "e.onnx"))
+    meta = json.loads(onnx_export.with_name("e.onnx.meta.json").read_text())
+    assert meta["verified"]["max_abs_error"] <= 1e-4 and meta["format"] == "onnx"
+    assert sorted(p.name for p in onnx_export.parent.iterdir()) == ["e.onnx", "e.onnx.meta.json"]
+    model = onnx.load(str(onnx_export))
     props = {p.key: p.value for p in model.metadata_props}
     assert json.loads(props["input"])["shape"] == ["batch", 3, 32, 32]
     assert json.loads(props["input"])["mean"] == pytest.approx([0.4992, 0.4998, 0.5029])
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
-    session = onnxruntime.InferenceSession(str(tmp_path / "e.onnx"))
+    session = onnxruntime.InferenceSession(str(onnx_export))
     for n in (1, 5):
         x = images(n)
         (h,) = session.run(["h"], {"images": x.numpy()})
-        expected = checkpoint_outputs(checkpoints["imagenet"], x)[0]
+        expected = checkpoint_outputs(checkpoints["cifar"], x)[0]
         torch.testing.assert_close(torch.from_numpy(h), expected, atol=1e-4, rtol=0)
 
 
