@@ -311,6 +311,7 @@ def _write_onnx(payload: Mapping[str, Any], part: str, tmp: Path, meta: dict) ->
             external_data=False,
             verbose=False,
         )
+    assert program is not None  # the dynamo exporter returns its program
     proto = program.model_proto
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -394,6 +395,7 @@ def _run_plain(state: Mapping[str, Tensor], spec: Mapping[str, Any], part: str, 
             return [("h", module(ref.x), ref.h)]
         if part == "projector":
             return [("z", module(ref.h), ref.z)]
+        assert isinstance(module, nn.ModuleDict)
         h = module["encoder"](ref.x)
         return [("h", h, ref.h), ("z", module["projector"](h), ref.z)]
 

@@ -464,6 +464,7 @@ def _neighbours(cfg: Any, run: RunFiles) -> Neighbours:
         pool = min(pool, cfg.max_images)
     rows = sample_queries(cfg.queries, pool, cfg.seed)
     q_features, q_labels = _query_features(cfg, run, gallery, queries, rows)
+    assert gallery.features is not None  # given, or computed by _query_features
     indices, sims = top_k_cosine(q_features, gallery.features, TOP_K, rows if same else None)
     shown = sorted({int(i) for i in indices.ravel()})
     return Neighbours(
@@ -519,13 +520,14 @@ def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
     if not name:
         raise DatasetError("config.json does not name the dataset; pass --features DIR")
     transform = to_uint8_transform(size)
-    options = {"transform": transform, "download": False}
     data_dir = Path(cfg.data_dir)
-    gallery = build_dataset(name, "train", data_dir, limit=cfg.max_images, **options)
+    gallery = build_dataset(
+        name, "train", data_dir, transform, download=False, limit=cfg.max_images
+    )
     if dataset_kind(name) == "folder":
         split = _Split(gallery, Path(name).name or "folder")
         return split, split
-    queries = build_dataset(name, "test", data_dir, **options)
+    queries = build_dataset(name, "test", data_dir, transform, download=False)
     return _Split(gallery, f"{name} train"), _Split(queries, f"{name} test")
 
 
@@ -629,7 +631,7 @@ def neighbours_json(nb: Neighbours) -> str:
             shown.append({"index": int(index), "similarity": round(float(sim), 6),
                           "label": other, "correct": right})  # fmt: skip
         rows.append({"query": query, "label": label, "neighbours": shown})
-    meta = {"query_split": nb.query_split, "gallery_split": nb.gallery_split}
+    meta: dict[str, Any] = {"query_split": nb.query_split, "gallery_split": nb.gallery_split}
     meta.update(gallery_size=len(nb.gallery_labels), source=nb.source, k=TOP_K)
     return json.dumps({**meta, "queries": rows}, indent=2) + "\n"
 
@@ -676,7 +678,7 @@ def _linear_eval_header(result: dict[str, Any]) -> str:
     cells = []
     for key, label in (("top1", "linear top-1"), ("top5", "linear top-5"), ("knn_top1", "kNN")):
         value = result.get(key)
-        shown = f"{100 * value:.1f}%" if _finite(value) else "-"
+        shown = f"{100 * value:.1f}%" if isinstance(value, (int, float)) and _finite(value) else "-"
         cells.append(f'<div class="stat"><b>{shown}</b><span>{label}</span></div>')
     where = f"{result.get('dataset', '')}, {result.get('test_images', '?')} test images"
     stats = f'<div class="stats">{"".join(cells)}</div>'
