@@ -199,9 +199,8 @@ def write_verified(
     Returns:
         The verified largest difference from the checkpoint's outputs.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta_path = meta_path_for(out)
-    with _staged(out) as tmp, _staged(meta_path) as tmp_meta:
+    with _new_folders(out.parent), _staged(out) as tmp, _staged(meta_path) as tmp_meta:
         WRITERS[cfg.format](payload, cfg.part, tmp, meta)
         error = verify(cfg.format, cfg.part, tmp, payload["model"], reference)
         meta["verified"] = {"batch": VERIFY_BATCH, "max_abs_error": error, "tolerance": TOLERANCE}
@@ -434,6 +433,20 @@ LOADERS = {
 
 
 # -- files -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _new_folders(folder: Path) -> Iterator[None]:
+    """Create ``folder`` (and missing parents); remove what was created if the body fails."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for created in missing:  # deepest first; only folders that are still empty
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise
 
 
 @contextlib.contextmanager

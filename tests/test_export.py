@@ -180,6 +180,21 @@ def test_a_spijkervet_release_file_exports(tmp_path) -> None:
     assert "no normalisation" in written["input"]["value_range"]
 
 
+def test_a_cached_release_name_exports(tmp_path, capsys) -> None:
+    from simclr_cli import hub
+    from simclr_cli.config import default_cache_dir
+
+    source = tmp_path / "checkpoint_100.tar"
+    make_release_checkpoint(source, layout="1.1")
+    hub.download("resnet18-stl10", default_cache_dir(), from_file=source, progress=False)
+    out = tmp_path / "r18.safetensors"
+    code = run(["export", "--checkpoint", "resnet18-stl10", "--format", "safetensors",
+                "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((tmp_path / "r18.safetensors.meta.json").read_text())
+    assert meta["checkpoint"].endswith("resnet18-stl10.tar") and meta["arch"] == "resnet18"
+
+
 def test_a_run_folder_exports_its_last_checkpoint(checkpoints, tmp_path, capsys) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -209,7 +224,7 @@ def test_failed_verification_leaves_no_file(checkpoints, tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert code == 1 and "does not reproduce the checkpoint" in err and "nothing was written" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert listing(tmp_path / "out") == []  # no export, no meta.json, no temporary file
+    assert listing(tmp_path) == []  # no export, no meta.json, no temporary file, no "out/"
 
 
 def test_an_existing_file_is_kept_unless_overwrite(checkpoints, tmp_path, capsys) -> None:
