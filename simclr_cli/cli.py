@@ -480,7 +480,9 @@ R = ReportConfig
     )
 )
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="The run folder (from simclr pretrain).")],
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="The run folder (from simclr pretrain).")
+    ],
     out: Annotated[
         Path | None,
         typer.Option(help="Folder for report.html and its PNGs. \\[default: the run folder]"),
