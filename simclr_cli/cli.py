@@ -22,10 +22,12 @@ from pydantic import BaseModel, ValidationError
 from simclr_cli import __version__, signals
 from simclr_cli.config import (
     DownloadConfig,
+    ExportConfig,
     FeaturesConfig,
     InfoConfig,
     LinearEvalConfig,
     PretrainConfig,
+    ReportConfig,
     flag_name,
 )
 from simclr_cli.errors import SimCLRError, invalid_value, os_error_line
@@ -478,6 +480,104 @@ def features(
 
     result = export_features(cfg)
     _print_summary("Features written", result)
+
+
+X = ExportConfig
+
+
+@app.command(
+    epilog=_examples(
+        "simclr export --checkpoint runs/quickstart --format torchvision --out encoder.pt",
+        "simclr export --checkpoint runs/quickstart --format onnx --out encoder.onnx",
+        "simclr export --checkpoint resnet50-stl10 --format safetensors --out r50.safetensors",
+        "simclr export --checkpoint ck.pt --format torchvision --part both --out simclr.pt",
+    )
+)
+def export(
+    checkpoint: Annotated[
+        str,
+        typer.Option(help="Run folder, checkpoint file or release name (simclr download --list)."),
+    ],
+    out: Annotated[Path, typer.Option(help="The file to write (a <file>.meta.json goes beside).")],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help=_help(X, "format", "torchvision, torchscript, onnx or safetensors.")
+        ),
+    ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(X, "part", "encoder, projector or both (torchvision/safetensors only).")
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help=_help(X, "image_size", "Input size of the graph; auto = checkpoint's.")),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help=_help(X, "cache_dir", "Checkpoint cache."))
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option(help=_help(X, "overwrite", "Replace an existing --out file."))
+    ] = None,
+) -> None:
+    """Export the encoder for other code: a torchvision state_dict, TorchScript, ONNX or
+    safetensors, verified against the checkpoint before it is written."""
+    cfg = _build(ExportConfig, **locals())
+    from simclr_cli.export import run_export
+
+    _print_summary("Exported", run_export(cfg))
+
+
+R = ReportConfig
+
+
+@app.command(
+    epilog=_examples(
+        "simclr report runs/quickstart",
+        "simclr report runs/quickstart --out report/ --max-images 5000",
+        "simclr report runs/c10 --features feats/   # feats/train, feats/test: simclr features",
+    )
+)
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="The run folder (from simclr pretrain).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for report.html and its PNGs. \\[default: the run folder]"),
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Features from simclr features: DIR (one set) or DIR/train + DIR/test. "
+            "\\[default: computed]"
+        ),
+    ] = None,
+    max_images: Annotated[
+        int | None,
+        typer.Option(help=_help(R, "max_images", "Training images to encode for neighbours/PCA.")),
+    ] = None,
+    queries: Annotated[
+        int | None, typer.Option(help=_help(R, "queries", "Test images shown with neighbours."))
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_help(R, "batch_size", "Images per forward pass."))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_help(R, "seed", "Seed of the queries."))] = None,
+    device: Annotated[
+        str | None, typer.Option(help=_help(R, "device", "auto, cpu or cuda."))
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help=_help(R, "data_dir", "Where datasets live."))
+    ] = None,
+) -> None:
+    """One self-contained report.html of a run: curves, accuracy, neighbours, embedding map."""
+    cfg = _build(ReportConfig, **locals())
+    from simclr_cli.run_report import run_report
+
+    _print_summary("Report written", run_report(cfg))
 
 
 D = DownloadConfig

@@ -515,8 +515,101 @@ class InfoConfig(_Frozen):
         return None if value is None else _check_checkpoint(value)
 
 
+EXPORT_FORMATS = ("torchvision", "torchscript", "onnx", "safetensors")
+# Formats that hold a graph (code) rather than tensors: the encoder only, input -> h.
+GRAPH_FORMATS = ("torchscript", "onnx")
+
+
+class ExportConfig(_Frozen):
+    """Options of ``simclr export``: the encoder (or head) as a file other code can load."""
+
+    checkpoint: str
+    format: Literal[EXPORT_FORMATS] = "torchvision"  # type: ignore[valid-type]
+    out: Path
+    part: Literal["encoder", "projector", "both"] = "encoder"
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    overwrite: bool = False
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, value: str) -> str:
+        return _check_checkpoint(value)
+
+    @field_validator("out")
+    @classmethod
+    def _out(cls, value: Path) -> Path:
+        if value.expanduser().is_dir():
+            raise ValueError("that is a folder; give a file name such as encoder.pt")
+        return value
+
+    @model_validator(mode="after")
+    def _graph_part(self) -> ExportConfig:
+        if self.format in GRAPH_FORMATS and self.part != "encoder":
+            raise ValueError(
+                f"--part {self.part}: --format {self.format} exports the encoder (images -> h); "
+                "use --format torchvision or safetensors for the projection head"
+            )
+        return self
+
+
+class ReportConfig(_Frozen):
+    """Options of ``simclr report``: one HTML page (and its PNGs) about a run folder."""
+
+    run_dir: Path
+    out: Path | None = None
+    features: Path | None = None
+    max_images: int = Field(default=2000, ge=1)
+    queries: int = Field(default=8, ge=1, le=64)
+    batch_size: int = Field(default=256, ge=1)
+    seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir(cls, value: Path) -> Path:
+        if not value.expanduser().is_dir():
+            raise ValueError("no such folder; give a run folder written by simclr pretrain")
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_dir():
+            raise ValueError("no such folder; give a folder written by simclr features")
+        return value
+
+    @field_validator("out")
+    @classmethod
+    def _report_out(cls, value: Path | None) -> Path | None:
+        if value is not None and value.expanduser().is_file():
+            raise ValueError("that is a file; give a folder for report.html and its images")
+        return value
+
+    @model_validator(mode="after")
+    def _device(self) -> ReportConfig:
+        _check_device(self.device, "auto")
+        return self
+
+    @property
+    def resolved_device(self) -> str:
+        return _resolve_device(self.device)
+
+    @property
+    def resolved_out(self) -> Path:
+        """``--out``, else the run folder itself."""
+        return self.out if self.out is not None else self.run_dir
+
+
 # Fields whose flag is not simply the field name with dashes.
-_FLAGS = {"name": "NAME", "target": "CHECKPOINT", "as_json": "--json", "list_only": "--list"}
+_FLAGS = {
+    "name": "NAME",
+    "target": "CHECKPOINT",
+    "as_json": "--json",
+    "list_only": "--list",
+    "run_dir": "RUN_DIR",
+}
 
 
 def flag_name(field: str) -> str:

@@ -8,7 +8,9 @@ raises these instead of printing. Programmer mistakes stay ``assert``/``TypeErro
 from __future__ import annotations
 
 import errno
+import importlib
 from pathlib import PurePath
+from types import ModuleType
 
 
 def invalid_value(option: str, value: object, allowed: str) -> str:
@@ -73,6 +75,34 @@ class OutputExistsError(SimCLRError):
 
 class WriteError(SimCLRError):
     """An output file could not be written (a full disk, no permission, a read-only mount)."""
+
+
+class MissingExtraError(SimCLRError):
+    """An optional package is not installed; the message names the extra that provides it."""
+
+
+class ExportError(SimCLRError):
+    """An exported model could not be written or did not reproduce the checkpoint."""
+
+
+def import_extra(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional dependency, or fail with the one line that says how to install it.
+
+    Args:
+        module: the module to import (``"onnx"``, ``"matplotlib"``, ...).
+        extra: the simclr-cli extra that installs it (``"export"``, ``"plots"``).
+        purpose: what needs it, for the message (``"--format onnx"``).
+
+    Raises:
+        MissingExtraError: ``module`` cannot be imported.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{purpose} needs the {module.split('.')[0]} package, which is not installed; "
+            f"install the extra with: pip install 'simclr-cli[{extra}]'"
+        ) from None
 
 
 # What to do about a file-system error, by errno (the errors a user's machine causes).

@@ -159,9 +159,11 @@ def render_summary(title: str, summary: Any) -> None:
     if not isinstance(summary, dict):
         stdout_console().print(f"{title}: {summary}")
         return
-    shown = {k: v for k, v in summary.items() if k not in ("next_command", "verdict")}
+    hidden = ("next_command", "next_commands", "verdict")
+    shown = {k: v for k, v in summary.items() if k not in hidden}
     stdout_console().print(_key_value_table(title, shown))
     if summary.get("verdict"):
-        stdout_console().print(f"vs baselines: {summary['verdict']}")
-    if summary.get("next_command"):
-        stdout_console().print(f"next: [bold]{summary['next_command']}[/bold]")
+        stdout_console().print(f"vs baselines: {summary['verdict']}", markup=False)
+    commands = summary.get("next_commands") or [summary.get("next_command")]
+    for command in filter(None, commands):
+        stdout_console().print(f"next: [bold]{command}[/bold]", markup=True)

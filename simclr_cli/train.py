@@ -125,7 +125,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     Returns:
         A summary dict: ``out``, ``checkpoint``, ``epochs``, ``global_step``, ``final_loss``,
         ``time_s``, ``images_per_s``, ``seconds_per_epoch``, ``knn_accuracy``,
-        ``next_command``, ``resumed_from``.
+        ``next_commands`` (linear evaluation, export, report), ``resumed_from``.
     """
     device = select_device(cfg)
     allocator.configure_for(device.type)  # in each process: spawned ranks are fresh interpreters
@@ -652,6 +652,10 @@ class Trainer:
         self.log.open(config, self.global_step if self.resumed_from else None)
         if self.resumed_from:
             self.console.print(f"resuming from {self.resumed_from} at step {self.global_step}")
+            # A record without a loss: `simclr report` marks where the run was continued.
+            record = {"step": self.global_step, "resumed_from": self.resumed_from}
+            record.update(epoch=round(self.global_step / self.data.steps_per_epoch, 4))
+            self.log.log({**record, "time": time.time()})
         checkpoint_path: Path | None = None
         try:
             with stop_on_signals() as stop, self.progress() as progress:
@@ -848,7 +852,12 @@ class Trainer:
             else math.nan,
             "knn_accuracy": self.metrics.get("knn_accuracy"),
             "resumed_from": self.resumed_from,
-            "next_command": f"simclr linear-eval --checkpoint {ckpt} --dataset {self.cfg.dataset}",
+            "next_commands": [
+                f"simclr linear-eval --checkpoint {ckpt} --dataset {self.cfg.dataset}",
+                f"simclr export --checkpoint {ckpt} --format torchvision "
+                f"--out {self.out / 'encoder.pt'}",
+                f"simclr report {self.out}",
+            ],
         }
 
 

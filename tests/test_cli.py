@@ -15,7 +15,7 @@ import pytest
 from simclr_cli import __version__, allocator
 from simclr_cli.cli import run
 
-COMMANDS = ("pretrain", "linear-eval", "features", "download", "info")
+COMMANDS = ("pretrain", "linear-eval", "features", "export", "report", "download", "info")
 
 
 def _listing(root: Path) -> set[str]:
@@ -125,6 +125,13 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["download", "resnet50-stl10", "--from-file", "missing.tar"], "--from-file"),
     (["download"], "--list"),
     (["info", "missing.pt"], "CHECKPOINT"),
+    (["export", "--checkpoint", "missing.pt", "--out", "e.pt"], "--checkpoint"),
+    (["export", "--checkpoint", "FILE", "--out", "e.pt", "--format", "tflite"], "--format"),
+    (["export", "--checkpoint", "FILE", "--out", "e.pt", "--part", "neck"], "--part"),
+    (["export", "--checkpoint", "FILE", "--out", "."], "--out"),
+    (["report", "missing-run"], "RUN_DIR"),
+    (["report", ".", "--queries", "0"], "--queries"),
+    (["report", ".", "--features", "missing"], "--features"),
 ]
 
 

@@ -245,7 +245,8 @@ def test_run_folder_and_checkpoint_format(tmp_path: Path) -> None:
 
     assert summary["checkpoint"] == str(tmp_path / "checkpoint_epoch_2.pt")
     assert summary["global_step"] == 4 and math.isfinite(summary["final_loss"])
-    assert summary["next_command"].startswith("simclr linear-eval --checkpoint ")
+    assert summary["next_commands"][0].startswith("simclr linear-eval --checkpoint ")
+    assert summary["next_commands"][1].startswith("simclr export --checkpoint ")
     assert summary["images_per_s"] > 0
 
 

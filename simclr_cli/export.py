@@ -1,0 +1,471 @@
+"""``simclr export``: the encoder (or the projection head) as a file other code loads alone.
+
+Four formats:
+
+- ``torchvision``: a plain ``state_dict`` that loads with ``strict=True`` into the torchvision
+  ResNet built in a few lines (:func:`load_snippet`; the README shows them);
+- ``safetensors``: the same tensors in the safetensors format;
+- ``torchscript`` and ``onnx``: the encoder as a self-contained graph from normalised float images
+  ``(B, 3, S, S)`` to ``h`` with a dynamic batch dimension. They record the input size and
+  normalisation they expect (TorchScript: an embedded ``meta.json``; ONNX: ``metadata_props``).
+
+Every export also writes ``<out>.meta.json`` (what the file holds and how to load it). Nothing is
+reported done before it is verified: the file is written under a temporary name, loaded back
+the way a user would load it, run on a fixed batch and compared with the checkpoint's own ``h``
+(and ``z``); only then is it renamed into place. A failed verification leaves no file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from simclr_cli.errors import ExportError, OutputExistsError, import_extra
+
+# Images in the fixed verification batch; more than one, so the batch dimension is exercised.
+VERIFY_BATCH = 4
+# Largest allowed difference from the checkpoint's output, relative to max(1, max |h|).
+TOLERANCE = 1e-4
+INPUT_NAME, OUTPUT_NAME = "images", "h"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The fixed batch and what the checkpoint's own model computes from it."""
+
+    x: Tensor  # (B, 3, S, S) normalised float images
+    h: Tensor  # (B, feature_dim)
+    z: Tensor  # (B, projection_dim)
+
+
+# -- plain torchvision modules (what a user builds without simclr-cli) -----------------------
+
+
+def plain_encoder(spec: Mapping[str, Any]) -> nn.Module:
+    """The torchvision ResNet whose ``state_dict`` the encoder export loads into, strictly.
+
+    Exactly the README's lines: the torchvision model, ``fc`` replaced by the identity (h is
+    the pooled feature) and, for the CIFAR stem, a 3x3/1 ``conv1`` and no max-pool.
+    """
+    model = getattr(torchvision.models, spec["arch"])()
+    model.fc = nn.Identity()
+    if spec["stem"] == "cifar":
+        model.conv1, model.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
+    return model
+
+
+def plain_projector(spec: Mapping[str, Any]) -> nn.Sequential:
+    """The projection head as a plain ``torch.nn.Sequential`` (same keys as the checkpoint's)."""
+    f, hidden, out = _head_dims(spec)
+    if spec["head"] == "v1":
+        bias = bool(spec.get("head_bias", True))
+        return nn.Sequential(nn.Linear(f, hidden, bias), nn.ReLU(), nn.Linear(hidden, out, bias))
+    return nn.Sequential(
+        nn.Linear(f, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Linear(hidden, out, bias=False), nn.BatchNorm1d(out),
+    )  # fmt: skip
+
+
+def plain_module(spec: Mapping[str, Any], part: str) -> nn.Module:
+    """What a ``part`` export loads into: the encoder, the head, or both in a ``ModuleDict``."""
+    if part == "encoder":
+        return plain_encoder(spec)
+    if part == "projector":
+        return plain_projector(spec)
+    return nn.ModuleDict({"encoder": plain_encoder(spec), "projector": plain_projector(spec)})
+
+
+def _head_dims(spec: Mapping[str, Any]) -> tuple[int, int, int]:
+    feature = int(spec["feature_dim"])
+    return feature, int(spec.get("hidden_dim") or feature), int(spec["projection_dim"])
+
+
+def load_snippet(spec: Mapping[str, Any], part: str, filename: str, fmt: str) -> str:
+    """Python lines that rebuild the plain module and load a ``torchvision``/``safetensors``
+    export of ``part`` strictly (recorded in ``meta.json``; the README shows the encoder's)."""
+    lines = ["import torch, torchvision"]
+    if part in ("encoder", "both"):
+        lines += [f"model = torchvision.models.{spec['arch']}()", "model.fc = torch.nn.Identity()"]
+        if spec["stem"] == "cifar":
+            lines.append(
+                "model.conv1, model.maxpool = "
+                "torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False), torch.nn.Identity()"
+            )
+    if part in ("projector", "both"):
+        lines.append(f"head = {_head_code(spec)}")
+    target = {"encoder": "model", "projector": "head"}.get(
+        part, 'torch.nn.ModuleDict({"encoder": model, "projector": head})'
+    )
+    if fmt == "safetensors":
+        lines += ["from safetensors.torch import load_file", f"state = load_file({filename!r})"]
+    else:
+        lines.append(f"state = torch.load({filename!r}, weights_only=True)")
+    lines.append(f"{target}.load_state_dict(state, strict=True)")
+    return "\n".join(lines)
+
+
+def _head_code(spec: Mapping[str, Any]) -> str:
+    f, hidden, out = _head_dims(spec)
+    nn_ = "torch.nn."
+    if spec["head"] == "v1":
+        bias = bool(spec.get("head_bias", True))
+        return (
+            f"{nn_}Sequential({nn_}Linear({f}, {hidden}, bias={bias}), {nn_}ReLU(), "
+            f"{nn_}Linear({hidden}, {out}, bias={bias}))"
+        )
+    layers = [
+        f"{nn_}Linear({f}, {hidden}, bias=False)", f"{nn_}BatchNorm1d({hidden})", f"{nn_}ReLU()",
+        f"{nn_}Linear({hidden}, {hidden}, bias=False)", f"{nn_}BatchNorm1d({hidden})",
+        f"{nn_}ReLU()", f"{nn_}Linear({hidden}, {out}, bias=False)", f"{nn_}BatchNorm1d({out})",
+    ]  # fmt: skip
+    return f"{nn_}Sequential({', '.join(layers)})"
+
+
+# -- tensors of a part -----------------------------------------------------------------------
+
+
+def part_state_dict(state_dict: Mapping[str, Tensor], part: str) -> OrderedDict[str, Tensor]:
+    """The checkpoint's tensors of ``part``: ``encoder.``/``projector.`` stripped for one part,
+    kept for ``both``; contiguous CPU copies (safetensors refuses shared or strided storage)."""
+    prefixes = ("encoder.", "projector.") if part == "both" else (f"{part}.",)
+    out: OrderedDict[str, Tensor] = OrderedDict()
+    for key, value in state_dict.items():
+        if key.startswith(prefixes):
+            name = key if part == "both" else key[len(prefixes[0]) :]
+            out[name] = value.detach().cpu().contiguous().clone()
+    return out
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def run_export(cfg: Any) -> dict[str, Any]:
+    """``simclr export``: write, verify, then rename the export and its ``meta.json``.
+
+    Args:
+        cfg: a :class:`simclr_cli.config.ExportConfig`.
+
+    Returns:
+        A summary: the file, its meta.json, format, part, input size and the verified error.
+
+    Raises:
+        OutputExistsError: ``--out`` (or its meta.json) exists and ``--overwrite`` is off.
+        MissingExtraError: the format needs the ``export`` extra.
+        ExportError: the exported model did not reproduce the checkpoint (no file is left).
+        CheckpointError: with one-line messages.
+    """
+    from simclr_cli.checkpoint import load_checkpoint, load_model
+    from simclr_cli.hub import resolve_checkpoint
+
+    out = Path(cfg.out).expanduser()
+    meta_path = meta_path_for(out)
+    _check_free(out, meta_path, cfg.overwrite)
+    _require_packages(cfg.format)
+    path = resolve_checkpoint(cfg.checkpoint, cfg.cache_dir)
+    payload = load_checkpoint(path)
+    size = int(cfg.image_size or payload["model"].get("image_size") or 224)
+    reference = make_reference(load_model(payload).eval(), size)
+    meta = build_meta(payload["model"], cfg, path, size)
+    error = write_verified(payload, cfg, out, meta, reference)
+    return {
+        "file": str(out),
+        "meta": str(meta_path),
+        "format": cfg.format,
+        "part": cfg.part,
+        "checkpoint": str(path),
+        "input": f"(batch, 3, {size}, {size}) float32, {meta['input']['value_range']}",
+        "verified_max_error": f"{error:.2e} (<= {TOLERANCE:g} x max(1, |h|))",
+    }
+
+
+def write_verified(
+    payload: Mapping[str, Any], cfg: Any, out: Path, meta: dict[str, Any], reference: Reference
+) -> float:
+    """Write the export and its meta.json under temporary names, verify, then rename both.
+
+    Returns:
+        The verified largest difference from the checkpoint's outputs.
+    """
+    meta_path = meta_path_for(out)
+    with _new_folders(out.parent), _staged(out) as tmp, _staged(meta_path) as tmp_meta:
+        WRITERS[cfg.format](payload, cfg.part, tmp, meta)
+        error = verify(cfg.format, cfg.part, tmp, payload["model"], reference)
+        meta["verified"] = {"batch": VERIFY_BATCH, "max_abs_error": error, "tolerance": TOLERANCE}
+        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _fsync(tmp)
+        _fsync(tmp_meta)
+        os.replace(tmp, out)
+        os.replace(tmp_meta, meta_path)
+    return error
+
+
+def meta_path_for(out: Path) -> Path:
+    """``encoder.onnx`` -> ``encoder.onnx.meta.json`` (unique per export file)."""
+    return out.with_name(out.name + ".meta.json")
+
+
+def _check_free(out: Path, meta_path: Path, overwrite: bool) -> None:
+    existing = [str(p) for p in (out, meta_path) if p.exists()]
+    if existing and not overwrite:
+        verb = "exist" if len(existing) > 1 else "exists"
+        raise OutputExistsError(
+            f"{' and '.join(existing)} already {verb}; pass --overwrite to replace, or choose "
+            "another --out"
+        )
+
+
+def _require_packages(fmt: str) -> None:
+    """Fail before any work when the format's optional packages are missing."""
+    needs = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "safetensors": ("safetensors",)}
+    for module in needs.get(fmt, ()):
+        import_extra(module, "export", f"--format {fmt}")
+
+
+def make_reference(model: nn.Module, size: int, seed: int = 0) -> Reference:
+    """A fixed, seeded batch of normalised images and the checkpoint model's ``h`` and ``z``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(VERIFY_BATCH, 3, size, size, generator=generator)
+    with torch.no_grad():
+        h, z = model(x)
+    return Reference(x, h, z)
+
+
+def build_meta(spec: Mapping[str, Any], cfg: Any, checkpoint: Path, size: int) -> dict[str, Any]:
+    """What the export holds and expects: JSON-able, also embedded where the format allows."""
+    from simclr_cli import __version__
+
+    mean, std = spec.get("mean"), spec.get("std")
+    meta: dict[str, Any] = {
+        "format": cfg.format,
+        "part": cfg.part,
+        "checkpoint": str(checkpoint),
+        "arch": spec["arch"],
+        "stem": spec["stem"],
+        "feature_dim": spec["feature_dim"],
+        "projection_dim": spec["projection_dim"],
+        "head": spec["head"],
+        "input": {
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "value_range": "images scaled to [0, 1], then normalised: (x - mean) / std",
+            "mean": mean,
+            "std": std,
+        },
+        "output": "h, (batch, feature_dim)" if cfg.part == "encoder" else cfg.part,
+        "simclr_cli_version": __version__,
+    }
+    if mean is None:
+        meta["input"]["value_range"] = "images scaled to [0, 1]; no normalisation"
+    if cfg.format in ("torchvision", "safetensors"):
+        meta["load"] = load_snippet(spec, cfg.part, Path(cfg.out).name, cfg.format)
+    return meta
+
+
+# -- writers ---------------------------------------------------------------------------------
+
+
+def _write_state_dict(payload: Mapping[str, Any], part: str, tmp: Path, meta: dict) -> None:
+    torch.save(part_state_dict(payload["state_dict"], part), tmp)
+
+
+def _write_safetensors(payload: Mapping[str, Any], part: str, tmp: Path, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    save_file(part_state_dict(payload["state_dict"], part), str(tmp), metadata=strings)
+
+
+def _write_torchscript(payload: Mapping[str, Any], part: str, tmp: Path, meta: dict) -> None:
+    with _no_jit_deprecation():
+        scripted = torch.jit.script(standalone_encoder(payload))
+        torch.jit.save(scripted, str(tmp), _extra_files={"meta.json": json.dumps(meta)})
+
+
+def _write_onnx(payload: Mapping[str, Any], part: str, tmp: Path, meta: dict) -> None:
+    import onnx
+
+    size = meta["input"]["shape"][-1]
+    example = torch.randn(2, 3, size, size)  # batch 2: a batch of 1 would be specialised
+    with _quiet_stdout():
+        program = torch.onnx.export(
+            standalone_encoder(payload),
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    assert program is not None  # the dynamo exporter returns its program
+    proto = program.model_proto
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save_model(proto, str(tmp))
+
+
+WRITERS: dict[str, Callable[[Mapping[str, Any], str, Path, dict], None]] = {
+    "torchvision": _write_state_dict,
+    "safetensors": _write_safetensors,
+    "torchscript": _write_torchscript,
+    "onnx": _write_onnx,
+}
+
+
+def standalone_encoder(payload: Mapping[str, Any]) -> nn.Module:
+    """The checkpoint's encoder as a plain torchvision module with its weights, in eval mode."""
+    encoder = plain_encoder(payload["model"])
+    encoder.load_state_dict(part_state_dict(payload["state_dict"], "encoder"), strict=True)
+    return encoder.eval()
+
+
+@contextlib.contextmanager
+def _no_jit_deprecation() -> Iterator[None]:
+    """torch >= 2.10 warns that TorchScript is deprecated; the format is still what many C++
+    and mobile runtimes load, and the README says so once instead of every export."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated.*")
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """The ONNX exporter prints its progress on stdout; keep the command's output clean."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+# -- verification ----------------------------------------------------------------------------
+
+
+def verify(fmt: str, part: str, tmp: Path, spec: Mapping[str, Any], ref: Reference) -> float:
+    """Load the written file as a user would and compare its output on the fixed batch.
+
+    Returns:
+        The largest absolute difference from the checkpoint's ``h`` (and ``z``).
+
+    Raises:
+        ExportError: the file does not load, or differs by more than :data:`TOLERANCE`
+            relative to max(1, max |expected|).
+    """
+    try:
+        pairs = LOADERS[fmt](tmp, spec, part, ref)
+    except ExportError:
+        raise
+    except Exception as e:  # a file that does not load back is a failed export
+        raise ExportError(
+            f"the {fmt} export did not load back for verification ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}); nothing was written"
+        ) from None
+    worst = 0.0
+    for name, got, expected in pairs:
+        error = (got.float() - expected).abs().max().item() if got.shape == expected.shape else 1e9
+        scale = max(1.0, expected.abs().max().item())
+        if not error <= TOLERANCE * scale:
+            raise ExportError(
+                f"the {fmt} export does not reproduce the checkpoint: its {name} differs by "
+                f"{error:.3g} (> {TOLERANCE:g} x {scale:.3g}) on the fixed batch; nothing was "
+                "written (report this with SIMCLR_DEBUG=1 output)"
+            )
+        worst = max(worst, error)
+    return worst
+
+
+def _run_plain(state: Mapping[str, Tensor], spec: Mapping[str, Any], part: str, ref: Reference):
+    """Load ``state`` strictly into the plain modules and run the parts it holds."""
+    module = plain_module(spec, part).eval()
+    module.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        if part == "encoder":
+            return [("h", module(ref.x), ref.h)]
+        if part == "projector":
+            return [("z", module(ref.h), ref.z)]
+        assert isinstance(module, nn.ModuleDict)
+        h = module["encoder"](ref.x)
+        return [("h", h, ref.h), ("z", module["projector"](h), ref.z)]
+
+
+def _load_state_dict(tmp: Path, spec: Mapping[str, Any], part: str, ref: Reference):
+    return _run_plain(torch.load(tmp, map_location="cpu", weights_only=True), spec, part, ref)
+
+
+def _load_safetensors(tmp: Path, spec: Mapping[str, Any], part: str, ref: Reference):
+    from safetensors.torch import load_file
+
+    return _run_plain(load_file(str(tmp)), spec, part, ref)
+
+
+def _load_torchscript(tmp: Path, spec: Mapping[str, Any], part: str, ref: Reference):
+    with _no_jit_deprecation():
+        module = torch.jit.load(str(tmp), map_location="cpu")
+    with torch.no_grad():
+        return [("h", module(ref.x), ref.h)]
+
+
+def _load_onnx(tmp: Path, spec: Mapping[str, Any], part: str, ref: Reference):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    (h,) = session.run([OUTPUT_NAME], {INPUT_NAME: ref.x.numpy()})
+    return [("h", torch.from_numpy(h), ref.h)]
+
+
+LOADERS = {
+    "torchvision": _load_state_dict,
+    "safetensors": _load_safetensors,
+    "torchscript": _load_torchscript,
+    "onnx": _load_onnx,
+}
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _new_folders(folder: Path) -> Iterator[None]:
+    """Create ``folder`` (and missing parents); remove what was created if the body fails."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for created in missing:  # deepest first; only folders that are still empty
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """A temporary path beside ``final``, removed on the way out unless renamed into place."""
+    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` to disk and give it the usual permissions (mkstemp makes it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
