@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from simclr_cli import fileio, registry
+from simclr_cli import archs, fileio, registry
 from simclr_cli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
@@ -47,13 +47,6 @@ RELEASE_SOURCE = "Spijkervet/SimCLR"
 RELEASE_IMAGE_SIZE = 96
 RELEASE_DATASET = "stl10"
 
-# Blocks per stage -> torchvision name, for each residual block type.
-_BASIC_ARCHS: dict[tuple[int, ...], str] = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
-_BOTTLENECK_ARCHS: dict[tuple[int, ...], str] = {
-    (3, 4, 6, 3): "resnet50",
-    (3, 4, 23, 3): "resnet101",
-    (3, 8, 36, 3): "resnet152",
-}
 # Width of layer1.0.conv1 separates ResNet-50 (64) from Wide ResNet-50-2 (128).
 _WIDE_LAYER1_WIDTH = 128
 # conv1 kernel size -> stem (simclr_cli.model: "cifar" is a 3x3 stride-1 conv without max-pool).
@@ -389,21 +382,17 @@ def _infer_arch(encoder: Mapping[str, torch.Tensor], name: str) -> tuple[str, in
         len({int(m.group(1)) for k in encoder if (m := re.match(rf"layer{i}\.(\d+)\.", k))})
         for i in range(1, 5)
     )
-    bottleneck = "layer1.0.conv3.weight" in encoder
-    if bottleneck:
-        arch = _BOTTLENECK_ARCHS.get(blocks)
-        width = encoder.get("layer1.0.conv1.weight")
-        if arch == "resnet50" and width is not None and width.shape[0] == _WIDE_LAYER1_WIDTH:
-            arch = "wide_resnet50_2"
-    else:
-        arch = _BASIC_ARCHS.get(blocks)
+    block = "bottleneck" if "layer1.0.conv3.weight" in encoder else "basic"
+    width = encoder.get("layer1.0.conv1.weight")
+    wide = block == "bottleneck" and width is not None and width.shape[0] == _WIDE_LAYER1_WIDTH
+    arch = archs.arch_of_blocks(block, blocks, wide)
     if arch is None:
-        kind = "Bottleneck" if bottleneck else "BasicBlock"
+        kind = "Bottleneck" if block == "bottleneck" else "BasicBlock"
         raise CheckpointError(
             f"{name}: unrecognised ResNet encoder ({kind}, blocks per stage {list(blocks)}); "
             "supported: resnet18/34/50/101/152 and wide_resnet50_2"
         )
-    return arch, 2048 if bottleneck else 512
+    return arch, archs.FEATURE_DIMS[arch]
 
 
 def _infer_stem(encoder: Mapping[str, torch.Tensor], name: str) -> str:

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
+from simclr_cli.archs import ARCHS, IMAGENET_STEM_MIN_SIZE, auto_stem
+
 # Weight decay per optimiser: 1e-6 is the SimCLR paper's default with LARS ("Default setting").
 DEFAULT_WEIGHT_DECAY = {"lars": 1e-6, "adam": 1e-6, "adamw": 1e-4, "sgd": 1e-4}
 CPU_COUNT = os.cpu_count() or 1
@@ -241,10 +242,10 @@ class PretrainConfig(_Frozen):
             )
         if self.per_process_batch_size < 2 and self.world_size == 1:
             raise ValueError("--batch-size must be at least 2 (NT-Xent needs negatives)")
-        if self.resolved_stem == "imagenet" and self.resolved_image_size < 32:
+        if self.resolved_stem == "imagenet" and self.resolved_image_size < IMAGENET_STEM_MIN_SIZE:
             raise ValueError(
                 f"--image-size {self.resolved_image_size} is too small for the ImageNet stem "
-                "(needs >= 32); use --stem cifar"
+                f"(needs >= {IMAGENET_STEM_MIN_SIZE}); use --stem cifar"
             )
         return self
 
@@ -264,7 +265,7 @@ class PretrainConfig(_Frozen):
         """CIFAR stem (3x3 conv, no max-pool; paper appendix B.9) for images of 64 px or less."""
         if self.stem != "auto":
             return self.stem
-        return "cifar" if self.resolved_image_size <= 64 else "imagenet"
+        return auto_stem(self.resolved_image_size)
 
     @property
     def resolved_jitter_strength(self) -> float:

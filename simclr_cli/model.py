@@ -18,24 +18,12 @@ import torch
 import torchvision
 from torch import nn
 
+from simclr_cli import archs
+from simclr_cli.archs import ARCHS, CIFAR_STEM_MAX_SIZE, FEATURE_DIMS  # noqa: F401
 from simclr_cli.errors import CheckpointError, UsageError
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
-STEMS = ("auto", "cifar", "imagenet")
+STEMS = ("auto", *archs.STEMS)
 HEADS = ("v1", "v2")
-
-# Width of the pooled representation h for each architecture (BasicBlock 512, Bottleneck 2048).
-FEATURE_DIMS = {
-    "resnet18": 512,
-    "resnet34": 512,
-    "resnet50": 2048,
-    "resnet101": 2048,
-    "resnet152": 2048,
-    "wide_resnet50_2": 2048,
-}
-
-# Images at or below this side length get the CIFAR stem when the stem is "auto".
-CIFAR_STEM_MAX_SIZE = 64
 
 SPEC_KEYS = (
     "arch",
@@ -69,7 +57,7 @@ def resolve_stem(stem: str, image_size: int) -> str:
         raise UsageError("--stem", stem, f"choose one of {', '.join(STEMS)}")
     if stem != "auto":
         return stem
-    return "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
+    return archs.auto_stem(image_size)
 
 
 def _cifar_stem(resnet: torchvision.models.ResNet) -> None:
@@ -106,7 +94,7 @@ def build_encoder(
     """
     if arch not in ARCHS:
         raise UsageError("--arch", arch, f"choose one of {', '.join(ARCHS)}")
-    if stem not in ("cifar", "imagenet"):
+    if stem not in archs.STEMS:
         raise UsageError("--stem", stem, "choose cifar or imagenet")
     resnet = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
     feature_dim = resnet.fc.in_features
@@ -298,7 +286,7 @@ def build_simclr(spec: dict[str, Any], zero_init_residual: bool = False) -> SimC
         )
     bad = [
         f"{key}={spec[key]!r}"
-        for key, allowed in (("arch", ARCHS), ("stem", ("cifar", "imagenet")), ("head", HEADS))
+        for key, allowed in (("arch", ARCHS), ("stem", archs.STEMS), ("head", HEADS))
         if spec[key] not in allowed
     ]
     if bad:

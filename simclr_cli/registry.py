@@ -1,8 +1,8 @@
 """The release registry: which Spijkervet/SimCLR checkpoints exist and what model each holds.
 
-Plain data, importing nothing of the package, so that both :mod:`simclr_cli.hub` (downloads) and
-:mod:`simclr_cli.checkpoint` (conversion of release files) can read it without importing each
-other.
+Plain data, importing only the architecture facts (:mod:`simclr_cli.archs`), so that both
+:mod:`simclr_cli.hub` (downloads) and :mod:`simclr_cli.checkpoint` (conversion of release files)
+can read it without importing each other.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from simclr_cli.archs import FEATURE_DIMS
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class RegistryEntry:
     @property
     def head(self) -> str:
         """Head dims, e.g. ``2048-2048-64 without bias``."""
-        feature_dim = 2048 if self.arch.startswith(("resnet50", "resnet101", "wide")) else 512
+        feature_dim = FEATURE_DIMS[self.arch]
         bias = "with bias" if self.head_bias else "without bias"
         return f"{feature_dim}-{self.hidden_dim}-{self.projection_dim} {bias}"
 
