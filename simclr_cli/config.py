@@ -89,17 +89,15 @@ def _check_device(device: str, precision: str) -> None:
 
 def _check_checkpoint(value: str) -> str:
     """A checkpoint is a file, a run folder, a release name or an http(s) URL."""
-    from simclr_cli.hub import REGISTRY
+    from simclr_cli.registry import REGISTRY, checkpoint_kind
 
-    path = Path(value).expanduser()
-    if value in REGISTRY or path.is_file() or re.match(r"^https?://\S+$", value):
-        return value
-    if path.is_dir():
-        if (path / "checkpoint_last.pt").is_file():
-            return value
+    kind = checkpoint_kind(value)
+    if kind == "folder":
         raise ValueError("this folder has no checkpoint_last.pt; give a checkpoint file")
-    names = ", ".join(sorted(REGISTRY))
-    raise ValueError(f"no such file, and not a release checkpoint name ({names}) or URL")
+    if kind == "missing":
+        names = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"no such file, and not a release checkpoint name ({names}) or URL")
+    return value
 
 
 def parse_crop_scale(value: Any) -> Any:

@@ -70,3 +70,12 @@ def make_progress(*fields: str, transient: bool = False) -> Progress:
         transient=transient,
         disable=not _is_main_process(),
     )
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``: binary units up to TiB, whole bytes below 1 KiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -39,7 +39,13 @@ from rich.progress import (
 from simclr_cli import fileio
 from simclr_cli.checkpoint import load_checkpoint
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
-from simclr_cli.registry import REGISTRY, Published, RegistryEntry
+from simclr_cli.registry import (
+    REGISTRY,
+    RUN_CHECKPOINT,
+    Published,
+    RegistryEntry,
+    checkpoint_kind,
+)
 
 try:  # POSIX; on Windows downloads of the same file are not serialised
     import fcntl
@@ -137,7 +143,9 @@ def download(
             part.unlink(missing_ok=True)
         digest, size = _fetch(target, part, settings, progress)
         _install(part, dest, target, digest, size, source=target.url, progress=progress)
-    _say(progress, f"saved {target.filename} ({_human(size)}) to {dest}")
+    from simclr_cli.console import human_bytes
+
+    _say(progress, f"saved {target.filename} ({human_bytes(size)}) to {dest}")
     return dest
 
 
@@ -159,12 +167,12 @@ def resolve_checkpoint(
         CheckpointError: nothing matches; the message lists the release names.
     """
     text = str(path_or_name)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir() and (path / "checkpoint_last.pt").is_file():
-        return path / "checkpoint_last.pt"
-    if text in REGISTRY or urlsplit(text).scheme in ("http", "https"):
+    kind = checkpoint_kind(text)
+    if kind == "file":
+        return Path(text).expanduser()
+    if kind == "run":
+        return Path(text).expanduser() / RUN_CHECKPOINT
+    if kind in ("release", "url"):
         return download(text, cache_dir, progress=progress)
     raise CheckpointError(
         f"checkpoint {text!r} not found; give a checkpoint file, a run folder, or a release "
@@ -728,15 +736,6 @@ def _console() -> Console:
 def _say(enabled: bool, message: str) -> None:
     if enabled:
         _console().print(message, highlight=False)
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 __all__ = [

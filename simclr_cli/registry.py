@@ -7,11 +7,16 @@ can read it without importing each other.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 from simclr_cli.archs import FEATURE_DIMS
+
+# The file of a run folder that ``--checkpoint RUN_DIR`` and ``--resume auto`` mean.
+RUN_CHECKPOINT = "checkpoint_last.pt"
 
 
 @dataclass(frozen=True)
@@ -110,3 +115,21 @@ REGISTRY: Mapping[str, RegistryEntry] = MappingProxyType(
 
 
 __all__ = ["REGISTRY", "Published", "RegistryEntry"]
+
+
+def checkpoint_kind(value: str) -> str:
+    """What a ``--checkpoint`` value names, checked in this order: ``"file"`` (an existing
+    file), ``"run"`` (a run folder holding ``checkpoint_last.pt``), ``"release"`` (a
+    :data:`REGISTRY` name), ``"url"`` (http or https), ``"folder"`` (a folder without a
+    checkpoint) or ``"missing"``. The one rule that config validation and
+    :func:`simclr_cli.hub.resolve_checkpoint` both apply."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return "file"
+    if path.is_dir() and (path / RUN_CHECKPOINT).is_file():
+        return "run"
+    if value in REGISTRY:
+        return "release"
+    if re.match(r"^https?://\S+$", value):
+        return "url"
+    return "folder" if path.is_dir() else "missing"

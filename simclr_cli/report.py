@@ -15,7 +15,7 @@ from rich.table import Table
 
 from simclr_cli import __version__, allocator
 from simclr_cli.config import InfoConfig
-from simclr_cli.console import stdout_console
+from simclr_cli.console import human_bytes, stdout_console
 
 
 def folder_size(path: Path) -> int:
@@ -25,14 +25,6 @@ def folder_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _devices() -> dict[str, Any]:

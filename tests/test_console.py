@@ -30,3 +30,13 @@ def test_slurm_rank_counts_too(
     monkeypatch.setenv("SLURM_PROCID", "3")
     console.stdout_console().print("hidden")
     assert capsys.readouterr().out == ""
+
+
+def test_human_bytes_uses_binary_units() -> None:
+    assert [console.human_bytes(n) for n in (0, 1023, 1024, 1536, 5 * 1024**3)] == [
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "1.5 KiB",
+        "5.0 GiB",
+    ]

@@ -26,7 +26,12 @@ from simclr_cli.train import run_pretrain
 pytestmark = pytest.mark.slow
 
 CHANCE = 0.1  # shapes has 10 balanced classes
-MARGIN_LINEAR = 0.05  # provisional until the seed spread is measured
+# Measured with this recipe (seeds 0, 1, 2 of pretraining and of the random encoder, 2 threads):
+# pretrained 63.6-68.8% linear / 55.5-58.4% kNN, random encoder 51.0-53.5% / 41.6-44.5%, so the
+# gap is 10-18 points (linear) and 11-17 (kNN), with a seed-to-seed spread of 2-4 points for
+# either encoder. With the old zero-initialised start the same recipe gave 48.5% / 38.6%, below
+# the random encoder: the margins below catch that.
+MARGIN_LINEAR = 0.05
 MARGIN_KNN = 0.05
 RECIPE: dict[str, Any] = dict(
     dataset="shapes",
@@ -70,7 +75,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_loss_goes_down(results: dict[str, Any]) -> None:
     losses = [r["loss"] for r in results["metrics"] if "loss" in r]
     assert len(losses) >= 10
-    # log(2N - 1) = 4.85 at the start (N = 64); MEASURED_LOSS at the end.
+    # log(2N - 1) = 4.85 at the start (N = 64); measured 4.5 at step 10 and about 2.9 at the end.
     assert losses[-1] < losses[0] - 0.3
 
 
@@ -87,7 +92,6 @@ def test_pretrained_linear_accuracy_beats_the_random_encoder_and_pixels(
 ) -> None:
     result = results["eval"]
     random, pixels = result["baselines"]["random"], result["baselines"]["pixels"]
-    # MEASURED_LINEAR
     assert result["top1"] > random["top1"] + MARGIN_LINEAR
     assert result["top1"] > pixels["top1"] + MARGIN_LINEAR
     assert random["top1"] > CHANCE + 0.2  # the baseline is a real one, not a crippled encoder
@@ -95,5 +99,4 @@ def test_pretrained_linear_accuracy_beats_the_random_encoder_and_pixels(
 
 def test_pretrained_knn_accuracy_beats_the_random_encoder(results: dict[str, Any]) -> None:
     result = results["eval"]
-    # MEASURED_KNN
     assert result["knn_top1"] > result["baselines"]["random"]["knn_top1"] + MARGIN_KNN
