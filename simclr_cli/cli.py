@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import traceback
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from simclr_cli import __version__, signals
 from simclr_cli.config import (
+    RESUME_MAY_CHANGE,
     DownloadConfig,
     FeaturesConfig,
     InfoConfig,
@@ -81,6 +83,11 @@ def _help(model: type[BaseModel], field: str, text: str, none: str = "auto") -> 
 def _build(model: type[BaseModel], **flags: Any) -> Any:
     """Validate flags into a config; ``None`` means "use the model's default"."""
     return model(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _resume_flags() -> str:
+    """The flags a resume may change, for ``--help`` (from the one list in the config)."""
+    return ", ".join(flag_name(name) for name in RESUME_MAY_CHANGE)
 
 
 def _examples(*lines: str) -> str:
@@ -258,8 +265,12 @@ def pretrain(
         typer.Option(help=_help(P, "deterministic", "Deterministic kernels (slower).")),
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option(help="Run folder. \\[default: runs/<dataset>-<arch>-<timestamp>]"),
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Run folder (with --resume auto: the run to continue). "
+            "\\[default: runs/<dataset>-<arch>-<timestamp>]",
+        ),
     ] = None,
     checkpoint_every: Annotated[
         int | None,
@@ -267,7 +278,11 @@ def pretrain(
     ] = None,
     resume: Annotated[
         str | None,
-        typer.Option(help="Resume from a checkpoint path, or 'auto' (the run's last one)."),
+        typer.Option(
+            help="Resume from a checkpoint path, or 'auto' (the last one of the run in --out). "
+            "The run's own options are used; flags may change only "
+            f"{_resume_flags()}; any other flag must agree with the run."
+        ),
     ] = None,
     knn_every: Annotated[
         int | None,
@@ -405,8 +420,14 @@ def linear_eval(
         float | None, typer.Option(help=_help(E, "knn_temperature", "kNN vote temperature."))
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option(help="Folder for linear_eval.json. \\[default: next to the checkpoint]"),
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Folder for linear_eval.json. \\[default: next to the checkpoint]",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option(help=_help(E, "overwrite", "Replace existing output files."))
     ] = None,
 ) -> None:
     """Linear evaluation: a classifier on frozen encoder features (top-1/top-5, kNN)."""
@@ -431,7 +452,9 @@ def features(
     checkpoint: Annotated[
         str, typer.Option(help="Checkpoint file, or a release name (see simclr download --list).")
     ],
-    out: Annotated[Path, typer.Option(help="Output folder for features.npy, labels.npy, ...")],
+    out: Annotated[
+        str, typer.Option(metavar="PATH", help="Output folder for features.npy, labels.npy, ...")
+    ],
     dataset: Annotated[
         str | None,
         typer.Option(help=_help(F, "dataset", "cifar10, cifar100, stl10, shapes or a folder.")),
@@ -599,8 +622,16 @@ def _usage_line(error: Exception, argv: list[str]) -> str:
         name, _, inline = token.partition("=")
         if name in opts:
             value = inline if inline else (argv[i + 1] if i + 1 < len(argv) else "")
-            return invalid_value(opts[0], value, message)
+            return invalid_value(opts[0], value, _without_flag_and_value(message, value))
     return message
+
+
+def _without_flag_and_value(message: str, value: str) -> str:
+    """Click's ``Invalid value for '--epochs': 'two' is not a valid integer.`` without the parts
+    :func:`invalid_value` already says: ``not a valid integer``."""
+    message = re.sub(r"^Invalid value for '[^']*':\s*", "", message).rstrip(".")
+    message = message.removeprefix(f"{value!r} is ").removeprefix(f"{value} is ")
+    return message[:1].lower() + message[1:]
 
 
 def _error_line(error: BaseException) -> str:

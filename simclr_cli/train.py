@@ -43,7 +43,7 @@ from simclr_cli.augment import (
     TwoViews,
     to_uint8_transform,
 )
-from simclr_cli.config import PretrainConfig
+from simclr_cli.config import RESUME_LAUNCH_GROUP, RESUME_MAY_CHANGE, PretrainConfig, flag_name
 from simclr_cli.console import get_console, make_progress
 from simclr_cli.data import (
     build_dataset,
@@ -94,6 +94,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         Interrupted: SIGINT/SIGTERM; a checkpoint was written first.
         TrainingError: the loss became non-finite.
     """
+    cfg = continue_run_config(cfg)  # a resume takes the run's options from the run
     check_run_dir(cfg)  # before any process starts: one clear error, not one per rank
     return distributed.launch(pretrain_worker, cfg)
 
@@ -183,53 +184,161 @@ def resume_checkpoint_path(cfg: PretrainConfig) -> Path | None:
     return Path(cfg.resume).expanduser()
 
 
-# Options that must equal the checkpoint's: they change the data stream, the model's shapes or the
-# optimizer's state. Each is (flag, value in the checkpoint, value of this run), read from the
-# checkpoint's model spec (shapes) or its resolved config.
-_SPEC_OPTIONS = ("arch", "stem", "head", "hidden_dim", "projection_dim", "image_size")
-_CONFIG_OPTIONS = ("dataset", "limit", "batch_size", "optimizer", "momentum")
-
-
 def check_resume_compatible(payload: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
     """Raise unless ``payload`` continues the run ``cfg`` describes (same data, model, optimizer).
 
-    The number of processes may differ; the global batch may not (it fixes the schedule).
+    Only the options of :data:`~simclr_cli.config.RESUME_MAY_CHANGE` may differ (the number of
+    processes among them: the global batch may not, it fixes the schedule).
 
     Raises:
-        CheckpointError: listing every differing option with both values, and the fix.
+        CheckpointError: not a resumable checkpoint, or listing every differing option with
+            both values, and the fix.
+    """
+    check_resumable(payload, path)
+    refuse_differences(resume_differences(payload.get("config") or {}, cfg), path)
+
+
+def check_resumable(payload: dict[str, Any], path: Path) -> None:
+    """Raise unless ``payload`` is a pretraining checkpoint with an optimizer state.
+
+    Raises:
+        CheckpointError: a converted release file or an export without optimizer state.
     """
     if payload.get("kind") != "pretrain" or payload.get("optimizer") is None:
         raise CheckpointError(
             f"{path} is not a resumable pretraining checkpoint (no optimizer state); "
             "start a new run, or pass it to linear-eval instead"
         )
-    differences = resume_differences(payload, cfg)
-    if differences:
-        given = "; ".join(
-            f"{flag} {theirs} (this run: {ours})" for flag, theirs, ours in differences
-        )
-        flags = " ".join(f"{flag} {theirs}" for flag, theirs, _ in differences)
-        raise CheckpointError(
-            f"{path} was trained with {given}; resume with {flags} or start a new --out"
-        )
 
 
-def resume_differences(payload: dict[str, Any], cfg: PretrainConfig) -> list[tuple[str, Any, Any]]:
-    """``(flag, checkpoint value, this run's value)`` for each option that disagrees."""
-    saved = payload.get("config") or {}
-    spec = payload.get("model") or {}
+def refuse_differences(differences: list[tuple[str, str, str]], source: Path) -> None:
+    """Raise one error listing every ``(flag, run's value, given value)`` of ``differences``.
+
+    Raises:
+        CheckpointError: when ``differences`` is not empty.
+    """
+    if not differences:
+        return
+    listed = "; ".join(f"{flag} {theirs} (given: {ours})" for flag, theirs, ours in differences)
+    flags = " ".join(flag for flag, _, _ in differences)
+    raise CheckpointError(
+        f"{source} belongs to a run with {listed}; leave out {flags} to continue it as it was "
+        "(`simclr pretrain --help` lists the options a resume may change), or start a new --out"
+    )
+
+
+def resume_differences(saved: dict[str, Any], cfg: PretrainConfig) -> list[tuple[str, str, str]]:
+    """``(flag, run's value, given value)`` for each option given in ``cfg`` that may not change.
+
+    An option is given when it is in ``cfg.model_fields_set`` (the CLI passes only the flags on
+    the command line). A given value equal to what the run resolved an unset option to (``--stem
+    cifar`` for a run with ``stem`` auto at 32 px) agrees with it.
+
+    Args:
+        saved: the run's resolved config (a checkpoint's ``config``, or ``config.json``).
+        cfg: the options of this command.
+    """
     current = cfg.model_dump(mode="json")
-    ours_spec = build_spec(cfg)
-    pairs = [(key, spec.get(key), ours_spec.get(key)) for key in _SPEC_OPTIONS if key in spec]
-    pairs += [(key, saved[key], current[key]) for key in _CONFIG_OPTIONS if key in saved]
-    decay = (saved.get("resolved") or {}).get("resolved_weight_decay")
-    if decay is not None:
-        pairs.append(("weight_decay", decay, cfg.resolved_weight_decay))
-    return [
-        ("--" + key.replace("_", "-"), theirs, ours)
-        for key, theirs, ours in pairs
-        if theirs != ours
-    ]
+    fixed = set(cfg.model_fields_set) - set(RESUME_MAY_CHANGE) - {"resume", "out"}
+    differences = []
+    for name in (option for option in PretrainConfig.model_fields if option in fixed):
+        if name not in saved:  # an option that older versions did not record
+            continue
+        theirs, ours = saved[name], current[name]
+        derived = _derived(saved, name)
+        if ours == theirs or (derived is not None and ours == derived):
+            continue
+        differences.append((flag_name(name), _shown(theirs, derived), _shown(ours)))
+    return differences
+
+
+def _derived(saved: dict[str, Any], name: str) -> Any:
+    """What the run resolved option ``name`` to (``resolved_stem``, ...; the warmup in epochs)."""
+    resolved = saved.get("resolved") or {}
+    if name == "warmup_epochs":
+        total, warmup = resolved.get("total_steps"), resolved.get("warmup_steps")
+        epochs = saved.get("epochs")
+        return warmup / (total / epochs) if total and epochs and warmup is not None else None
+    return resolved.get(f"resolved_{name}")
+
+
+def _shown(value: Any, derived: Any = None) -> str:
+    """An option's value as a user would type it; an unset one as ``auto (what it resolved to)``."""
+    if value is None or value == "auto":
+        return "unset" if derived is None else f"auto ({_shown(derived)})"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def saved_run_options(cfg: PretrainConfig) -> tuple[dict[str, Any], Path] | None:
+    """The options of the run a resume continues and where they were read, or None.
+
+    From the checkpoint to resume (its resolved config); for ``--resume auto`` in a run folder
+    without a checkpoint yet, from its ``config.json``; None for a fresh run.
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable or not resumable.
+    """
+    path = resume_checkpoint_path(cfg)
+    if path is not None:
+        payload = checkpoint.load_checkpoint(path)
+        check_resumable(payload, path)
+        return dict(payload.get("config") or {}), path
+    config_json = cfg.resolved_out / "config.json"
+    if cfg.resume == "auto" and config_json.is_file():
+        with contextlib.suppress(OSError, ValueError):  # unreadable: nothing to continue
+            saved = json.loads(config_json.read_text(encoding="utf-8"))
+            if isinstance(saved, dict):
+                return saved, config_json
+    return None
+
+
+def continue_run_config(cfg: PretrainConfig) -> PretrainConfig:
+    """The options a resume runs with: the run's own, with what this command may change.
+
+    Raises:
+        CheckpointError: a given option that may not change differs from the run's (all are
+            listed in one line), or the checkpoint is not resumable.
+    """
+    found = saved_run_options(cfg)
+    if found is None:
+        return cfg
+    saved, source = found
+    refuse_differences(resume_differences(saved, cfg), source)
+    return PretrainConfig(**resume_options(saved, cfg))
+
+
+def resume_options(saved: dict[str, Any], cfg: PretrainConfig) -> dict[str, Any]:
+    """The run's options updated with the changeable ones this command gives.
+
+    ``--max-steps`` stops one command and is never taken from the run. Given one option of how
+    the command is launched (device, processes, ...), all of them come from this command. A
+    longer ``--epochs`` keeps the run's warmup steps when its warmup was automatic (it would
+    otherwise grow with the run and raise the learning rate part-way through).
+    """
+    given = set(cfg.model_fields_set)
+    options = {k: v for k, v in saved.items() if k in PretrainConfig.model_fields}
+    here = {"resume", "out", "max_steps", *(given & set(RESUME_MAY_CHANGE))}
+    if given & set(RESUME_LAUNCH_GROUP):
+        here |= set(RESUME_LAUNCH_GROUP)
+    options.update({name: getattr(cfg, name) for name in here})
+    warmup = _pinned_warmup_epochs(saved, cfg.epochs)
+    if "epochs" in given and options.get("warmup_epochs") is None and warmup is not None:
+        options["warmup_epochs"] = warmup
+    return options
+
+
+def _pinned_warmup_epochs(saved: dict[str, Any], epochs: int) -> float | None:
+    """The run's automatic warmup in epochs, when ``epochs`` changes and it stays shorter."""
+    pinned = _derived(saved, "warmup_epochs")
+    if pinned is None or epochs == saved.get("epochs"):
+        return None
+    return pinned if pinned < epochs else None
 
 
 def check_same_start(payload: dict[str, Any] | None, path: Path | None) -> None:

@@ -98,6 +98,10 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["pretrain", "--crop-scale", "0.2,0.5,1"], "--crop-scale"),
     (["pretrain", "--knn-k", "0"], "--knn-k"),
     (["pretrain", "--resume", "missing.pt"], "--resume"),
+    (["pretrain", "--resume", "auto"], "--out names the run to continue"),
+    (["pretrain", "--out", ""], "--out"),
+    (["pretrain", "--out", "FILE"], "--out"),
+    (["pretrain", "--epochs", "two"], "--epochs"),
     (["pretrain", "--device", "cpu", "--processes", "3", "--batch-size", "256"], "--batch-size"),
     (["pretrain", "--nodes", "2", "--node-rank", "2"], "--node-rank"),
     (["pretrain", "--gpus", "2", "--device", "cpu"], "--gpus"),
@@ -120,6 +124,9 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["features", "--checkpoint", "FILE", "--out", "feats", "--layer", "middle"], "--layer"),
     (["features", "--checkpoint", "FILE", "--out", "feats", "--split", "val"], "--split"),
     (["features", "--checkpoint", "FILE", "--out", "feats", "--batch-size", "0"], "--batch-size"),
+    (["features", "--checkpoint", "FILE", "--out", ""], "--out"),
+    (["features", "--checkpoint", "FILE", "--out", "FILE"], "--out"),
+    (["linear-eval", "--checkpoint", "FILE", "--dataset", "shapes", "--out", "FILE"], "--out"),
     (["download", "not-a-model"], "NAME"),
     (["download", "ftp://example.org/x.pt"], "NAME"),
     (["download", "resnet50-stl10", "--from-file", "missing.tar"], "--from-file"),
@@ -149,6 +156,24 @@ def test_bad_input_is_one_line_exit_2(
     assert "Traceback" not in captured.err + captured.out
     assert _listing(workdir) == before  # nothing created
     assert not (workdir / "runs").exists()
+
+
+def test_a_type_error_says_the_value_once(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["pretrain", "--epochs", "two"]) == 2
+    err = capsys.readouterr().err
+    assert err.lower().count("invalid value") == 1 and err.count("'two'") == 1
+    assert err.startswith("error: --epochs: invalid value 'two'; ")
+
+
+def test_resume_help_names_the_options_that_may_change(capsys: pytest.CaptureFixture[str]) -> None:
+    from simclr_cli.config import RESUME_MAY_CHANGE, flag_name
+
+    assert run(["pretrain", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    for name in RESUME_MAY_CHANGE:
+        assert flag_name(name) in out
 
 
 def test_bad_value_message_names_value_and_allowed(

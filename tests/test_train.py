@@ -30,7 +30,7 @@ from simclr_cli.model import SimCLR
 STEPS_PER_EPOCH = 4  # limit 48 / batch 12
 
 
-def tiny_simclr(spec: dict[str, Any]) -> SimCLR:
+def tiny_simclr(spec: dict[str, Any], zero_init_residual: bool = False) -> SimCLR:
     """A SimCLR module with a 2-conv encoder (with batch norm, like the real one)."""
     encoder = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False),
@@ -172,6 +172,66 @@ def test_resume_refuses_a_different_global_batch(tiny: None, tmp_path: Path) -> 
     train.run_pretrain(config(tmp_path, max_steps=1))
     with pytest.raises(CheckpointError, match="--batch-size 12"):
         train.run_pretrain(config(tmp_path, batch_size=8, resume="auto"))
+
+
+def test_resume_takes_the_runs_options_from_the_run(tiny: None, tmp_path: Path) -> None:
+    train.run_pretrain(config(tmp_path, max_steps=2))
+    # Only the folder, a longer run and how to run it: the rest comes from the run itself.
+    resumed = PretrainConfig(out=tmp_path, resume="auto", epochs=3, log_every=2)
+    summary = train.run_pretrain(resumed)
+    assert summary["global_step"] == 3 * STEPS_PER_EPOCH
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["limit"], saved["batch_size"], saved["image_size"]) == (48, 12, 8)
+    assert (saved["epochs"], saved["log_every"], saved["max_steps"]) == (3, 2, None)
+    assert saved["device"] == "cpu" and saved["workers"] == 0
+
+
+def test_resume_lists_every_disagreement_once(tiny: None, tmp_path: Path) -> None:
+    train.run_pretrain(config(tmp_path, max_steps=1))
+    given = {"limit": 24, "batch_size": 8, "head": "v2", "hidden_dim": 4, "temperature": 0.2}
+    with pytest.raises(CheckpointError) as caught:
+        train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", epochs=3, **given))
+    message = str(caught.value)
+    for part in (
+        "--limit 48 (given: 24)",
+        "--batch-size 12 (given: 8)",
+        "--head v1 (given: v2)",
+        "--hidden-dim unset (given: 4)",
+        "--temperature 0.5 (given: 0.2)",
+    ):
+        assert part in message
+    assert "None" not in message and "--epochs" not in message and "\n" not in message
+
+
+def test_a_given_value_equal_to_the_resolved_default_agrees() -> None:
+    saved = {"stem": "auto", "lr": None, "resolved": {"resolved_stem": "cifar", "resolved_lr": 0.1}}
+    cfg = PretrainConfig(stem="cifar", lr=0.1, device="cpu", out=Path("x"))
+    assert train.resume_differences(saved, cfg) == []
+    cfg = PretrainConfig(stem="imagenet", lr=0.2, device="cpu", out=Path("x"))
+    assert train.resume_differences(saved, cfg) == [
+        ("--stem", "auto (cifar)", "imagenet"),
+        ("--lr", "auto (0.1)", "0.2"),
+    ]
+
+
+def test_resume_with_more_epochs_keeps_the_automatic_warmup(tiny: None, tmp_path: Path) -> None:
+    train.run_pretrain(config(tmp_path, warmup_epochs=None, epochs=10, max_steps=1))
+    before = json.loads((tmp_path / "config.json").read_text())["resolved"]["warmup_steps"]
+    train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", epochs=20, max_steps=2))
+    after = json.loads((tmp_path / "config.json").read_text())["resolved"]
+    assert before == after["warmup_steps"] == 4  # 10% of the 40-step run, not of 80 steps
+    assert after["total_steps"] == 20 * STEPS_PER_EPOCH
+
+
+def test_resume_auto_before_the_first_checkpoint_reads_config_json(
+    tiny: None, tmp_path: Path
+) -> None:
+    options = config(tmp_path).model_dump(mode="json")
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps({**options, "limit": 24}))
+    summary = train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", max_steps=1))
+    assert summary["resumed_from"] is None  # nothing to restore: the run starts at step 0
+    assert json.loads((tmp_path / "config.json").read_text())["limit"] == 24
 
 
 def test_fresh_run_refuses_to_overwrite_an_existing_run(tiny: None, tmp_path: Path) -> None:
