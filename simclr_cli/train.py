@@ -44,7 +44,7 @@ from simclr_cli.augment import (
     to_uint8_transform,
 )
 from simclr_cli.config import RESUME_LAUNCH_GROUP, RESUME_MAY_CHANGE, PretrainConfig, flag_name
-from simclr_cli.console import get_console, make_progress
+from simclr_cli.console import StepProgress, get_console, phase
 from simclr_cli.data import (
     build_dataset,
     ignore_stop_signals,
@@ -59,6 +59,7 @@ from simclr_cli.errors import (
     OutputExistsError,
     SimCLRError,
     TrainingError,
+    plural,
 )
 from simclr_cli.loss import NTXentLoss
 from simclr_cli.model import SimCLR, build_simclr, model_spec
@@ -136,8 +137,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         check_resume_compatible(payload, cfg, resume_path)
     check_same_start(payload, resume_path)
     seed_everything(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    phase(f"loading data ({cfg.dataset}{f', first {cfg.limit} images' if cfg.limit else ''})")
     data = build_pretrain_data(cfg, device)
     spec = build_spec(cfg)
+    phase(f"building the model ({cfg.arch}, {spec['stem']} stem, {device.type})")
     net = build_simclr(spec, zero_init_residual=cfg.zero_init_residual)
     model = prepare_model(net, cfg, device)
     criterion = NTXentLoss(cfg.temperature)
@@ -443,13 +446,15 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
     )
     skipped = skipped_files(dataset)
     if skipped:  # reported once for the run, not per image
-        get_console().print(f"[yellow]skipped {skipped} unreadable image files in {cfg.dataset}")
+        get_console().print(
+            f"[yellow]skipped {plural(skipped, 'unreadable image file')} in {cfg.dataset}"
+        )
     per_process = cfg.per_process_batch_size
     size_of_dataset = len(dataset)  # type: ignore[arg-type]  # every dataset here is Sized
     if size_of_dataset < cfg.batch_size:
         raise DatasetError(
-            f"{cfg.dataset} has {size_of_dataset} training images, fewer than one batch of "
-            f"{cfg.batch_size}; lower --batch-size or raise --limit"
+            f"{cfg.dataset} has {plural(size_of_dataset, 'training image')}, fewer than one "
+            f"batch of {cfg.batch_size}; lower --batch-size or raise --limit"
         )
     sampler = ResumableSampler(dataset, distributed.world_size(), distributed.rank(), cfg.seed)
     loader = DataLoader(
@@ -761,6 +766,10 @@ class Trainer:
         self.log.open(config, self.global_step if self.resumed_from else None)
         if self.resumed_from:
             self.console.print(f"resuming from {self.resumed_from} at step {self.global_step}")
+        phase(
+            f"training {last_step(self.cfg, self.schedule)} steps of {self.cfg.batch_size} images "
+            f"({self.data.steps_per_epoch} per epoch); the first steps are the slowest"
+        )
         checkpoint_path: Path | None = None
         try:
             with stop_on_signals() as stop, self.progress() as progress:
@@ -867,8 +876,8 @@ class Trainer:
         record.update(images_per_s=round(images_per_s, 2), time=time.time())
         self.log.log(record)
         progress.update(
-            progress.task_ids[0],
-            completed=self.global_step,
+            self.global_step,
+            epoch=f"{epoch:.2f}/{self.cfg.epochs}",
             loss=f"{loss:.4f}",
             lr=f"{lr:.3g}",
             **{"img/s": f"{images_per_s:.0f}"},
@@ -918,6 +927,7 @@ class Trainer:
         computes them; other ranks return NaN and None)."""
         accuracy, k = math.nan, None
         if self.main:
+            phase(f"epoch {self.epoch}: kNN monitor")
             if self.knn_sets is None:
                 self.knn_sets = knn_datasets(self.cfg)
             accuracy, k = knn_eval(self.net, *self.knn_sets, self.cfg, self.device)
@@ -925,19 +935,19 @@ class Trainer:
         distributed.barrier()
         return accuracy, k
 
-    @contextlib.contextmanager
-    def progress(self) -> Iterator[Any]:
-        """The rich progress bar over all steps (disabled off rank 0)."""
-        progress = make_progress("loss", "lr", "img/s")
-        fields: dict[str, Any] = {"loss": "-", "lr": "-", "img/s": "-"}
-        progress.add_task(
+    def progress(self) -> StepProgress:
+        """Progress over all steps: a bar on a terminal, plain lines in a log (silent off rank 0).
+
+        Updated at every ``--log-every`` steps (:meth:`flush`); a log gets a line at most every
+        ``SIMCLR_PROGRESS_SECONDS`` (30) of those.
+        """
+        return StepProgress(
             "pretrain",
             total=last_step(self.cfg, self.schedule),
             completed=self.global_step,
-            **fields,
+            unit="step",
+            fields=("epoch", "loss", "lr", "img/s"),
         )
-        with progress:
-            yield progress
 
     def summary(self, checkpoint_path: Path | None) -> dict[str, Any]:
         """The one-screen result of the run, and the command to run next."""

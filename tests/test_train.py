@@ -409,7 +409,7 @@ def test_truncate_metrics_drops_steps_after_the_checkpoint(tmp_path: Path) -> No
 # quality
 
 
-def small_convnet(spec: dict[str, Any]) -> SimCLR:
+def small_convnet(spec: dict[str, Any], zero_init_residual: bool = False) -> SimCLR:
     """Three 3x3 convolutions (32-64-128 channels, batch norm): learns shapes in a CPU minute."""
     layers: list[nn.Module] = []
     for c_in, c_out, stride in ((3, 32, 1), (32, 64, 2), (64, 128, 2)):
@@ -452,7 +452,7 @@ def test_pretraining_on_shapes_beats_a_random_encoder(
     assert sum(losses[-3:]) / 3 < losses[0] - 0.2, losses
     torch.manual_seed(0)
     random_net = small_convnet({})
-    chance = train.knn_eval(random_net, *train.knn_datasets(cfg), cfg, torch.device("cpu"))
+    chance, _ = train.knn_eval(random_net, *train.knn_datasets(cfg), cfg, torch.device("cpu"))
     trained = summary["knn_accuracy"]
     assert trained > chance + 0.12, (trained, chance)
 
@@ -486,3 +486,42 @@ def test_a_dataset_smaller_than_one_batch_is_a_dataset_error(tiny: None, tmp_pat
     with pytest.raises(DatasetError, match="fewer than one batch of 12"):
         train.run_pretrain(config(tmp_path, limit=10))
     assert not (tmp_path / "checkpoint_last.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# progress
+
+
+def progress_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("pretrain step ")]
+
+
+def test_progress_off_a_terminal_is_plain_lines_every_log_step(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIMCLR_PROGRESS_SECONDS", "0")  # a line at every --log-every steps
+    train.run_pretrain(config(tmp_path, log_every=2))
+    err = capsys.readouterr().err
+    lines = progress_lines(err)
+    assert [line.split()[2] for line in lines] == ["2/8", "4/8", "6/8", "8/8"]
+    for line in lines:
+        for word in ("epoch", "loss", "lr", "img/s", "elapsed", "eta"):
+            assert f" {word} " in line, line
+    assert " epoch 1.00/2 " in lines[1] and "(100%)" in lines[-1]
+    assert "\x1b" not in err and "━" not in err  # no bar, no terminal codes in a log
+    phases = err.index("loading data"), err.index("building the model"), err.index("training 8")
+    assert list(phases) == sorted(phases) and phases[-1] < err.index("pretrain step")
+
+
+def test_progress_off_a_terminal_waits_between_lines(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIMCLR_PROGRESS_SECONDS", "3600")  # the run is shorter than that
+    train.run_pretrain(config(tmp_path, log_every=1))
+    lines = progress_lines(capsys.readouterr().err)
+    assert [line.split()[2] for line in lines] == ["1/8", "8/8"]  # the first and the last
+
+
+def test_error_message_counts_one_training_image(tiny: None, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="has 1 training image, fewer"):
+        train.run_pretrain(config(tmp_path, limit=1))
