@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from simclr_cli import __version__, signals
 from simclr_cli.config import (
+    DEFAULT_WEIGHT_DECAY,
     RESUME_MAY_CHANGE,
     DownloadConfig,
     FeaturesConfig,
@@ -83,6 +84,15 @@ def _help(model: type[BaseModel], field: str, text: str, none: str = "auto") -> 
 def _build(model: type[BaseModel], **flags: Any) -> Any:
     """Validate flags into a config; ``None`` means "use the model's default"."""
     return model(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _decay_defaults() -> str:
+    """``1e-06 for LARS, Adam; 0.0001 for AdamW, SGD``: the defaults of the config, grouped."""
+    names = {"lars": "LARS", "adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+    groups: dict[float, list[str]] = {}
+    for optimizer, decay in DEFAULT_WEIGHT_DECAY.items():
+        groups.setdefault(decay, []).append(names[optimizer])
+    return "; ".join(f"{decay:g} for {', '.join(opts)}" for decay, opts in groups.items())
 
 
 def _resume_flags() -> str:
@@ -186,12 +196,17 @@ def pretrain(
     lr_scaling: Annotated[
         str | None,
         typer.Option(
-            help=_help(P, "lr_scaling", "linear (base x B/256) or sqrt (0.075 x sqrt(B)).")
+            help=_help(
+                P,
+                "lr_scaling",
+                "linear (base x B/256) or sqrt (base x sqrt(B)). Bases: LARS 0.3 / 0.075, "
+                "SGD 0.06, Adam/AdamW 3e-4 (the sqrt bases equal the linear rule at B = 256).",
+            )
         ),
     ] = None,
     weight_decay: Annotated[
         float | None,
-        typer.Option(help=_help(P, "weight_decay", "Weight decay; auto = 1e-6 for LARS/Adam.")),
+        typer.Option(help=_help(P, "weight_decay", f"Weight decay; auto = {_decay_defaults()}.")),
     ] = None,
     momentum: Annotated[
         float | None, typer.Option(help=_help(P, "momentum", "Momentum (LARS, SGD)."))

@@ -97,7 +97,80 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """
     cfg = continue_run_config(cfg)  # a resume takes the run's options from the run
     check_run_dir(cfg)  # before any process starts: one clear error, not one per rank
+    check_memory(cfg)
     return distributed.launch(pretrain_worker, cfg)
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM the kernel can give without swapping (``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def step_memory(cfg: PretrainConfig) -> tuple[int, int]:
+    """Estimated bytes of one training step: ``(per image of the 2n views, fixed)``.
+
+    The model runs once on the ``meta`` device (shapes only, no memory, no compute); the outputs
+    of its layers (what backward keeps; in-place ReLUs reuse their input) give the activations
+    of one image, fp32. The fixed part is the weights, their gradients and two optimizer states.
+    """
+    with torch.device("meta"):
+        net = build_simclr(build_spec(cfg), zero_init_residual=cfg.zero_init_residual)
+    saved = [0]
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, Tensor) and not getattr(module, "inplace", False):
+            saved[0] += output.numel() * output.element_size()
+
+    leaves = [m for m in net.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    size = cfg.resolved_image_size
+    try:
+        net(torch.empty(2, 3, size, size, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    return saved[0] // 2, 4 * weights
+
+
+def check_memory(cfg: PretrainConfig) -> None:
+    """Refuse a CPU run whose first step would not fit in RAM, naming a batch that would.
+
+    ``SIMCLR_SKIP_MEMORY_CHECK=1`` skips the check (the estimate is of the activations kept
+    for backward at fp32; the real peak depends on the allocator).
+
+    Raises:
+        TrainingError: the estimate exceeds the available memory.
+    """
+    if cfg.resolved_device != "cpu" or os.environ.get("SIMCLR_SKIP_MEMORY_CHECK", "") not in (
+        "",
+        "0",
+    ):
+        return
+    available = available_memory()
+    if available is None:
+        return
+    per_image, fixed = step_memory(cfg)
+    processes = cfg.procs_per_node
+    need = processes * (fixed + 2 * cfg.per_process_batch_size * per_image)
+    if need <= available:
+        return
+    images = max(0, available // processes - fixed) // (2 * per_image)  # per process
+    fits = 2 ** int(math.log2(images * cfg.world_size)) if images * cfg.world_size >= 2 else 0
+    advice = f"lower --batch-size to {fits}" if fits >= 2 else "use a smaller --image-size"
+    raise TrainingError(
+        f"the first step needs about {need / 2**30:.1f} GiB of memory (batch "
+        f"{cfg.batch_size} at {cfg.resolved_image_size} px, {cfg.resolved_stem} stem) but "
+        f"{available / 2**30:.1f} GiB are available; {advice} or a smaller --image-size "
+        "(SIMCLR_SKIP_MEMORY_CHECK=1 trains anyway)"
+    )
 
 
 def pretrain_worker(cfg: PretrainConfig) -> dict[str, Any]:
@@ -745,7 +818,8 @@ class Trainer:
         }
 
     def save(self, final: bool = False) -> Path | None:
-        """Write ``checkpoint_last.pt`` (and ``checkpoint_epoch_N.pt`` when due); rank 0 only."""
+        """Write ``checkpoint_last.pt`` (and link ``checkpoint_epoch_N.pt`` to it when due);
+        rank 0 only."""
         if not self.main:
             return None
         payload = self.payload()
@@ -754,8 +828,10 @@ class Trainer:
         at_epoch_end = self.global_step % self.data.steps_per_epoch == 0
         due = self.epoch % self.cfg.checkpoint_every == 0 or final
         if at_epoch_end and self.epoch > 0 and due:
+            # One copy on disk: the numbered file is a hard link to the complete last one. The
+            # next save renames a new file over checkpoint_last.pt and leaves this one as it is.
             numbered = self.out / f"checkpoint_epoch_{self.epoch}.pt"
-            checkpoint.save_checkpoint(payload, numbered)
+            fileio.link_or_copy(last, numbered)
             return numbered
         return last
 

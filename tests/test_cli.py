@@ -477,3 +477,18 @@ def test_derived_defaults_follow_the_paper() -> None:
         True,
     )
     assert PretrainConfig(device="cpu", processes=4, batch_size=256).per_process_batch_size == 64
+
+
+def test_lr_and_weight_decay_help_agree_with_the_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from simclr_cli.config import DEFAULT_WEIGHT_DECAY
+    from simclr_cli.optim import BASE_LRS
+
+    assert run(["pretrain", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert f"LARS {BASE_LRS['lars', 'linear']:g} / {BASE_LRS['lars', 'sqrt']:g}" in out
+    assert f"SGD {BASE_LRS['sgd', 'linear']:g}" in out
+    assert "Adam/AdamW 3e-4" in out and BASE_LRS["adam", "linear"] == 3e-4
+    assert f"{DEFAULT_WEIGHT_DECAY['lars']:g} for LARS, Adam;" in out
+    assert f"{DEFAULT_WEIGHT_DECAY['sgd']:g} for AdamW, SGD" in out

@@ -525,3 +525,66 @@ def test_progress_off_a_terminal_waits_between_lines(
 def test_error_message_counts_one_training_image(tiny: None, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="has 1 training image, fewer"):
         train.run_pretrain(config(tmp_path, limit=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# one copy of the final checkpoint
+
+
+def test_the_epoch_checkpoint_is_a_link_to_the_last_one_not_a_copy(
+    tiny: None, tmp_path: Path
+) -> None:
+    train.run_pretrain(config(tmp_path))
+    last, second = tmp_path / "checkpoint_last.pt", tmp_path / "checkpoint_epoch_2.pt"
+    assert last.stat().st_ino == second.stat().st_ino and last.stat().st_nlink == 2
+    assert (tmp_path / "checkpoint_epoch_1.pt").stat().st_nlink == 1
+    kept = second.read_bytes()
+    # A longer run replaces checkpoint_last.pt by renaming: the epoch-2 file stays as it was.
+    train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", epochs=3))
+    assert second.read_bytes() == kept and second.stat().st_nlink == 1
+    assert last.stat().st_ino == (tmp_path / "checkpoint_epoch_3.pt").stat().st_ino
+    assert load_checkpoint(second)["global_step"] == 2 * STEPS_PER_EPOCH
+    assert load_checkpoint(last)["global_step"] == 3 * STEPS_PER_EPOCH
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_without_hard_links_the_epoch_checkpoint_is_a_copy(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from simclr_cli import fileio
+
+    def no_links(*args: Any) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(fileio.os, "link", no_links)
+    train.run_pretrain(config(tmp_path, epochs=1, warmup_epochs=0))
+    last, first = tmp_path / "checkpoint_last.pt", tmp_path / "checkpoint_epoch_1.pt"
+    assert last.stat().st_ino != first.stat().st_ino
+    assert last.read_bytes() == first.read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# memory check
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused_with_a_batch_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train, "available_memory", lambda: 4 * 2**30)
+    cfg = PretrainConfig(stem="cifar", image_size=224, batch_size=256, device="cpu", out=tmp_path)
+    with pytest.raises(TrainingError) as caught:
+        train.run_pretrain(cfg)
+    message = str(caught.value)
+    assert "GiB of memory (batch 256 at 224 px, cifar stem)" in message
+    fits = int(message.split("lower --batch-size to ")[1].split()[0])
+    per_image, fixed = train.step_memory(cfg)
+    assert 2 <= fits < 256 and fixed + 2 * fits * per_image <= 4 * 2**30
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    monkeypatch.setenv("SIMCLR_SKIP_MEMORY_CHECK", "1")
+    train.check_memory(cfg)  # the escape hatch
+
+
+def test_the_memory_estimate_grows_with_the_batch_and_the_image() -> None:
+    small = PretrainConfig(stem="cifar", device="cpu", out=Path("x"))
+    large = PretrainConfig(stem="cifar", image_size=64, device="cpu", out=Path("x"))
+    assert train.step_memory(large)[0] > 3 * train.step_memory(small)[0]
