@@ -271,7 +271,7 @@ def check_resume_compatible(payload: dict[str, Any], cfg: PretrainConfig, path: 
             both values, and the fix.
     """
     check_resumable(payload, path)
-    refuse_differences(resume_differences(payload.get("config") or {}, cfg), path)
+    refuse_differences(resume_differences(run_options(payload), cfg), path)
 
 
 def check_resumable(payload: dict[str, Any], path: Path) -> None:
@@ -335,7 +335,8 @@ def _derived(saved: dict[str, Any], name: str) -> Any:
         total, warmup = resolved.get("total_steps"), resolved.get("warmup_steps")
         epochs = saved.get("epochs")
         return warmup / (total / epochs) if total and epochs and warmup is not None else None
-    return resolved.get(f"resolved_{name}")
+    derived = resolved.get(f"resolved_{name}")
+    return derived if derived is not None else (saved.get("spec") or {}).get(name)
 
 
 def _shown(value: Any, derived: Any = None) -> str:
@@ -351,6 +352,11 @@ def _shown(value: Any, derived: Any = None) -> str:
     return str(value)
 
 
+def run_options(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's resolved config, with its model spec (``spec``) for the shapes it built."""
+    return {**(payload.get("config") or {}), "spec": dict(payload.get("model") or {})}
+
+
 def saved_run_options(cfg: PretrainConfig) -> tuple[dict[str, Any], Path] | None:
     """The options of the run a resume continues and where they were read, or None.
 
@@ -364,7 +370,7 @@ def saved_run_options(cfg: PretrainConfig) -> tuple[dict[str, Any], Path] | None
     if path is not None:
         payload = checkpoint.load_checkpoint(path)
         check_resumable(payload, path)
-        return dict(payload.get("config") or {}), path
+        return run_options(payload), path
     config_json = cfg.resolved_out / "config.json"
     if cfg.resume == "auto" and config_json.is_file():
         with contextlib.suppress(OSError, ValueError):  # unreadable: nothing to continue

@@ -196,7 +196,7 @@ def test_resume_lists_every_disagreement_once(tiny: None, tmp_path: Path) -> Non
         "--limit 48 (given: 24)",
         "--batch-size 12 (given: 8)",
         "--head v1 (given: v2)",
-        "--hidden-dim unset (given: 4)",
+        "--hidden-dim auto (512) (given: 4)",  # unset in the run: what it resolved to
         "--temperature 0.5 (given: 0.2)",
     ):
         assert part in message
