@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import traceback
@@ -21,6 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from simclr_cli import __version__, signals
 from simclr_cli.config import (
+    DEFAULT_WEIGHT_DECAY,
+    RESUME_MAY_CHANGE,
     DownloadConfig,
     ExportConfig,
     FeaturesConfig,
@@ -83,6 +86,20 @@ def _help(model: type[BaseModel], field: str, text: str, none: str = "auto") -> 
 def _build(model: type[BaseModel], **flags: Any) -> Any:
     """Validate flags into a config; ``None`` means "use the model's default"."""
     return model(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _decay_defaults() -> str:
+    """``1e-06 for LARS, Adam; 0.0001 for AdamW, SGD``: the defaults of the config, grouped."""
+    names = {"lars": "LARS", "adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+    groups: dict[float, list[str]] = {}
+    for optimizer, decay in DEFAULT_WEIGHT_DECAY.items():
+        groups.setdefault(decay, []).append(names[optimizer])
+    return "; ".join(f"{decay:g} for {', '.join(opts)}" for decay, opts in groups.items())
+
+
+def _resume_flags() -> str:
+    """The flags a resume may change, for ``--help`` (from the one list in the config)."""
+    return ", ".join(flag_name(name) for name in RESUME_MAY_CHANGE)
 
 
 def _examples(*lines: str) -> str:
@@ -181,12 +198,17 @@ def pretrain(
     lr_scaling: Annotated[
         str | None,
         typer.Option(
-            help=_help(P, "lr_scaling", "linear (base x B/256) or sqrt (0.075 x sqrt(B)).")
+            help=_help(
+                P,
+                "lr_scaling",
+                "linear (base x B/256) or sqrt (base x sqrt(B)). Bases: LARS 0.3 / 0.075, "
+                "SGD 0.06, Adam/AdamW 3e-4 (the sqrt bases equal the linear rule at B = 256).",
+            )
         ),
     ] = None,
     weight_decay: Annotated[
         float | None,
-        typer.Option(help=_help(P, "weight_decay", "Weight decay; auto = 1e-6 for LARS/Adam.")),
+        typer.Option(help=_help(P, "weight_decay", f"Weight decay; auto = {_decay_defaults()}.")),
     ] = None,
     momentum: Annotated[
         float | None, typer.Option(help=_help(P, "momentum", "Momentum (LARS, SGD)."))
@@ -260,8 +282,12 @@ def pretrain(
         typer.Option(help=_help(P, "deterministic", "Deterministic kernels (slower).")),
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option(help="Run folder. \\[default: runs/<dataset>-<arch>-<timestamp>]"),
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Run folder (with --resume auto: the run to continue). "
+            "\\[default: runs/<dataset>-<arch>-<timestamp>]",
+        ),
     ] = None,
     checkpoint_every: Annotated[
         int | None,
@@ -269,7 +295,11 @@ def pretrain(
     ] = None,
     resume: Annotated[
         str | None,
-        typer.Option(help="Resume from a checkpoint path, or 'auto' (the run's last one)."),
+        typer.Option(
+            help="Resume from a checkpoint path, or 'auto' (the last one of the run in --out). "
+            "The run's own options are used; flags may change only "
+            f"{_resume_flags()}; any other flag must agree with the run."
+        ),
     ] = None,
     knn_every: Annotated[
         int | None,
@@ -407,8 +437,14 @@ def linear_eval(
         float | None, typer.Option(help=_help(E, "knn_temperature", "kNN vote temperature."))
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option(help="Folder for linear_eval.json. \\[default: next to the checkpoint]"),
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Folder for linear_eval.json. \\[default: next to the checkpoint]",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option(help=_help(E, "overwrite", "Replace existing output files."))
     ] = None,
 ) -> None:
     """Linear evaluation: a classifier on frozen encoder features (top-1/top-5, kNN)."""
@@ -433,7 +469,9 @@ def features(
     checkpoint: Annotated[
         str, typer.Option(help="Checkpoint file, or a release name (see simclr download --list).")
     ],
-    out: Annotated[Path, typer.Option(help="Output folder for features.npy, labels.npy, ...")],
+    out: Annotated[
+        str, typer.Option(metavar="PATH", help="Output folder for features.npy, labels.npy, ...")
+    ],
     dataset: Annotated[
         str | None,
         typer.Option(help=_help(F, "dataset", "cifar10, cifar100, stl10, shapes or a folder.")),
@@ -699,8 +737,16 @@ def _usage_line(error: Exception, argv: list[str]) -> str:
         name, _, inline = token.partition("=")
         if name in opts:
             value = inline if inline else (argv[i + 1] if i + 1 < len(argv) else "")
-            return invalid_value(opts[0], value, message)
+            return invalid_value(opts[0], value, _without_flag_and_value(message, value))
     return message
+
+
+def _without_flag_and_value(message: str, value: str) -> str:
+    """Click's ``Invalid value for '--epochs': 'two' is not a valid integer.`` without the parts
+    :func:`invalid_value` already says: ``not a valid integer``."""
+    message = re.sub(r"^Invalid value for '[^']*':\s*", "", message).rstrip(".")
+    message = message.removeprefix(f"{value!r} is ").removeprefix(f"{value} is ")
+    return message[:1].lower() + message[1:]
 
 
 def _error_line(error: BaseException) -> str:

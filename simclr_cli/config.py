@@ -22,6 +22,44 @@ from simclr_cli.archs import ARCHS, IMAGENET_STEM_MIN_SIZE, auto_stem
 # Weight decay per optimiser: 1e-6 is the SimCLR paper's default with LARS ("Default setting").
 DEFAULT_WEIGHT_DECAY = {"lars": 1e-6, "adam": 1e-6, "adamw": 1e-4, "sgd": 1e-4}
 CPU_COUNT = os.cpu_count() or 1
+# Options of `simclr pretrain --resume` that a command line may change: how long the run goes,
+# how it is launched and monitored, none of the data, model, optimizer or augmentation. Every
+# other option is taken from the run itself (its checkpoint, else its config.json).
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "max_steps",
+    "workers",
+    "data_dir",
+    "device",
+    "precision",
+    "channels_last",
+    "compile",
+    "deterministic",
+    "checkpoint_every",
+    "knn_every",
+    "knn_k",
+    "log_every",
+    "gpus",
+    "processes",
+    "nodes",
+    "node_rank",
+    "master_addr",
+    "master_port",
+    "sync_bn",
+)
+# Options that describe how this command is launched: given one, the others come from this
+# command too (its flags or their defaults), never half from the run and half from here.
+RESUME_LAUNCH_GROUP = (
+    "device",
+    "precision",
+    "gpus",
+    "processes",
+    "nodes",
+    "node_rank",
+    "master_addr",
+    "master_port",
+    "sync_bn",
+)
 
 
 def default_cache_dir() -> Path:
@@ -97,6 +135,19 @@ def _check_checkpoint(value: str) -> str:
     if kind == "missing":
         names = ", ".join(sorted(REGISTRY))
         raise ValueError(f"no such file, and not a release checkpoint name ({names}) or URL")
+    return value
+
+
+def check_out_folder(value: Any) -> Any:
+    """An ``--out`` folder: not empty (that would be the current folder) and not a file.
+
+    Raises:
+        ValueError: the value is empty or names an existing file.
+    """
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("give a folder name (an empty --out would write into the current folder)")
+    if value is not None and Path(value).expanduser().is_file():
+        raise ValueError("that is a file; give a folder (new or existing)")
     return value
 
 
@@ -201,16 +252,25 @@ class PretrainConfig(_Frozen):
             return value
         raise ValueError("use 'auto' or the path of an existing checkpoint file")
 
+    @field_validator("out", mode="before")
+    @classmethod
+    def _out(cls, value: Any) -> Any:
+        return check_out_folder(value)
+
     @model_validator(mode="before")
     @classmethod
     def _default_out(cls, data: Any) -> Any:
-        """Pick the run folder once, so every later use (and every process) agrees on it."""
+        """Pick the run folder once, so every later use (and every process) agrees on it.
+
+        ``--resume auto`` needs ``--out``: it names the run to continue, and guessing one (or
+        starting a fresh run in a new folder) would do something the user did not ask for.
+        """
         if isinstance(data, dict) and data.get("out") is None:
+            if data.get("resume") == "auto":
+                raise ValueError(resume_auto_needs_out())
             data = dict(data)
             data["out"] = default_run_dir(
-                str(data.get("dataset", "shapes")),
-                str(data.get("arch", "resnet18")),
-                resume_auto=data.get("resume") == "auto",
+                str(data.get("dataset", "shapes")), str(data.get("arch", "resnet18"))
             )
         return data
 
@@ -332,16 +392,22 @@ class PretrainConfig(_Frozen):
         return self.out
 
 
-def default_run_dir(dataset: str, arch: str, resume_auto: bool = False) -> Path:
-    """``runs/<dataset>-<arch>-<timestamp>``; with ``--resume auto``, the newest such run."""
+def default_run_dir(dataset: str, arch: str) -> Path:
+    """``runs/<dataset>-<arch>-<timestamp>``."""
     kind = dataset_kind(dataset)
     name = Path(dataset).name if kind == "folder" else kind
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "data"
-    if resume_auto:
-        runs = sorted(Path("runs").glob(f"{name}-{arch}-*/checkpoint_last.pt"))
-        if runs:
-            return runs[-1].parent
     return Path("runs") / f"{name}-{arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def resume_auto_needs_out() -> str:
+    """The line for ``--resume auto`` without ``--out``, naming the newest run as an example."""
+    runs = sorted(Path("runs").glob("*/checkpoint_last.pt"), key=lambda p: p.stat().st_mtime)
+    example = runs[-1].parent if runs else Path("runs") / "<run folder>"
+    return (
+        f"--resume auto needs --out: --out names the run to continue "
+        f"(e.g. --resume auto --out {example})"
+    )
 
 
 class _EvalCommon(_Frozen):
@@ -386,9 +452,15 @@ class LinearEvalConfig(_EvalCommon):
     batch_size: int = Field(default=512, ge=1)
     seed: int = Field(default=0, ge=0)
     out: Path | None = None
+    overwrite: bool = False
     knn_k: int | None = Field(default=None, ge=1)
     knn_temperature: float = Field(default=0.1, gt=0)
     baseline: tuple[Literal["random", "pixels"], ...] = ()
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _out(cls, value: Any) -> Any:
+        return check_out_folder(value)
 
     @field_validator("dataset")
     @classmethod
@@ -446,12 +518,15 @@ class FeaturesConfig(_EvalCommon):
     def _dataset(cls, value: str) -> str:
         return _canonical_dataset(value)
 
+    @field_validator("out", mode="before")
+    @classmethod
+    def _out(cls, value: Any) -> Any:
+        return check_out_folder(value)
+
     @model_validator(mode="after")
     def _split(self) -> FeaturesConfig:
         if self.split == "unlabeled" and self.dataset != "stl10":
             raise ValueError("--split unlabeled exists only for stl10")
-        if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"--out {self.out} is a file; give a folder")
         return self
 
     @property

@@ -22,6 +22,11 @@ def invalid_value(option: str, value: object, allowed: str) -> str:
     return f"{option}: invalid value {shown!r}; {allowed}"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 training image``, ``2 training images``: a count with its noun."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 class SimCLRError(Exception):
     """A failure the user can act on; the message names the problem and the fix."""
 

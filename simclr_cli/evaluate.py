@@ -43,6 +43,10 @@ KNN_BLOCK_ELEMENTS = 1 << 24
 # k is capped at a tenth of the smallest class of the bank (see knn_k_for).
 KNN_K = 200
 KNN_TEMPERATURE = 0.1
+# linear-eval warns below this many images per class in either split (``--limit 5``).
+FEW_IMAGES_PER_CLASS = 10
+# What linear-eval writes: replaced only with --overwrite (the rule `features` follows too).
+LINEAR_EVAL_OUTPUTS = ("linear_eval.json", "confusion_matrix.csv")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,8 +460,12 @@ def extract_features(
     layer: str = "encoder",
     workers: int = 0,
     precision: str = "auto",
+    description: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Features of every example of ``dataset``, rows in dataset order.
+
+    With ``description``, the batches are counted on the progress display (a bar, or plain
+    lines in a log); without, the extraction is silent (the kNN monitor of a training run).
 
     Returns:
         ``(features, labels)``: (N, D) float32 and (N,) int64 CPU tensors with N = len(dataset)
@@ -465,13 +473,26 @@ def extract_features(
     """
     device = resolve_device(device)
     loader = build_loader(dataset, batch_size, device, workers)
-    parts = list(iter_features(model, loader, device, layer, precision))
+    batches = iter_features(model, loader, device, layer, precision)
+    parts = list(batches) if description is None else _counted(batches, description, len(loader))
     if not parts:
         raise DatasetError(
             "the dataset is empty; point --dataset/--data-dir at a folder with images"
         )
     features, labels = (torch.cat(p) for p in zip(*parts, strict=True))
     return features, labels
+
+
+def _counted(batches: Iterator[Any], description: str, total: int) -> list[Any]:
+    """``list(batches)``, counting them on a :class:`~simclr_cli.console.StepProgress`."""
+    from simclr_cli.console import StepProgress
+
+    parts = []
+    with StepProgress(description, total, unit="batch", transient=True) as progress:
+        for part in batches:
+            parts.append(part)
+            progress.update(len(parts))
+    return parts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -650,9 +671,16 @@ def evaluate_frozen(
         Metrics over the WHOLE test split: top1, top5, per_class, confusion_matrix, knn_top1,
         plus protocol details and split sizes.
     """
+    from simclr_cli.console import phase
+
     extract = {"device": device, "precision": precision, "workers": workers}
-    train_h, train_y = extract_features(model, train, batch_size, **extract)
-    test_h, test_y = extract_features(model, test, batch_size, **extract)
+    train_h, train_y = extract_features(
+        model, train, batch_size, **extract, description="extracting features (train)"
+    )
+    test_h, test_y = extract_features(
+        model, test, batch_size, **extract, description="extracting features (test)"
+    )
+    phase(f"fitting the linear classifier ({protocol} protocol)")
     if protocol == "features":
         logits, details = probe_features(
             train_h.to(device), train_y.to(device), test_h, num_classes, solver, seed,
@@ -841,11 +869,58 @@ def _require_labels(dataset: Dataset, name: str) -> None:
         )
 
 
-def _class_names(dataset: Dataset) -> list[str] | None:
-    while hasattr(dataset, "dataset"):  # Subset
-        dataset = dataset.dataset
-    names = getattr(dataset, "classes", None)
-    return [str(n) for n in names] if names else None
+def _parts(dataset: Dataset | None) -> list[Dataset]:
+    """The datasets under ``Subset`` and ``ConcatDataset`` wrappers."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    if dataset is None:
+        return []
+    if isinstance(dataset, Subset):
+        return _parts(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        return [part for inner in dataset.datasets for part in _parts(inner)]
+    return [dataset]
+
+
+def class_names(dataset: Dataset | None) -> list[str] | None:
+    """The class names a dataset knows (label ``i`` is ``names[i]``), or None."""
+    for part in _parts(dataset):
+        names = getattr(part, "classes", None)
+        if names:
+            return [str(n) for n in names]
+    return None
+
+
+def skipped_count(*datasets: Dataset | None) -> int:
+    """Unreadable files skipped by the image folders under ``datasets``, each folder once."""
+    from simclr_cli.data import skipped_files
+
+    unique = {id(part): part for dataset in datasets for part in _parts(dataset)}
+    return sum(skipped_files(part) for part in unique.values())
+
+
+def report_skipped(*datasets: Dataset | None) -> int:
+    """Say once how many unreadable image files were skipped (as ``pretrain`` does)."""
+    from simclr_cli.console import get_console
+    from simclr_cli.errors import plural
+
+    count = skipped_count(*datasets)
+    if count:
+        get_console().print(f"[yellow]skipped {plural(count, 'unreadable image file')}")
+    return count
+
+
+def small_data_warning(train_images: int, test_images: int, num_classes: int) -> str | None:
+    """A warning when accuracies on so few images (or top-5 of so few classes) mean little."""
+    notes = []
+    if min(train_images, test_images) < FEW_IMAGES_PER_CLASS * num_classes:
+        notes.append(
+            f"{train_images} train / {test_images} test images for {num_classes} classes are "
+            "too few for top-1, top-5 or kNN accuracy to mean much (raise or drop --limit)"
+        )
+    if num_classes <= 5:
+        notes.append(f"top-5 of {num_classes} classes is always 100%")
+    return "; ".join(notes) or None
 
 
 def run_linear_eval(cfg: Any) -> dict[str, Any]:
@@ -860,19 +935,30 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
     Raises:
         CheckpointError, DatasetError, UsageError: with one-line messages.
     """
+    from simclr_cli.console import get_console, phase
     from simclr_cli.data import labels_of
 
     start = time.perf_counter()
+    if cfg.out is not None:  # before the checkpoint is read (or downloaded)
+        fileio.refuse_overwrite(cfg.out, LINEAR_EVAL_OUTPUTS, cfg.overwrite)
+    phase(f"loading the checkpoint {cfg.checkpoint}")
     model, payload, path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
+    out_dir = linear_eval_dir(cfg.out, path, cfg.cache_dir)
+    fileio.refuse_overwrite(out_dir, LINEAR_EVAL_OUTPUTS, cfg.overwrite)
     device = resolve_device(cfg.resolved_device)
     allocator.configure_for(device.type)
     transform = checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind)
-    train, test = linear_eval_splits(cfg, transform)
     name = str(cfg.dataset or cfg.train_dir)
+    phase(f"loading data ({name})")
+    train, test = linear_eval_splits(cfg, transform)
+    skipped = report_skipped(train, test)
     _require_labels(train, f"{name} (train)")
     _require_labels(test, f"{name} (test)")
-    classes = _class_names(train)
+    classes = class_names(train)
     num_classes = len(classes) if classes else max(labels_of(train) + labels_of(test)) + 1
+    warning = small_data_warning(len(train), len(test), num_classes)  # type: ignore[arg-type]
+    if warning:
+        get_console().print(f"[yellow]warning: {warning}")
     views = None
     if cfg.protocol == "augment":
         views, _ = linear_eval_splits(
@@ -885,13 +971,15 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
         cfg.seed, cfg.knn_k, cfg.knn_temperature, classes,
     )  # fmt: skip
     if cfg.baseline:
+        phase(f"evaluating the baselines ({', '.join(cfg.baseline)})")
         result["baselines"] = evaluate_baselines(
             cfg.baseline, payload["model"], train, test, num_classes, device, cfg,
             result["knn"]["k"],
         )  # fmt: skip
-    result = {"checkpoint": str(path), "dataset": name, **result}
+    result = {"checkpoint": str(path), "dataset": name, **result, "classes": classes}
+    result.update(skipped_files=skipped, **({"warning": warning} if warning else {}))
     result["time_s"] = round(time.perf_counter() - start, 3)
-    files = write_linear_eval(result, linear_eval_dir(cfg.out, path, cfg.cache_dir))
+    files = write_linear_eval(result, out_dir)
     print_linear_eval(result)
     return linear_eval_summary(result, files)
 
@@ -937,10 +1025,10 @@ def write_linear_eval(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
 
 def print_linear_eval(result: dict[str, Any]) -> None:
-    """Per-class accuracy and the headline numbers as a rich table (rank-aware console)."""
+    """Per-class accuracy and the headline numbers as a rich table on stdout (rank 0)."""
     from rich.table import Table
 
-    from simclr_cli.console import get_console
+    from simclr_cli.console import stdout_console
 
     table = Table(title=f"Linear evaluation ({result['protocol']}) of {result['checkpoint']}")
     table.add_column("class")
@@ -956,9 +1044,9 @@ def print_linear_eval(result: dict[str, Any]) -> None:
     table.add_row(
         f"kNN (k={knn['k']}, T={knn['temperature']})", f"{100 * result['knn_top1']:.2f}%", ""
     )
-    get_console().print(table)
+    stdout_console().print(table)  # with the summary, so `> results.txt` keeps both
     if result.get("baselines"):
-        get_console().print(baseline_table(result))
+        stdout_console().print(baseline_table(result))
 
 
 BASELINE_NAMES = {"random": "random encoder (default init)", "pixels": "raw pixels"}

@@ -19,13 +19,16 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from simclr_cli import allocator, fileio
-from simclr_cli.errors import DatasetError, OutputExistsError
+from simclr_cli.errors import DatasetError
 from simclr_cli.evaluate import (
     build_loader,
     checkpoint_transform,
+    class_names,
     iter_features,
     load_frozen_model,
+    report_skipped,
     resolve_device,
+    skipped_count,
 )
 
 FEATURES, LABELS, META, PATHS = "features.npy", "labels.npy", "meta.json", "paths.txt"
@@ -40,12 +43,7 @@ def check_outputs(out: Path, overwrite: bool) -> None:
     Raises:
         OutputExistsError: one of :data:`OUTPUTS` exists in ``out`` and ``overwrite`` is off.
     """
-    existing = [name for name in OUTPUTS if (out / name).exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them "
-            "or choose another --out"
-        )
+    fileio.refuse_overwrite(out, OUTPUTS, overwrite)
 
 
 def features_dataset(cfg: Any, transform: Any) -> tuple[Dataset, str, list[Path] | None]:
@@ -89,13 +87,18 @@ def export_features(cfg: Any) -> dict[str, Any]:
         OutputExistsError: outputs exist and ``cfg.overwrite`` is off (before any work).
         CheckpointError, DatasetError, UsageError: with one-line messages.
     """
+    from simclr_cli.console import phase
+
     out = Path(cfg.out)
     check_outputs(out, cfg.overwrite)
+    phase(f"loading the checkpoint {cfg.checkpoint}")
     model, payload, checkpoint_path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
     device = resolve_device(cfg.resolved_device)
     allocator.configure_for(device.type)
     transform = checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind)
+    phase(f"loading data ({cfg.dataset})")
     dataset, split, paths = features_dataset(cfg, transform)
+    report_skipped(dataset)
     out.mkdir(parents=True, exist_ok=True)
     staged: dict[str, Path] = {}
     try:
@@ -105,7 +108,7 @@ def export_features(cfg: Any) -> dict[str, Any]:
         count, dim = np.load(staged[FEATURES], mmap_mode="r").shape
         if paths is not None:
             staged[PATHS] = _stage_text(out, PATHS, "".join(f"{p}\n" for p in paths))
-        meta = build_meta(cfg, payload, checkpoint_path, split, count, dim, labels, paths)
+        meta = build_meta(cfg, payload, checkpoint_path, split, count, dim, labels, paths, dataset)
         staged[META] = _stage_text(out, META, json.dumps(meta, indent=2))
         _commit(out, staged)
     finally:
@@ -149,19 +152,18 @@ def _fill(
     tmp: Path, labels: np.ndarray, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], total: int
 ) -> int:
     """Write feature batches into a new (N, D) float32 ``.npy`` memory map; return rows written."""
-    from simclr_cli.console import make_progress
+    from simclr_cli.console import StepProgress
 
     array = None
     row = 0
-    with make_progress(transient=True) as progress:
-        task = progress.add_task("features", total=total)
+    with StepProgress("extracting features", total, unit="batch", transient=True) as progress:
         for h, y in batches:
             if array is None:  # the width D is known after the first batch
                 array = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(labels), h.shape[1]))
             array[row : row + len(h)] = h.numpy()
             labels[row : row + len(h)] = y.numpy()
             row += len(h)
-            progress.advance(task)
+            progress.advance()
     if array is not None:
         array.flush()
         del array  # close the memory map before the file is synced and renamed
@@ -177,8 +179,10 @@ def build_meta(
     dim: int,
     labels: np.ndarray,
     paths: list[Path] | None,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
-    """What the exported rows are: model, layer, preprocessing, data, order."""
+    """What the exported rows are: model, layer, preprocessing, data, order, class names (label
+    ``i`` is ``classes[i]``; None when the dataset has none) and unreadable files skipped."""
     from simclr_cli.data import default_image_size
 
     spec = payload["model"]
@@ -202,6 +206,8 @@ def build_meta(
         "split": split,
         "order": order + ("; paths.txt names the file of each row" if paths is not None else ""),
         "dtype": {"features": "float32", "labels": "int64 (-1 = unlabelled)"},
+        "classes": class_names(dataset),
+        "skipped_files": skipped_count(dataset),
     }
 
 

@@ -24,13 +24,14 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from simclr_cli import signals
-from simclr_cli.errors import WriteError, os_error_fix
+from simclr_cli.errors import OutputExistsError, WriteError, os_error_fix
 
 TEMP_SUFFIX = ".tmp"
 # Temporaries without a pid (written by simclr-cli before 0.x): dead once untouched this long.
@@ -127,8 +128,49 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def refuse_overwrite(
+    folder: str | os.PathLike[str], names: tuple[str, ...], overwrite: bool
+) -> None:
+    """The one overwrite rule of the commands that write results (``features``, ``linear-eval``):
+    earlier results are replaced only with ``--overwrite``; checked before the work starts.
+
+    Raises:
+        OutputExistsError: one of ``names`` exists in ``folder`` and ``overwrite`` is off.
+    """
+    existing = [name for name in names if (Path(folder) / name).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{folder} already holds {', '.join(existing)}; pass --overwrite to replace them "
+            "or choose another --out"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # writers
+
+
+def link_or_copy(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Make ``path`` a second name of the complete file ``source``, atomically: a hard link (no
+    second copy on disk), or a copy where the file system has no links.
+
+    Later atomic writes of ``source`` rename a new file over its name and leave the inode that
+    ``path`` names untouched, so the two names stop sharing data instead of both changing.
+
+    Raises:
+        WriteError: neither a link nor a copy could be made (the temporary name is removed).
+    """
+    source, path = Path(source), Path(path)
+    tmp = temp_path(path)
+    try:
+        tmp.unlink()  # the reserved name, for the link to take
+        try:
+            os.link(source, tmp)
+        except OSError:  # FAT, some network mounts: no hard links
+            shutil.copyfile(source, tmp)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, error) from None
+    return commit(tmp, path)
 
 
 @contextlib.contextmanager

@@ -43,8 +43,8 @@ from simclr_cli.augment import (
     TwoViews,
     to_uint8_transform,
 )
-from simclr_cli.config import PretrainConfig
-from simclr_cli.console import get_console, make_progress
+from simclr_cli.config import RESUME_LAUNCH_GROUP, RESUME_MAY_CHANGE, PretrainConfig, flag_name
+from simclr_cli.console import StepProgress, get_console, phase
 from simclr_cli.data import (
     build_dataset,
     ignore_stop_signals,
@@ -59,6 +59,7 @@ from simclr_cli.errors import (
     OutputExistsError,
     SimCLRError,
     TrainingError,
+    plural,
 )
 from simclr_cli.loss import NTXentLoss
 from simclr_cli.model import SimCLR, build_simclr, model_spec
@@ -94,8 +95,82 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         Interrupted: SIGINT/SIGTERM; a checkpoint was written first.
         TrainingError: the loss became non-finite.
     """
+    cfg = continue_run_config(cfg)  # a resume takes the run's options from the run
     check_run_dir(cfg)  # before any process starts: one clear error, not one per rank
+    check_memory(cfg)
     return distributed.launch(pretrain_worker, cfg)
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM the kernel can give without swapping (``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def step_memory(cfg: PretrainConfig) -> tuple[int, int]:
+    """Estimated bytes of one training step: ``(per image of the 2n views, fixed)``.
+
+    The model runs once on the ``meta`` device (shapes only, no memory, no compute); the outputs
+    of its layers (what backward keeps; in-place ReLUs reuse their input) give the activations
+    of one image, fp32. The fixed part is the weights, their gradients and two optimizer states.
+    """
+    with torch.device("meta"):
+        net = build_simclr(build_spec(cfg), zero_init_residual=cfg.zero_init_residual)
+    saved = [0]
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, Tensor) and not getattr(module, "inplace", False):
+            saved[0] += output.numel() * output.element_size()
+
+    leaves = [m for m in net.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    size = cfg.resolved_image_size
+    try:
+        net(torch.empty(2, 3, size, size, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    return saved[0] // 2, 4 * weights
+
+
+def check_memory(cfg: PretrainConfig) -> None:
+    """Refuse a CPU run whose first step would not fit in RAM, naming a batch that would.
+
+    ``SIMCLR_SKIP_MEMORY_CHECK=1`` skips the check (the estimate is of the activations kept
+    for backward at fp32; the real peak depends on the allocator).
+
+    Raises:
+        TrainingError: the estimate exceeds the available memory.
+    """
+    if cfg.resolved_device != "cpu" or os.environ.get("SIMCLR_SKIP_MEMORY_CHECK", "") not in (
+        "",
+        "0",
+    ):
+        return
+    available = available_memory()
+    if available is None:
+        return
+    per_image, fixed = step_memory(cfg)
+    processes = cfg.procs_per_node
+    need = processes * (fixed + 2 * cfg.per_process_batch_size * per_image)
+    if need <= available:
+        return
+    images = max(0, available // processes - fixed) // (2 * per_image)  # per process
+    fits = 2 ** int(math.log2(images * cfg.world_size)) if images * cfg.world_size >= 2 else 0
+    advice = f"lower --batch-size to {fits}" if fits >= 2 else "use a smaller --image-size"
+    raise TrainingError(
+        f"the first step needs about {need / 2**30:.1f} GiB of memory (batch "
+        f"{cfg.batch_size} at {cfg.resolved_image_size} px, {cfg.resolved_stem} stem) but "
+        f"{available / 2**30:.1f} GiB are available; {advice} or a smaller --image-size "
+        "(SIMCLR_SKIP_MEMORY_CHECK=1 trains anyway)"
+    )
 
 
 def pretrain_worker(cfg: PretrainConfig) -> dict[str, Any]:
@@ -135,8 +210,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         check_resume_compatible(payload, cfg, resume_path)
     check_same_start(payload, resume_path)
     seed_everything(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    phase(f"loading data ({cfg.dataset}{f', first {cfg.limit} images' if cfg.limit else ''})")
     data = build_pretrain_data(cfg, device)
     spec = build_spec(cfg)
+    phase(f"building the model ({cfg.arch}, {spec['stem']} stem, {device.type})")
     net = build_simclr(spec, zero_init_residual=cfg.zero_init_residual)
     model = prepare_model(net, cfg, device)
     criterion = NTXentLoss(cfg.temperature)
@@ -183,53 +260,167 @@ def resume_checkpoint_path(cfg: PretrainConfig) -> Path | None:
     return Path(cfg.resume).expanduser()
 
 
-# Options that must equal the checkpoint's: they change the data stream, the model's shapes or the
-# optimizer's state. Each is (flag, value in the checkpoint, value of this run), read from the
-# checkpoint's model spec (shapes) or its resolved config.
-_SPEC_OPTIONS = ("arch", "stem", "head", "hidden_dim", "projection_dim", "image_size")
-_CONFIG_OPTIONS = ("dataset", "limit", "batch_size", "optimizer", "momentum")
-
-
 def check_resume_compatible(payload: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
     """Raise unless ``payload`` continues the run ``cfg`` describes (same data, model, optimizer).
 
-    The number of processes may differ; the global batch may not (it fixes the schedule).
+    Only the options of :data:`~simclr_cli.config.RESUME_MAY_CHANGE` may differ (the number of
+    processes among them: the global batch may not, it fixes the schedule).
 
     Raises:
-        CheckpointError: listing every differing option with both values, and the fix.
+        CheckpointError: not a resumable checkpoint, or listing every differing option with
+            both values, and the fix.
+    """
+    check_resumable(payload, path)
+    refuse_differences(resume_differences(run_options(payload), cfg), path)
+
+
+def check_resumable(payload: dict[str, Any], path: Path) -> None:
+    """Raise unless ``payload`` is a pretraining checkpoint with an optimizer state.
+
+    Raises:
+        CheckpointError: a converted release file or an export without optimizer state.
     """
     if payload.get("kind") != "pretrain" or payload.get("optimizer") is None:
         raise CheckpointError(
             f"{path} is not a resumable pretraining checkpoint (no optimizer state); "
             "start a new run, or pass it to linear-eval instead"
         )
-    differences = resume_differences(payload, cfg)
-    if differences:
-        given = "; ".join(
-            f"{flag} {theirs} (this run: {ours})" for flag, theirs, ours in differences
-        )
-        flags = " ".join(f"{flag} {theirs}" for flag, theirs, _ in differences)
-        raise CheckpointError(
-            f"{path} was trained with {given}; resume with {flags} or start a new --out"
-        )
 
 
-def resume_differences(payload: dict[str, Any], cfg: PretrainConfig) -> list[tuple[str, Any, Any]]:
-    """``(flag, checkpoint value, this run's value)`` for each option that disagrees."""
-    saved = payload.get("config") or {}
-    spec = payload.get("model") or {}
+def refuse_differences(differences: list[tuple[str, str, str]], source: Path) -> None:
+    """Raise one error listing every ``(flag, run's value, given value)`` of ``differences``.
+
+    Raises:
+        CheckpointError: when ``differences`` is not empty.
+    """
+    if not differences:
+        return
+    listed = "; ".join(f"{flag} {theirs} (given: {ours})" for flag, theirs, ours in differences)
+    flags = " ".join(flag for flag, _, _ in differences)
+    raise CheckpointError(
+        f"{source} belongs to a run with {listed}; leave out {flags} to continue it as it was "
+        "(`simclr pretrain --help` lists the options a resume may change), or start a new --out"
+    )
+
+
+def resume_differences(saved: dict[str, Any], cfg: PretrainConfig) -> list[tuple[str, str, str]]:
+    """``(flag, run's value, given value)`` for each option given in ``cfg`` that may not change.
+
+    An option is given when it is in ``cfg.model_fields_set`` (the CLI passes only the flags on
+    the command line). A given value equal to what the run resolved an unset option to (``--stem
+    cifar`` for a run with ``stem`` auto at 32 px) agrees with it.
+
+    Args:
+        saved: the run's resolved config (a checkpoint's ``config``, or ``config.json``).
+        cfg: the options of this command.
+    """
     current = cfg.model_dump(mode="json")
-    ours_spec = build_spec(cfg)
-    pairs = [(key, spec.get(key), ours_spec.get(key)) for key in _SPEC_OPTIONS if key in spec]
-    pairs += [(key, saved[key], current[key]) for key in _CONFIG_OPTIONS if key in saved]
-    decay = (saved.get("resolved") or {}).get("resolved_weight_decay")
-    if decay is not None:
-        pairs.append(("weight_decay", decay, cfg.resolved_weight_decay))
-    return [
-        ("--" + key.replace("_", "-"), theirs, ours)
-        for key, theirs, ours in pairs
-        if theirs != ours
-    ]
+    fixed = set(cfg.model_fields_set) - set(RESUME_MAY_CHANGE) - {"resume", "out"}
+    differences = []
+    for name in (option for option in PretrainConfig.model_fields if option in fixed):
+        if name not in saved:  # an option that older versions did not record
+            continue
+        theirs, ours = saved[name], current[name]
+        derived = _derived(saved, name)
+        if ours == theirs or (derived is not None and ours == derived):
+            continue
+        differences.append((flag_name(name), _shown(theirs, derived), _shown(ours)))
+    return differences
+
+
+def _derived(saved: dict[str, Any], name: str) -> Any:
+    """What the run resolved option ``name`` to (``resolved_stem``, ...; the warmup in epochs)."""
+    resolved = saved.get("resolved") or {}
+    if name == "warmup_epochs":
+        total, warmup = resolved.get("total_steps"), resolved.get("warmup_steps")
+        epochs = saved.get("epochs")
+        return warmup / (total / epochs) if total and epochs and warmup is not None else None
+    derived = resolved.get(f"resolved_{name}")
+    return derived if derived is not None else (saved.get("spec") or {}).get(name)
+
+
+def _shown(value: Any, derived: Any = None) -> str:
+    """An option's value as a user would type it; an unset one as ``auto (what it resolved to)``."""
+    if value is None or value == "auto":
+        return "unset" if derived is None else f"auto ({_shown(derived)})"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def run_options(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's resolved config, with its model spec (``spec``) for the shapes it built."""
+    return {**(payload.get("config") or {}), "spec": dict(payload.get("model") or {})}
+
+
+def saved_run_options(cfg: PretrainConfig) -> tuple[dict[str, Any], Path] | None:
+    """The options of the run a resume continues and where they were read, or None.
+
+    From the checkpoint to resume (its resolved config); for ``--resume auto`` in a run folder
+    without a checkpoint yet, from its ``config.json``; None for a fresh run.
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable or not resumable.
+    """
+    path = resume_checkpoint_path(cfg)
+    if path is not None:
+        payload = checkpoint.load_checkpoint(path)
+        check_resumable(payload, path)
+        return run_options(payload), path
+    config_json = cfg.resolved_out / "config.json"
+    if cfg.resume == "auto" and config_json.is_file():
+        with contextlib.suppress(OSError, ValueError):  # unreadable: nothing to continue
+            saved = json.loads(config_json.read_text(encoding="utf-8"))
+            if isinstance(saved, dict):
+                return saved, config_json
+    return None
+
+
+def continue_run_config(cfg: PretrainConfig) -> PretrainConfig:
+    """The options a resume runs with: the run's own, with what this command may change.
+
+    Raises:
+        CheckpointError: a given option that may not change differs from the run's (all are
+            listed in one line), or the checkpoint is not resumable.
+    """
+    found = saved_run_options(cfg)
+    if found is None:
+        return cfg
+    saved, source = found
+    refuse_differences(resume_differences(saved, cfg), source)
+    return PretrainConfig(**resume_options(saved, cfg))
+
+
+def resume_options(saved: dict[str, Any], cfg: PretrainConfig) -> dict[str, Any]:
+    """The run's options updated with the changeable ones this command gives.
+
+    ``--max-steps`` stops one command and is never taken from the run. Given one option of how
+    the command is launched (device, processes, ...), all of them come from this command. A
+    longer ``--epochs`` keeps the run's warmup steps when its warmup was automatic (it would
+    otherwise grow with the run and raise the learning rate part-way through).
+    """
+    given = set(cfg.model_fields_set)
+    options = {k: v for k, v in saved.items() if k in PretrainConfig.model_fields}
+    here = {"resume", "out", "max_steps", *(given & set(RESUME_MAY_CHANGE))}
+    if given & set(RESUME_LAUNCH_GROUP):
+        here |= set(RESUME_LAUNCH_GROUP)
+    options.update({name: getattr(cfg, name) for name in here})
+    warmup = _pinned_warmup_epochs(saved, cfg.epochs)
+    if "epochs" in given and options.get("warmup_epochs") is None and warmup is not None:
+        options["warmup_epochs"] = warmup
+    return options
+
+
+def _pinned_warmup_epochs(saved: dict[str, Any], epochs: int) -> float | None:
+    """The run's automatic warmup in epochs, when ``epochs`` changes and it stays shorter."""
+    pinned = _derived(saved, "warmup_epochs")
+    if pinned is None or epochs == saved.get("epochs"):
+        return None
+    return pinned if pinned < epochs else None
 
 
 def check_same_start(payload: dict[str, Any] | None, path: Path | None) -> None:
@@ -334,13 +525,15 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
     )
     skipped = skipped_files(dataset)
     if skipped:  # reported once for the run, not per image
-        get_console().print(f"[yellow]skipped {skipped} unreadable image files in {cfg.dataset}")
+        get_console().print(
+            f"[yellow]skipped {plural(skipped, 'unreadable image file')} in {cfg.dataset}"
+        )
     per_process = cfg.per_process_batch_size
     size_of_dataset = len(dataset)  # type: ignore[arg-type]  # every dataset here is Sized
     if size_of_dataset < cfg.batch_size:
         raise DatasetError(
-            f"{cfg.dataset} has {size_of_dataset} training images, fewer than one batch of "
-            f"{cfg.batch_size}; lower --batch-size or raise --limit"
+            f"{cfg.dataset} has {plural(size_of_dataset, 'training image')}, fewer than one "
+            f"batch of {cfg.batch_size}; lower --batch-size or raise --limit"
         )
     sampler = ResumableSampler(dataset, distributed.world_size(), distributed.rank(), cfg.seed)
     loader = DataLoader(
@@ -631,7 +824,8 @@ class Trainer:
         }
 
     def save(self, final: bool = False) -> Path | None:
-        """Write ``checkpoint_last.pt`` (and ``checkpoint_epoch_N.pt`` when due); rank 0 only."""
+        """Write ``checkpoint_last.pt`` (and link ``checkpoint_epoch_N.pt`` to it when due);
+        rank 0 only."""
         if not self.main:
             return None
         payload = self.payload()
@@ -640,8 +834,10 @@ class Trainer:
         at_epoch_end = self.global_step % self.data.steps_per_epoch == 0
         due = self.epoch % self.cfg.checkpoint_every == 0 or final
         if at_epoch_end and self.epoch > 0 and due:
+            # One copy on disk: the numbered file is a hard link to the complete last one. The
+            # next save renames a new file over checkpoint_last.pt and leaves this one as it is.
             numbered = self.out / f"checkpoint_epoch_{self.epoch}.pt"
-            checkpoint.save_checkpoint(payload, numbered)
+            fileio.link_or_copy(last, numbered)
             return numbered
         return last
 
@@ -656,6 +852,10 @@ class Trainer:
             record = {"step": self.global_step, "resumed_from": self.resumed_from}
             record.update(epoch=round(self.global_step / self.data.steps_per_epoch, 4))
             self.log.log({**record, "time": time.time()})
+        phase(
+            f"training {last_step(self.cfg, self.schedule)} steps of {self.cfg.batch_size} images "
+            f"({self.data.steps_per_epoch} per epoch); the first steps are the slowest"
+        )
         checkpoint_path: Path | None = None
         try:
             with stop_on_signals() as stop, self.progress() as progress:
@@ -762,8 +962,8 @@ class Trainer:
         record.update(images_per_s=round(images_per_s, 2), time=time.time())
         self.log.log(record)
         progress.update(
-            progress.task_ids[0],
-            completed=self.global_step,
+            self.global_step,
+            epoch=f"{epoch:.2f}/{self.cfg.epochs}",
             loss=f"{loss:.4f}",
             lr=f"{lr:.3g}",
             **{"img/s": f"{images_per_s:.0f}"},
@@ -813,6 +1013,7 @@ class Trainer:
         computes them; other ranks return NaN and None)."""
         accuracy, k = math.nan, None
         if self.main:
+            phase(f"epoch {self.epoch}: kNN monitor")
             if self.knn_sets is None:
                 self.knn_sets = knn_datasets(self.cfg)
             accuracy, k = knn_eval(self.net, *self.knn_sets, self.cfg, self.device)
@@ -820,19 +1021,19 @@ class Trainer:
         distributed.barrier()
         return accuracy, k
 
-    @contextlib.contextmanager
-    def progress(self) -> Iterator[Any]:
-        """The rich progress bar over all steps (disabled off rank 0)."""
-        progress = make_progress("loss", "lr", "img/s")
-        fields: dict[str, Any] = {"loss": "-", "lr": "-", "img/s": "-"}
-        progress.add_task(
+    def progress(self) -> StepProgress:
+        """Progress over all steps: a bar on a terminal, plain lines in a log (silent off rank 0).
+
+        Updated at every ``--log-every`` steps (:meth:`flush`); a log gets a line at most every
+        ``SIMCLR_PROGRESS_SECONDS`` (30) of those.
+        """
+        return StepProgress(
             "pretrain",
             total=last_step(self.cfg, self.schedule),
             completed=self.global_step,
-            **fields,
+            unit="step",
+            fields=("epoch", "loss", "lr", "img/s"),
         )
-        with progress:
-            yield progress
 
     def summary(self, checkpoint_path: Path | None) -> dict[str, Any]:
         """The one-screen result of the run, and the command to run next."""

@@ -98,6 +98,10 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["pretrain", "--crop-scale", "0.2,0.5,1"], "--crop-scale"),
     (["pretrain", "--knn-k", "0"], "--knn-k"),
     (["pretrain", "--resume", "missing.pt"], "--resume"),
+    (["pretrain", "--resume", "auto"], "--out names the run to continue"),
+    (["pretrain", "--out", ""], "--out"),
+    (["pretrain", "--out", "FILE"], "--out"),
+    (["pretrain", "--epochs", "two"], "--epochs"),
     (["pretrain", "--device", "cpu", "--processes", "3", "--batch-size", "256"], "--batch-size"),
     (["pretrain", "--nodes", "2", "--node-rank", "2"], "--node-rank"),
     (["pretrain", "--gpus", "2", "--device", "cpu"], "--gpus"),
@@ -120,6 +124,9 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["features", "--checkpoint", "FILE", "--out", "feats", "--layer", "middle"], "--layer"),
     (["features", "--checkpoint", "FILE", "--out", "feats", "--split", "val"], "--split"),
     (["features", "--checkpoint", "FILE", "--out", "feats", "--batch-size", "0"], "--batch-size"),
+    (["features", "--checkpoint", "FILE", "--out", ""], "--out"),
+    (["features", "--checkpoint", "FILE", "--out", "FILE"], "--out"),
+    (["linear-eval", "--checkpoint", "FILE", "--dataset", "shapes", "--out", "FILE"], "--out"),
     (["download", "not-a-model"], "NAME"),
     (["download", "ftp://example.org/x.pt"], "NAME"),
     (["download", "resnet50-stl10", "--from-file", "missing.tar"], "--from-file"),
@@ -156,6 +163,24 @@ def test_bad_input_is_one_line_exit_2(
     assert "Traceback" not in captured.err + captured.out
     assert _listing(workdir) == before  # nothing created
     assert not (workdir / "runs").exists()
+
+
+def test_a_type_error_says_the_value_once(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["pretrain", "--epochs", "two"]) == 2
+    err = capsys.readouterr().err
+    assert err.lower().count("invalid value") == 1 and err.count("'two'") == 1
+    assert err.startswith("error: --epochs: invalid value 'two'; ")
+
+
+def test_resume_help_names_the_options_that_may_change(capsys: pytest.CaptureFixture[str]) -> None:
+    from simclr_cli.config import RESUME_MAY_CHANGE, flag_name
+
+    assert run(["pretrain", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    for name in RESUME_MAY_CHANGE:
+        assert flag_name(name) in out
 
 
 def test_bad_value_message_names_value_and_allowed(
@@ -196,10 +221,13 @@ def test_an_unwritable_out_is_one_line_exit_1(
         argv = ["pretrain", "--max-steps", "1", "--device", "cpu", "--workers", "0"]
     before = _listing(workdir)
     assert run([*argv, "--out", str(out)]) == 1
-    assert capsys.readouterr().err == (
+    lines = capsys.readouterr().err.splitlines()
+    # What the command was doing (loading data...) may come first; the error is one line.
+    assert lines[-1] == (
         f"error: Not a directory: {out}; a part of that path is a file, not a folder; "
-        "choose another path\n"
+        "choose another path"
     )
+    assert all(line.endswith("...") for line in lines[:-1]), lines
     assert _listing(workdir) == before
 
 
@@ -456,3 +484,18 @@ def test_derived_defaults_follow_the_paper() -> None:
         True,
     )
     assert PretrainConfig(device="cpu", processes=4, batch_size=256).per_process_batch_size == 64
+
+
+def test_lr_and_weight_decay_help_agree_with_the_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from simclr_cli.config import DEFAULT_WEIGHT_DECAY
+    from simclr_cli.optim import BASE_LRS
+
+    assert run(["pretrain", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert f"LARS {BASE_LRS['lars', 'linear']:g} / {BASE_LRS['lars', 'sqrt']:g}" in out
+    assert f"SGD {BASE_LRS['sgd', 'linear']:g}" in out
+    assert "Adam/AdamW 3e-4" in out and BASE_LRS["adam", "linear"] == 3e-4
+    assert f"{DEFAULT_WEIGHT_DECAY['lars']:g} for LARS, Adam;" in out
+    assert f"{DEFAULT_WEIGHT_DECAY['sgd']:g} for AdamW, SGD" in out

@@ -40,3 +40,30 @@ def test_human_bytes_uses_binary_units() -> None:
         "1.5 KiB",
         "5.0 GiB",
     ]
+
+
+def test_terminal_progress_shows_the_epoch_and_a_smoothed_eta(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    screen = Console(file=io.StringIO(), force_terminal=True, width=200)
+    monkeypatch.setattr(console, "get_console", lambda: screen)
+    with console.StepProgress("pretrain", total=8, fields=("epoch", "loss")) as progress:
+        progress.update(4, epoch="1.00/2", loss="3.1")
+    shown = screen.file.getvalue()
+    assert "epoch 1.00/2" in shown and "loss 3.1" in shown and "eta " in shown
+
+
+def test_smoothed_rate_moves_part_of_the_way_to_a_new_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [0.0]
+    monkeypatch.setattr(console.time, "perf_counter", lambda: now[0])
+    rate = console.SmoothedRate()
+    now[0] = 1.0
+    assert rate.update(10) == 10.0
+    now[0] = 2.0
+    assert rate.update(40) == pytest.approx(10 + console.RATE_SMOOTHING * (30 - 10))

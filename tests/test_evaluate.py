@@ -499,7 +499,7 @@ def test_linear_eval_reports_baselines_beside_the_checkpoint(tmp_path):
     import json
 
     ck = tmp_path / "ck.pt"
-    save_native_checkpoint(ck)
+    save_native_checkpoint(ck, seed=1)  # not the seed-0 default init of the random baseline
     cfg = eval_config(ck, limit=100, baseline=("random", "pixels"), out=tmp_path / "eval")
     summary = ev.run_linear_eval(cfg)
     result = json.loads((tmp_path / "eval" / "linear_eval.json").read_text())
@@ -512,3 +512,62 @@ def test_linear_eval_reports_baselines_beside_the_checkpoint(tmp_path):
     assert f"({gap:+.1f} / " in summary["verdict"]
     # the random baseline is not the checkpoint: a zero-init checkpoint's h is nearly constant
     assert random["top1"] != result["top1"] or random["knn_top1"] != result["knn_top1"]
+
+
+def test_linear_eval_refuses_to_overwrite_earlier_results_without_overwrite(tmp_path):
+    from simclr_cli.errors import OutputExistsError
+
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    cfg = eval_config(ck, limit=12, out=tmp_path / "out")
+    ev.run_linear_eval(cfg)
+    before = (tmp_path / "out" / "linear_eval.json").read_text()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        ev.run_linear_eval(cfg)
+    assert (tmp_path / "out" / "linear_eval.json").read_text() == before
+    ev.run_linear_eval(eval_config(ck, limit=12, out=tmp_path / "out", overwrite=True))
+
+
+def test_linear_eval_prints_table_and_summary_on_stdout(tmp_path, capsys, monkeypatch):
+    import json
+
+    from simclr_cli.cli import run
+    from simclr_cli.data import SHAPE_CLASSES
+
+    monkeypatch.setenv("SIMCLR_PROGRESS_SECONDS", "0")
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    argv = ["linear-eval", "--checkpoint", str(ck), "--dataset", "shapes", "--limit", "20"]
+    assert run([*argv, "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "o")]) == 0
+    out, err = capsys.readouterr()
+    # The per-class table and the summary both go to stdout: `> results.txt` keeps both.
+    assert "circle" in out and "top-1" in out and "Linear evaluation" in out
+    assert "circle" not in err
+    # Phases and counted extraction batches on stderr (not a terminal here: plain lines).
+    assert "loading data (shapes)..." in err and "fitting the linear classifier" in err
+    assert "extracting features (train) batch 1/1 (100%)" in err
+    assert "warning: 20 train / 20 test images for 10 classes are too few" in err
+    saved = json.loads((tmp_path / "o" / "linear_eval.json").read_text())
+    assert saved["classes"] == list(SHAPE_CLASSES) and saved["skipped_files"] == 0
+    assert "too few" in saved["warning"]
+
+
+def test_linear_eval_counts_unreadable_files(tmp_path, capsys):
+    write_folder(tmp_path / "train", ["cat", "dog"], 4)
+    write_folder(tmp_path / "test", ["cat", "dog"], 2)
+    (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "test" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    cfg = eval_config(ck, dataset=None, train_dir=tmp_path / "train", test_dir=tmp_path / "test")
+    ev.run_linear_eval(cfg)
+    assert "skipped 2 unreadable image files" in capsys.readouterr().err
+    import json
+
+    assert json.loads((tmp_path / "linear_eval.json").read_text())["skipped_files"] == 2
+
+
+def test_small_data_warning():
+    assert ev.small_data_warning(5000, 1000, 10) is None
+    assert "top-5 of 4 classes" in ev.small_data_warning(5000, 1000, 4)
+    assert "5 train / 5 test images" in ev.small_data_warning(5, 5, 10)

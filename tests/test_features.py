@@ -161,3 +161,25 @@ def test_release_layout_checkpoint_exports_features(tmp_path):
     result = feat.export_features(cfg)
     assert np.load(tmp_path / "out" / "features.npy").shape == (5, 64)
     assert result["dim"] == 64
+
+
+def test_meta_names_the_classes_and_counts_unreadable_files(tmp_path, capsys):
+    write_folder(tmp_path / "photos", ["cat", "dog"], 3)
+    (tmp_path / "photos" / "dog" / "broken.png").write_bytes(b"not a png")
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    cfg = features_config(ck, tmp_path / "out", dataset=str(tmp_path / "photos"), limit=None)
+    feat.export_features(cfg)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["classes"] == ["cat", "dog"] and meta["skipped_files"] == 1
+    assert "skipped 1 unreadable image file" in capsys.readouterr().err
+
+
+def test_shapes_meta_names_its_classes(tmp_path):
+    from simclr_cli.data import SHAPE_CLASSES
+
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    feat.export_features(features_config(ck, tmp_path / "out", limit=4))
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["classes"] == list(SHAPE_CLASSES) and meta["skipped_files"] == 0

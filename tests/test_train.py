@@ -30,7 +30,7 @@ from simclr_cli.model import SimCLR
 STEPS_PER_EPOCH = 4  # limit 48 / batch 12
 
 
-def tiny_simclr(spec: dict[str, Any]) -> SimCLR:
+def tiny_simclr(spec: dict[str, Any], zero_init_residual: bool = False) -> SimCLR:
     """A SimCLR module with a 2-conv encoder (with batch norm, like the real one)."""
     encoder = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False),
@@ -172,6 +172,66 @@ def test_resume_refuses_a_different_global_batch(tiny: None, tmp_path: Path) -> 
     train.run_pretrain(config(tmp_path, max_steps=1))
     with pytest.raises(CheckpointError, match="--batch-size 12"):
         train.run_pretrain(config(tmp_path, batch_size=8, resume="auto"))
+
+
+def test_resume_takes_the_runs_options_from_the_run(tiny: None, tmp_path: Path) -> None:
+    train.run_pretrain(config(tmp_path, max_steps=2))
+    # Only the folder, a longer run and how to run it: the rest comes from the run itself.
+    resumed = PretrainConfig(out=tmp_path, resume="auto", epochs=3, log_every=2)
+    summary = train.run_pretrain(resumed)
+    assert summary["global_step"] == 3 * STEPS_PER_EPOCH
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["limit"], saved["batch_size"], saved["image_size"]) == (48, 12, 8)
+    assert (saved["epochs"], saved["log_every"], saved["max_steps"]) == (3, 2, None)
+    assert saved["device"] == "cpu" and saved["workers"] == 0
+
+
+def test_resume_lists_every_disagreement_once(tiny: None, tmp_path: Path) -> None:
+    train.run_pretrain(config(tmp_path, max_steps=1))
+    given = {"limit": 24, "batch_size": 8, "head": "v2", "hidden_dim": 4, "temperature": 0.2}
+    with pytest.raises(CheckpointError) as caught:
+        train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", epochs=3, **given))
+    message = str(caught.value)
+    for part in (
+        "--limit 48 (given: 24)",
+        "--batch-size 12 (given: 8)",
+        "--head v1 (given: v2)",
+        "--hidden-dim auto (512) (given: 4)",  # unset in the run: what it resolved to
+        "--temperature 0.5 (given: 0.2)",
+    ):
+        assert part in message
+    assert "None" not in message and "--epochs" not in message and "\n" not in message
+
+
+def test_a_given_value_equal_to_the_resolved_default_agrees() -> None:
+    saved = {"stem": "auto", "lr": None, "resolved": {"resolved_stem": "cifar", "resolved_lr": 0.1}}
+    cfg = PretrainConfig(stem="cifar", lr=0.1, device="cpu", out=Path("x"))
+    assert train.resume_differences(saved, cfg) == []
+    cfg = PretrainConfig(stem="imagenet", lr=0.2, device="cpu", out=Path("x"))
+    assert train.resume_differences(saved, cfg) == [
+        ("--stem", "auto (cifar)", "imagenet"),
+        ("--lr", "auto (0.1)", "0.2"),
+    ]
+
+
+def test_resume_with_more_epochs_keeps_the_automatic_warmup(tiny: None, tmp_path: Path) -> None:
+    train.run_pretrain(config(tmp_path, warmup_epochs=None, epochs=10, max_steps=1))
+    before = json.loads((tmp_path / "config.json").read_text())["resolved"]["warmup_steps"]
+    train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", epochs=20, max_steps=2))
+    after = json.loads((tmp_path / "config.json").read_text())["resolved"]
+    assert before == after["warmup_steps"] == 4  # 10% of the 40-step run, not of 80 steps
+    assert after["total_steps"] == 20 * STEPS_PER_EPOCH
+
+
+def test_resume_auto_before_the_first_checkpoint_reads_config_json(
+    tiny: None, tmp_path: Path
+) -> None:
+    options = config(tmp_path).model_dump(mode="json")
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps({**options, "limit": 24}))
+    summary = train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", max_steps=1))
+    assert summary["resumed_from"] is None  # nothing to restore: the run starts at step 0
+    assert json.loads((tmp_path / "config.json").read_text())["limit"] == 24
 
 
 def test_fresh_run_refuses_to_overwrite_an_existing_run(tiny: None, tmp_path: Path) -> None:
@@ -350,7 +410,7 @@ def test_truncate_metrics_drops_steps_after_the_checkpoint(tmp_path: Path) -> No
 # quality
 
 
-def small_convnet(spec: dict[str, Any]) -> SimCLR:
+def small_convnet(spec: dict[str, Any], zero_init_residual: bool = False) -> SimCLR:
     """Three 3x3 convolutions (32-64-128 channels, batch norm): learns shapes in a CPU minute."""
     layers: list[nn.Module] = []
     for c_in, c_out, stride in ((3, 32, 1), (32, 64, 2), (64, 128, 2)):
@@ -393,7 +453,7 @@ def test_pretraining_on_shapes_beats_a_random_encoder(
     assert sum(losses[-3:]) / 3 < losses[0] - 0.2, losses
     torch.manual_seed(0)
     random_net = small_convnet({})
-    chance = train.knn_eval(random_net, *train.knn_datasets(cfg), cfg, torch.device("cpu"))
+    chance, _ = train.knn_eval(random_net, *train.knn_datasets(cfg), cfg, torch.device("cpu"))
     trained = summary["knn_accuracy"]
     assert trained > chance + 0.12, (trained, chance)
 
@@ -427,3 +487,105 @@ def test_a_dataset_smaller_than_one_batch_is_a_dataset_error(tiny: None, tmp_pat
     with pytest.raises(DatasetError, match="fewer than one batch of 12"):
         train.run_pretrain(config(tmp_path, limit=10))
     assert not (tmp_path / "checkpoint_last.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# progress
+
+
+def progress_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("pretrain step ")]
+
+
+def test_progress_off_a_terminal_is_plain_lines_every_log_step(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIMCLR_PROGRESS_SECONDS", "0")  # a line at every --log-every steps
+    train.run_pretrain(config(tmp_path, log_every=2))
+    err = capsys.readouterr().err
+    lines = progress_lines(err)
+    assert [line.split()[2] for line in lines] == ["2/8", "4/8", "6/8", "8/8"]
+    for line in lines:
+        for word in ("epoch", "loss", "lr", "img/s", "elapsed", "eta"):
+            assert f" {word} " in line, line
+    assert " epoch 1.00/2 " in lines[1] and "(100%)" in lines[-1]
+    assert "\x1b" not in err and "━" not in err  # no bar, no terminal codes in a log
+    phases = err.index("loading data"), err.index("building the model"), err.index("training 8")
+    assert list(phases) == sorted(phases) and phases[-1] < err.index("pretrain step")
+
+
+def test_progress_off_a_terminal_waits_between_lines(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIMCLR_PROGRESS_SECONDS", "3600")  # the run is shorter than that
+    train.run_pretrain(config(tmp_path, log_every=1))
+    lines = progress_lines(capsys.readouterr().err)
+    assert [line.split()[2] for line in lines] == ["1/8", "8/8"]  # the first and the last
+
+
+def test_error_message_counts_one_training_image(tiny: None, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="has 1 training image, fewer"):
+        train.run_pretrain(config(tmp_path, limit=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# one copy of the final checkpoint
+
+
+def test_the_epoch_checkpoint_is_a_link_to_the_last_one_not_a_copy(
+    tiny: None, tmp_path: Path
+) -> None:
+    train.run_pretrain(config(tmp_path))
+    last, second = tmp_path / "checkpoint_last.pt", tmp_path / "checkpoint_epoch_2.pt"
+    assert last.stat().st_ino == second.stat().st_ino and last.stat().st_nlink == 2
+    assert (tmp_path / "checkpoint_epoch_1.pt").stat().st_nlink == 1
+    kept = second.read_bytes()
+    # A longer run replaces checkpoint_last.pt by renaming: the epoch-2 file stays as it was.
+    train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", epochs=3))
+    assert second.read_bytes() == kept and second.stat().st_nlink == 1
+    assert last.stat().st_ino == (tmp_path / "checkpoint_epoch_3.pt").stat().st_ino
+    assert load_checkpoint(second)["global_step"] == 2 * STEPS_PER_EPOCH
+    assert load_checkpoint(last)["global_step"] == 3 * STEPS_PER_EPOCH
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_without_hard_links_the_epoch_checkpoint_is_a_copy(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from simclr_cli import fileio
+
+    def no_links(*args: Any) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(fileio.os, "link", no_links)
+    train.run_pretrain(config(tmp_path, epochs=1, warmup_epochs=0))
+    last, first = tmp_path / "checkpoint_last.pt", tmp_path / "checkpoint_epoch_1.pt"
+    assert last.stat().st_ino != first.stat().st_ino
+    assert last.read_bytes() == first.read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# memory check
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused_with_a_batch_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train, "available_memory", lambda: 4 * 2**30)
+    cfg = PretrainConfig(stem="cifar", image_size=224, batch_size=256, device="cpu", out=tmp_path)
+    with pytest.raises(TrainingError) as caught:
+        train.run_pretrain(cfg)
+    message = str(caught.value)
+    assert "GiB of memory (batch 256 at 224 px, cifar stem)" in message
+    fits = int(message.split("lower --batch-size to ")[1].split()[0])
+    per_image, fixed = train.step_memory(cfg)
+    assert 2 <= fits < 256 and fixed + 2 * fits * per_image <= 4 * 2**30
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    monkeypatch.setenv("SIMCLR_SKIP_MEMORY_CHECK", "1")
+    train.check_memory(cfg)  # the escape hatch
+
+
+def test_the_memory_estimate_grows_with_the_batch_and_the_image() -> None:
+    small = PretrainConfig(stem="cifar", device="cpu", out=Path("x"))
+    large = PretrainConfig(stem="cifar", image_size=64, device="cpu", out=Path("x"))
+    assert train.step_memory(large)[0] > 3 * train.step_memory(small)[0]
