@@ -173,10 +173,9 @@ def pretrain(
     zero_init_residual: Annotated[
         bool | None,
         typer.Option(
-            "--zero-init-residual/--no-zero-init-residual",
+            "--zero-init-residual",
             help="Start each residual block as the identity (its last batch norm at zero, as "
-            "the paper's TF code) instead of torchvision's initialisation. "
-            "\\[default: no-zero-init-residual]",
+            "the paper's TF code) instead of torchvision's initialisation. \\[default: off]",
         ),
     ] = None,
     batch_size: Annotated[
