@@ -130,7 +130,7 @@ P = PretrainConfig
         "simclr pretrain --dataset shapes --epochs 20 --batch-size 256",
         "simclr pretrain --dataset cifar10 --epochs 500 --batch-size 1024 --gpus 4",
         "simclr pretrain --dataset ./my_images --image-size 224 --arch resnet50 --optimizer adam",
-        "simclr pretrain --resume auto --out runs/cifar10-resnet18",
+        "simclr pretrain --resume auto --out runs/quickstart --epochs 16",
     )
 )
 def pretrain(
@@ -354,7 +354,7 @@ E = LinearEvalConfig
 @app.command(
     "linear-eval",
     epilog=_examples(
-        "simclr linear-eval --checkpoint runs/shapes-resnet18/checkpoint_last.pt --dataset shapes",
+        "simclr linear-eval --checkpoint runs/quickstart --dataset shapes --baseline random",
         "simclr linear-eval --checkpoint resnet50-stl10 --dataset stl10",
         "simclr linear-eval --checkpoint ck.pt --train-dir data/train --test-dir data/test",
         "simclr linear-eval --checkpoint ck.pt --dataset cifar10 --protocol augment --epochs 100",
