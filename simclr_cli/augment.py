@@ -377,6 +377,10 @@ class BatchedSimCLRAugment(nn.Module):
         self.normalize = mean is not None and std is not None
         self.register_buffer("mean", torch.tensor(mean or [0.0] * 3).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(std or [1.0] * 3).view(1, 3, 1, 1), False)
+        # Jitter factor ranges as buffers: a tensor built from Python floats inside the step
+        # would be a blocking host-to-device copy on a GPU.
+        self.register_buffer("factor_lo", torch.tensor([r[0] for r in self.ranges]), False)
+        self.register_buffer("factor_hi", torch.tensor([r[1] for r in self.ranges]), False)
 
     @torch.no_grad()
     def sample_params(
@@ -401,8 +405,7 @@ class BatchedSimCLRAugment(nn.Module):
         if generator is not None:
             device = generator.device
         u = torch.rand(batch_size, _U, generator=generator, device=device)  # (B, 35)
-        lo = torch.tensor([r[0] for r in self.ranges], device=u.device)
-        hi = torch.tensor([r[1] for r in self.ranges], device=u.device)
+        lo, hi = self.factor_lo.to(u.device), self.factor_hi.to(u.device)  # no-op on its device
         blur = u[:, _U_BLUR] < P_BLUR
         flip = u[:, _U_FLIP] < P_FLIP
         return {

@@ -143,7 +143,7 @@ class LARS(torch.optim.Optimizer):
             group["eta"] * w_norm / d_norm.clamp_min(tiny),
             torch.ones_like(w_norm),
         )
-        return torch._foreach_mul(d, list(ratio.unbind()))
+        return list(torch._foreach_mul(d, list(ratio.unbind())))
 
     def _momentum_buffers(
         self, params: list[torch.Tensor], steps: list[torch.Tensor], momentum: float
