@@ -270,7 +270,8 @@ def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     )
     hue6 = torch.remainder(sector / chroma.clamp_min(1e-12) + 6.0 * shift.view(-1, 1, 1, 1), 6.0)
     # HSV -> RGB: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    # (5, 3, 1) made on the device: a tensor of Python floats would be a blocking copy on a GPU
+    n = (5.0 - 2.0 * torch.arange(3, device=x.device, dtype=x.dtype)).view(1, 3, 1, 1)
     k = n + hue6  # (B, 3, H, W) in [1, 11)
     k = torch.where(k >= 6.0, k - 6.0, k)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
