@@ -11,6 +11,12 @@ Randomness is a pure function of ``(seed, step, rank)``: the sampler's order dep
 ``(seed, epoch)`` and the generators are reseeded before every step, so a run resumed at any
 step draws the same order and augmentations as an uninterrupted one (exactly so with
 ``--workers 0`` or ``--augment-on device``; DataLoader worker processes keep their own streams).
+``--data-on device`` (:mod:`simclr_cli.resident`) replaces the DataLoader by batches gathered
+from the whole set held on the device, in the same order, so it trains the same weights.
+
+Host syncs: the step itself never reads a device value; the loss is summed on the device and
+read (and checked finite) once per ``--log-every`` window. fp16's GradScaler is the exception
+(torch reads its inf check once per step); bf16 and fp32 need no scaler.
 
 Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
 ICML 2020 (arXiv:2002.05709), section 2 and appendix B.
