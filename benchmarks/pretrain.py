@@ -269,7 +269,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--steps", type=int, help="timed steps (default 20 CUDA, 3 CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 5 CUDA, 1 CPU)")
-    parser.add_argument("--workers", type=int, default=2, help="simclr-cli DataLoader workers")
+    parser.add_argument("--workers", type=int, help="simclr-cli workers (default 8 CUDA, 2 CPU)")
     parser.add_argument("--peer-workers", type=int, help="peers' workers (default 8 CUDA, 2 CPU)")
     parser.add_argument("--augment-on", choices=("cpu", "device"), default="device")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
@@ -294,6 +294,7 @@ def parse_args() -> argparse.Namespace:
     args.steps = args.steps or (20 if cuda else 3)
     args.warmup = args.warmup or (5 if cuda else 1)
     args.peer_workers = args.peer_workers if args.peer_workers is not None else (8 if cuda else 2)
+    args.workers = args.workers if args.workers is not None else (8 if cuda else 2)
     args.precisions = args.precisions or ("bf16,fp32" if cuda else "fp32")
     return args
 
