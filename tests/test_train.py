@@ -461,7 +461,7 @@ def test_pretraining_on_shapes_beats_a_random_encoder(
     assert sum(losses[-3:]) / 3 < losses[0] - 0.2, losses
     torch.manual_seed(0)
     random_net = small_convnet({})
-    chance = train.knn_eval(random_net, *train.knn_datasets(cfg), cfg, torch.device("cpu"))
+    chance, _ = train.knn_eval(random_net, *train.knn_datasets(cfg), cfg, torch.device("cpu"))
     trained = summary["knn_accuracy"]
     assert trained > chance + 0.12, (trained, chance)
 
