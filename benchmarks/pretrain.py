@@ -1,252 +1,358 @@
-"""End-to-end pretraining throughput: simclr-cli against a Spijkervet/SimCLR-style loop.
+"""End-to-end pretraining throughput: simclr-cli against the pipelines a user would pick instead.
 
-Both pipelines train the same network (ResNet-18, CIFAR stem) on the embedded ``shapes``
-dataset with the same global batch, and both are timed over whole steps: data loading,
-augmentation, forward, loss, backward and the optimizer step, with a host sync (``.item()``)
-after every timed step so no work is left queued. The first ``--warmup`` steps are not timed
-(worker start-up, allocator warm-up). Each pipeline runs in its own process, so that its peak
-resident size is its own and process-wide settings (malloc's, thread pools) do not carry over.
+Every pipeline trains the same network (ResNet-18, CIFAR stem, 2-layer projector) on the
+embedded ``shapes`` dataset with the same batch and image size, on the same device, and is
+timed over whole steps: data loading, augmentation, forward, loss, backward and the optimizer
+step, with a host sync (``.item()``) after every timed step so no work is left queued. The
+first ``--warmup`` steps are not timed (worker start-up, cuDNN autotuning, allocator warm-up).
+Each pipeline runs in its own process, so its peak memory is its own and process-wide settings
+(malloc's, thread pools, cuDNN's autotuner) do not carry over.
 
-* reference: the training loop of Spijkervet/SimCLR, transcribed: PIL/torchvision augmentation
-  in DataLoader workers, channels-first fp32, the encoder called once per view, and the NT-Xent
-  that builds an ``(2N, 2N, D)`` cosine-similarity tensor and gathers negatives with a mask.
-* simclr-cli: :func:`simclr_cli.train.run_pretrain` with the chosen options (``--augment-on``,
-  ``--channels-last``, ``--precision``), timed from the run's own ``metrics.jsonl``. On the
-  CPU it keeps freed memory for reuse (:mod:`simclr_cli.allocator`);
-  ``--reference-keep-freed-memory`` also times the reference with that setting, to show how
-  much of the ratio it accounts for.
+* ``spijkervet``: the training loop of Spijkervet/SimCLR, transcribed (:mod:`peers`).
+* ``lightly``: lightly's published CIFAR-10 recipe, transcribed (:mod:`peers`): torchvision PIL
+  views in ``--peer-workers`` DataLoader workers (8, as the recipe), two encoder passes per
+  step, lightly's NT-Xent, SGD.
+* ``ours-host``: :func:`simclr_cli.train.run_pretrain` with ``--data-on host`` (a DataLoader of
+  ``--workers`` processes; views made ``--augment-on``), timed from the run's ``metrics.jsonl``.
+* ``ours-device``: the same with ``--data-on device --augment-on device`` (the decoded set is
+  one uint8 tensor on the device; no DataLoader).
+* ``ours-device+compile`` (``--compile``) and ``spijkervet+keep`` (``--reference-keep-freed-
+  memory``: the Spijkervet loop with simclr-cli's CPU malloc setting, :mod:`simclr_cli.allocator`).
+
+For each pipeline and each of ``--precisions`` (bf16 and fp32 on CUDA; fp32 on the CPU) it
+prints images/s, the ratios to the Spijkervet- and lightly-style pipelines, peak memory (GPU:
+``torch.cuda.max_memory_allocated``; CPU: peak resident size) and the achieved TFLOP/s: the
+convolution and matmul FLOPs of one training step (forward and backward of both views, counted
+with ``torch.utils.flop_counter.FlopCounterMode``) times the steps per second.
 
 Usage::
 
-    python benchmarks/pretrain.py                       # batch 256, 32 px, 3 timed steps
-    python benchmarks/pretrain.py --compile              # also simclr-cli with --compile
-    python benchmarks/pretrain.py --batch-size 64 --steps 5 --augment-on cpu
-    python benchmarks/pretrain.py --steps 8 --reference-keep-freed-memory
-
-Prints images/s and peak resident size of each, the ratio, and the seconds one epoch of 50,000
-images would take.
+    python benchmarks/pretrain.py                                  # CPU: batch 256, 32 px
+    python benchmarks/pretrain.py --device cuda                    # batch 512, bf16 and fp32
+    python benchmarks/pretrain.py --batch-size 64 --steps 5 --pipelines ours-host,ours-device
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
-from torchvision import transforms
+from torch.utils.flop_counter import FlopCounterMode
 
 from simclr_cli import allocator
 from simclr_cli.config import PretrainConfig
 from simclr_cli.data import ShapesDataset
-from simclr_cli.model import build_encoder
-from simclr_cli.train import run_pretrain
+from simclr_cli.loss import nt_xent
+from simclr_cli.model import build_simclr
+from simclr_cli.train import build_spec, run_pretrain
 
+import peers
 from procmem import peak_rss_gib, run_fresh
 
 CIFAR_EPOCH = 50_000
-PIPELINES = ("reference", "reference+keep", "ours", "ours+compile")
+PIPELINES = (
+    "spijkervet",
+    "spijkervet+keep",
+    "lightly",
+    "ours-host",
+    "ours-device",
+    "ours-device+compile",
+)
+LABELS = {
+    "spijkervet": "Spijkervet-style",
+    "spijkervet+keep": "Spijkervet-style + simclr-cli malloc",
+    "lightly": "lightly-style",
+    "ours-host": "simclr-cli --data-on host",
+    "ours-device": "simclr-cli --data-on device",
+    "ours-device+compile": "simclr-cli --data-on device --compile",
+}
 
 
 # ----------------------------------------------------------------------------------------------
-# reference: Spijkervet/SimCLR's pipeline, transcribed
+# measuring
 
 
-class TransformsSimCLR:
-    """Two independent views per image, torchvision PIL transforms (as in Spijkervet/SimCLR)."""
-
-    def __init__(self, size: int, s: float = 0.5) -> None:
-        color_jitter = transforms.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
-        self.train_transform = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(size=size),
-                transforms.RandomHorizontalFlip(),
-                transforms.RandomApply([color_jitter], p=0.8),
-                transforms.RandomGrayscale(p=0.2),
-                transforms.ToTensor(),
-            ]
-        )
-
-    def __call__(self, x: object) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.train_transform(x), self.train_transform(x)
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast for the peers' forward passes, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-class ReferenceSimCLR(nn.Module):
-    """Encoder called once per view; bias-free 2-layer projector."""
-
-    def __init__(self, projection_dim: int = 128) -> None:
-        super().__init__()
-        self.encoder, n_features = build_encoder("resnet18", "cifar")
-        self.projector = nn.Sequential(
-            nn.Linear(n_features, n_features, bias=False),
-            nn.ReLU(),
-            nn.Linear(n_features, projection_dim, bias=False),
-        )
-
-    def forward(self, x_i: torch.Tensor, x_j: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h_i, h_j = self.encoder(x_i), self.encoder(x_j)
-        return h_i, h_j, self.projector(h_i), self.projector(h_j)
+def step_flops(step: Callable[[], None]) -> int:
+    """Convolution/matmul FLOPs of one call of ``step`` (forward and backward)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
 
 
-class ReferenceNTXent(nn.Module):
-    """NT-Xent with an (2N, 2N, D) cosine-similarity tensor and a boolean-mask gather."""
-
-    def __init__(self, batch_size: int, temperature: float) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-        self.temperature = temperature
-        self.mask = self.mask_correlated_samples(batch_size)
-        self.criterion = nn.CrossEntropyLoss(reduction="sum")
-        self.similarity_f = nn.CosineSimilarity(dim=2)
-
-    @staticmethod
-    def mask_correlated_samples(batch_size: int) -> torch.Tensor:
-        n = 2 * batch_size
-        mask = torch.ones((n, n), dtype=torch.bool)
-        mask = mask.fill_diagonal_(0)
-        for i in range(batch_size):
-            mask[i, batch_size + i] = 0
-            mask[batch_size + i, i] = 0
-        return mask
-
-    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
-        n = 2 * self.batch_size
-        z = torch.cat((z_i, z_j), dim=0)
-        sim = self.similarity_f(z.unsqueeze(1), z.unsqueeze(0)) / self.temperature  # (2N, 2N)
-        sim_i_j = torch.diag(sim, self.batch_size)
-        sim_j_i = torch.diag(sim, -self.batch_size)
-        positive_samples = torch.cat((sim_i_j, sim_j_i), dim=0).reshape(n, 1)
-        negative_samples = sim[self.mask].reshape(n, -1)
-        labels = torch.zeros(n, dtype=torch.long, device=positive_samples.device)
-        logits = torch.cat((positive_samples, negative_samples), dim=1)
-        return self.criterion(logits, labels) / n
+def rate_from(stamps: list[float], warmup: int, batch_size: int) -> float:
+    """Images/s between the end of the last warm-up step and the end of the last step."""
+    timed = stamps[warmup - 1 :]
+    return batch_size * (len(timed) - 1) / (timed[-1] - timed[0])
 
 
-def reference_throughput(args: argparse.Namespace, device: torch.device) -> float:
-    """Images/s of the reference loop over ``args.steps`` steps after ``args.warmup``."""
-    torch.manual_seed(0)
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# peers
+
+
+def peer_loader(args: argparse.Namespace, views: Callable[[Any], Any]) -> DataLoader:
+    """Shapes images through ``views`` in ``--peer-workers`` workers, shuffled, full batches."""
     dataset = ShapesDataset(
         "train", size=args.batch_size * (args.warmup + args.steps), image_size=args.image_size,
-        transform=TransformsSimCLR(args.image_size),
+        transform=views,
     )  # fmt: skip
-    loader = DataLoader(
+    return DataLoader(
         dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-        num_workers=args.workers,
+        num_workers=args.peer_workers, pin_memory=args.device == "cuda",
+        persistent_workers=False,
     )  # fmt: skip
-    model = ReferenceSimCLR().to(device)
-    criterion = ReferenceNTXent(args.batch_size, temperature=0.5)
+
+
+def spijkervet_throughput(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Images/s and step FLOPs of the Spijkervet-style loop."""
+    torch.manual_seed(0)
+    model = peers.SpijkervetSimCLR().to(device)
+    criterion = peers.SpijkervetNTXent(args.batch_size, temperature=0.5).to(device)
+    criterion.mask = criterion.mask.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-    stamps = []
-    for (x_i, x_j), _ in loader:
+
+    def step(x_i: torch.Tensor, x_j: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad()
-        x_i, x_j = x_i.to(device, non_blocking=True), x_j.to(device, non_blocking=True)
-        _, _, z_i, z_j = model(x_i, x_j)
-        loss = criterion(z_i, z_j)
+        with autocast(device, args.precision):
+            _, _, z_i, z_j = model(x_i, x_j)
+        loss = criterion(z_i.float(), z_j.float())
         loss.backward()
         optimizer.step()
-        loss.item()  # the reference accumulates loss.item() every step
+        return loss
+
+    return peer_run(args, device, peers.SpijkervetViews(args.image_size), step)
+
+
+def lightly_throughput(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Images/s and step FLOPs of the lightly-style loop."""
+    torch.manual_seed(0)
+    model = peers.LightlySimCLR().to(device)
+    optimizer = peers.lightly_optimizer(model, args.batch_size)
+
+    def step(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad()
+        with autocast(device, args.precision):
+            z0, z1 = model(x0), model(x1)  # two encoder passes, as the recipe
+        loss = peers.lightly_nt_xent(z0.float(), z1.float(), temperature=0.5)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return peer_run(args, device, peers.LightlyViews(args.image_size), step)
+
+
+def peer_run(
+    args: argparse.Namespace,
+    device: torch.device,
+    views: Callable[[Any], Any],
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> dict[str, float]:
+    """Time ``step`` over the loader's batches; count one step's FLOPs afterwards."""
+    stamps = []
+    x_i = x_j = torch.empty(0)
+    for (x_i, x_j), _ in peer_loader(args, views):
+        x_i, x_j = x_i.to(device, non_blocking=True), x_j.to(device, non_blocking=True)
+        step(x_i, x_j).item()  # both peers log loss.item() every step
         stamps.append(time.perf_counter())
-    timed = stamps[args.warmup - 1 :] if args.warmup else [stamps[0], *stamps]
-    return args.batch_size * (len(timed) - 1) / (timed[-1] - timed[0])
+
+    def one_step() -> None:
+        step(x_i, x_j)
+
+    flops = step_flops(one_step)
+    return {"images_per_s": rate_from(stamps, args.warmup, args.batch_size), "flops": flops}
 
 
 # ----------------------------------------------------------------------------------------------
 # simclr-cli
 
 
-def ours_throughput(args: argparse.Namespace, device: torch.device, compile: bool) -> float:
-    """Images/s of ``run_pretrain`` from its metrics (one line per step; compilation untimed)."""
+def ours_config(args: argparse.Namespace, out: Path, pipeline: str) -> PretrainConfig:
+    """The run of one simclr-cli pipeline: one epoch of ``warmup + steps`` steps."""
     steps = args.warmup + args.steps
+    on_device = pipeline.startswith("ours-device")
+    return PretrainConfig(
+        dataset="shapes",
+        limit=args.batch_size * steps,
+        image_size=args.image_size,
+        stem="cifar",
+        batch_size=args.batch_size,
+        epochs=1,
+        max_steps=steps,
+        workers=args.workers,
+        augment_on="device" if on_device else args.augment_on,
+        data_on="device" if on_device else "host",
+        channels_last=args.channels_last,
+        precision=args.precision,
+        compile=pipeline.endswith("+compile"),
+        device=args.device,
+        out=out,
+        log_every=1,
+    )
+
+
+def ours_throughput(args: argparse.Namespace, pipeline: str) -> dict[str, float]:
+    """Images/s of ``run_pretrain`` from its metrics (one line per step; compilation untimed)."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = PretrainConfig(
-            dataset="shapes",
-            limit=args.batch_size * steps,
-            image_size=args.image_size,
-            stem="cifar",
-            batch_size=args.batch_size,
-            epochs=1,
-            max_steps=steps,
-            workers=args.workers,
-            augment_on=args.augment_on,
-            channels_last=args.channels_last,
-            precision=args.precision,
-            compile=compile,
-            device=device.type,
-            out=Path(out),
-            log_every=1,
-        )
+        cfg = ours_config(args, Path(out), pipeline)
         run_pretrain(cfg)
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
-    times = [r["time"] for r in records if "loss" in r]
-    timed = times[args.warmup - 1 :] if args.warmup else times
-    return args.batch_size * (len(timed) - 1) / (timed[-1] - timed[0])
+    stamps = [r["time"] for r in records if "loss" in r]
+    return {
+        "images_per_s": rate_from(stamps, args.warmup, args.batch_size),
+        "flops": ours_flops(cfg),
+    }
+
+
+def ours_flops(cfg: PretrainConfig) -> int:
+    """FLOPs of one simclr-cli step: forward of ``[x_i; x_j]``, NT-Xent, backward."""
+    device = torch.device(cfg.resolved_device)
+    net = build_simclr(build_spec(cfg)).to(device, memory_format=torch.channels_last)
+    x = torch.rand(2 * cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with autocast(device, cfg.resolved_precision):
+            _, z = net(x)
+        nt_xent(*z.chunk(2), temperature=cfg.temperature).backward()
+
+    return step_flops(step)
+
+
+# ----------------------------------------------------------------------------------------------
+# driver
 
 
 def run_one(args: argparse.Namespace) -> None:
     """Time one pipeline in this process and print its result as a JSON line."""
     device = torch.device(args.device)
-    if args.pipeline == "reference+keep":
+    if args.pipeline == "spijkervet+keep":
         allocator.keep_freed_memory()
-    if args.pipeline.startswith("reference"):
-        rate = reference_throughput(args, device)
+    if args.pipeline.startswith("spijkervet"):
+        result = spijkervet_throughput(args, device)
+    elif args.pipeline == "lightly":
+        result = lightly_throughput(args, device)
     else:
-        rate = ours_throughput(args, device, compile=args.pipeline == "ours+compile")
-    print(json.dumps({"images_per_s": rate, "peak_rss_gib": peak_rss_gib()}))
+        result = ours_throughput(args, args.pipeline)
+    result["peak_rss_gib"] = peak_rss_gib()
+    if device.type == "cuda":
+        result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    print(json.dumps(result))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """Options; the defaults depend on ``--device`` (CUDA: batch 512, bf16 and fp32)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, help="default 512 on CUDA, 256 on the CPU")
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per pipeline")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, help="timed steps (default 20 CUDA, 3 CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 5 CUDA, 1 CPU)")
+    parser.add_argument("--workers", type=int, help="simclr-cli workers (default 8 CUDA, 2 CPU)")
+    parser.add_argument("--peer-workers", type=int, help="peers' workers (default 8 CUDA, 2 CPU)")
     parser.add_argument("--augment-on", choices=("cpu", "device"), default="device")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", action="store_true", help="also time --compile")
+    parser.add_argument("--precisions", help="comma list (default bf16,fp32 CUDA; fp32 CPU)")
+    parser.add_argument(
+        "--pipelines",
+        default="spijkervet,lightly,ours-host,ours-device",
+        help=f"comma list of {', '.join(PIPELINES)}",
+    )
+    parser.add_argument("--compile", action="store_true", help="also time ours-device+compile")
     parser.add_argument(
         "--reference-keep-freed-memory",
         action="store_true",
-        help="also time the reference with simclr-cli's malloc setting (simclr_cli.allocator)",
+        help="also time spijkervet+keep (simclr-cli's malloc setting, simclr_cli.allocator)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="also write every result to this file")
     parser.add_argument("--pipeline", choices=PIPELINES, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    assert args.warmup >= 1, "time at least one step after a warm-up step"
+    cuda = args.device == "cuda"
+    args.batch_size = args.batch_size or (512 if cuda else 256)
+    args.steps = args.steps or (20 if cuda else 3)
+    args.warmup = args.warmup or (5 if cuda else 1)
+    args.peer_workers = args.peer_workers if args.peer_workers is not None else (8 if cuda else 2)
+    args.workers = args.workers if args.workers is not None else (8 if cuda else 2)
+    args.precisions = args.precisions or ("bf16,fp32" if cuda else "fp32")
+    return args
+
+
+def pipelines_of(args: argparse.Namespace) -> list[str]:
+    """The pipelines to time, in order (peers first: the ratios need them)."""
+    names = [n for n in args.pipelines.split(",") if n]
+    names += ["spijkervet+keep"] if args.reference_keep_freed_memory else []
+    names += ["ours-device+compile"] if args.compile else []
+    unknown = sorted(set(names) - set(PIPELINES))
+    if unknown:
+        raise SystemExit(f"unknown pipelines {unknown}; choose from {', '.join(PIPELINES)}")
+    return sorted(dict.fromkeys(names), key=PIPELINES.index)
+
+
+def report(
+    name: str, precision: str, r: dict[str, float], peers_: dict[str, float], batch: int
+) -> str:
+    """One line: images/s, ratios to the peers, peak memory, TFLOP/s, seconds per epoch."""
+    rate = r["images_per_s"]
+    ratios = ", ".join(f"{rate / v:.2f}x {LABELS[k]}" for k, v in peers_.items() if k != name)
+    memory = (
+        f"peak GPU {r['peak_gpu_gib']:.2f} GiB"
+        if "peak_gpu_gib" in r
+        else f"peak RSS {r['peak_rss_gib']:.2f} GiB"
+    )
+    tflops = r["flops"] * rate / batch / 1e12
+    return (
+        f"{precision} {LABELS[name]:40s} {rate:9.1f} images/s  {memory}  {tflops:7.3f} TFLOP/s  "
+        f"{CIFAR_EPOCH / rate:7.1f} s/50k-epoch" + (f"  ({ratios})" if ratios else "")
+    )
+
+
+def main() -> None:
+    args = parse_args()
     if args.pipeline:
         return run_one(args)
+    busy = "" if args.device == "cuda" else "; the CPU may be shared with other work"
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
     print(
         f"ResNet-18 CIFAR stem, {args.image_size} px, batch {args.batch_size}, {args.steps} timed "
-        f"steps after {args.warmup}, {args.workers} workers, device {args.device}, "
-        f"{torch.get_num_threads()} threads; each pipeline in its own process"
+        f"steps after {args.warmup}, simclr-cli {args.workers} workers (augment-on "
+        f"{args.augment_on} on the host path), peers {args.peer_workers} workers, {device_name}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads{busy}; each pipeline in "
+        "its own process; TFLOP/s counts conv/matmul FLOPs of forward + backward",
+        flush=True,
     )
-    pipelines = ["reference"]
-    pipelines += ["reference+keep"] if args.reference_keep_freed_memory else []
-    pipelines += ["ours"] + (["ours+compile"] if args.compile else [])
-    options = (
-        f"augment-on {args.augment_on}, channels-last {args.channels_last}, "
-        f"precision {args.precision}"
-    )
-    labels = {
-        "reference": "reference (Spijkervet-style)",
-        "reference+keep": "reference + simclr-cli's malloc setting",
-        "ours": f"simclr-cli ({options})",
-        "ours+compile": f"simclr-cli ({options}, --compile)",
-    }
-    ref = None
-    for name in pipelines:  # each line as soon as its pipeline is done
-        result = run_fresh(__file__, "--pipeline", name)
-        rate, peak = result["images_per_s"], result["peak_rss_gib"]
-        ref = ref or rate
-        print(f"{labels[name]}: {rate:8.1f} images/s, peak resident size {peak:.2f} GiB")
-        if name != "reference":
-            print(f"  ratio / reference: {rate / ref:.2f}x")
-        print(f"  implied seconds per 50,000-image epoch: {CIFAR_EPOCH / rate:.0f} s", flush=True)
+    results: list[dict[str, Any]] = []
+    for precision in args.precisions.split(","):
+        peer_rates: dict[str, float] = {}
+        for name in pipelines_of(args):  # each line as soon as its pipeline is done
+            r = run_fresh(__file__, "--precision", precision, "--pipeline", name)
+            if name in ("spijkervet", "lightly"):
+                peer_rates[name] = r["images_per_s"]
+            print(report(name, precision, r, peer_rates, args.batch_size), flush=True)
+            results.append({"pipeline": name, "precision": precision, **r})
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

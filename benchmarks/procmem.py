@@ -23,9 +23,10 @@ def peak_rss_gib() -> float:
     return proc_status("VmHWM") / 2**30
 
 
-def run_fresh(script: str, flag: str, name: str) -> dict:
-    """Run ``script`` again with this process's arguments plus ``flag name``, in a fresh process
-    (malloc settings and peak memory are per process); return the JSON line it prints last."""
-    command = [sys.executable, script, *sys.argv[1:], flag, name]
+def run_fresh(script: str, *extra: str) -> dict:
+    """Run ``script`` again with this process's arguments plus ``extra`` (e.g. ``flag name``), in
+    a fresh process (malloc settings and peak memory are per process); return the JSON line it
+    prints last."""
+    command = [sys.executable, script, *sys.argv[1:], *extra]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -270,7 +270,8 @@ def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     )
     hue6 = torch.remainder(sector / chroma.clamp_min(1e-12) + 6.0 * shift.view(-1, 1, 1, 1), 6.0)
     # HSV -> RGB: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    # (5, 3, 1) made on the device: a tensor of Python floats would be a blocking copy on a GPU
+    n = (5.0 - 2.0 * torch.arange(3, device=x.device, dtype=x.dtype)).view(1, 3, 1, 1)
     k = n + hue6  # (B, 3, H, W) in [1, 11)
     k = torch.where(k >= 6.0, k - 6.0, k)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
@@ -377,6 +378,10 @@ class BatchedSimCLRAugment(nn.Module):
         self.normalize = mean is not None and std is not None
         self.register_buffer("mean", torch.tensor(mean or [0.0] * 3).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(std or [1.0] * 3).view(1, 3, 1, 1), False)
+        # Jitter factor ranges as buffers: a tensor built from Python floats inside the step
+        # would be a blocking host-to-device copy on a GPU.
+        self.register_buffer("factor_lo", torch.tensor([r[0] for r in self.ranges]), False)
+        self.register_buffer("factor_hi", torch.tensor([r[1] for r in self.ranges]), False)
 
     @torch.no_grad()
     def sample_params(
@@ -401,8 +406,7 @@ class BatchedSimCLRAugment(nn.Module):
         if generator is not None:
             device = generator.device
         u = torch.rand(batch_size, _U, generator=generator, device=device)  # (B, 35)
-        lo = torch.tensor([r[0] for r in self.ranges], device=u.device)
-        hi = torch.tensor([r[1] for r in self.ranges], device=u.device)
+        lo, hi = self.factor_lo.to(u.device), self.factor_hi.to(u.device)  # no-op on its device
         blur = u[:, _U_BLUR] < P_BLUR
         flip = u[:, _U_FLIP] < P_FLIP
         return {

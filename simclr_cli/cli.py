@@ -253,6 +253,18 @@ def pretrain(
         str | None,
         typer.Option(help=_help(P, "augment_on", "cpu (DataLoader workers) or device (batched).")),
     ] = None,
+    data_on: Annotated[
+        str | None,
+        typer.Option(
+            help=_help(
+                P,
+                "data_on",
+                "device: hold the decoded set as one uint8 tensor on the training device (no "
+                "DataLoader; needs --augment-on device); host: a DataLoader; auto: device on a "
+                "GPU when the set takes <= 25% of its free memory.",
+            )
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help=_help(P, "workers", "DataLoader worker processes."))
     ] = None,

@@ -211,6 +211,7 @@ class PretrainConfig(_Frozen):
     crop_scale: tuple[float, float] = (0.08, 1.0)  # the paper's; = augment.CROP_SCALE
     flip: bool = True
     augment_on: Literal["cpu", "device"] = "cpu"
+    data_on: Literal["auto", "host", "device"] = "auto"
     workers: int = Field(default_factory=default_workers, ge=0)
     # runtime
     seed: int = Field(default=0, ge=0)
@@ -288,6 +289,11 @@ class PretrainConfig(_Frozen):
                 "train on the CPU (--processes N for several CPU processes)"
             )
         _check_device(self.device, self.precision)
+        if self.data_on == "device" and self.augment_on != "device":
+            raise ValueError(
+                "--data-on device makes both views on the device: add --augment-on device, "
+                "or use --data-on host"
+            )
         if self.batch_size % self.world_size:
             raise ValueError(
                 f"--batch-size {self.batch_size} is the global batch and must be divisible by "

@@ -11,6 +11,12 @@ Randomness is a pure function of ``(seed, step, rank)``: the sampler's order dep
 ``(seed, epoch)`` and the generators are reseeded before every step, so a run resumed at any
 step draws the same order and augmentations as an uninterrupted one (exactly so with
 ``--workers 0`` or ``--augment-on device``; DataLoader worker processes keep their own streams).
+``--data-on device`` (:mod:`simclr_cli.resident`) replaces the DataLoader by batches gathered
+from the whole set held on the device, in the same order, so it trains the same weights.
+
+Host syncs: the step itself never reads a device value; the loss is summed on the device and
+read (and checked finite) once per ``--log-every`` window. fp16's GradScaler is the exception
+(torch reads its inf check once per step); bf16 and fp32 need no scaler.
 
 Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
 ICML 2020 (arXiv:2002.05709), section 2 and appendix B.
@@ -36,7 +42,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from simclr_cli import allocator, checkpoint, distributed, evaluate, fileio, optim, signals
+from simclr_cli import (
+    allocator,
+    checkpoint,
+    distributed,
+    evaluate,
+    fileio,
+    optim,
+    resident,
+    signals,
+)
 from simclr_cli.augment import (
     BatchedSimCLRAugment,
     SimCLRAugment,
@@ -457,16 +472,20 @@ class PretrainData:
     """The training stream of this process.
 
     Attributes:
-        loader: yields ``((x_i, x_j), labels)`` (CPU augmentation) or ``(uint8 images, labels)``.
+        loader: yields ``((x_i, x_j), labels)`` (CPU augmentation) or ``(uint8 images, labels)``
+            (a DataLoader, or a :class:`~simclr_cli.resident.ResidentLoader` with ``--data-on
+            device``, whose labels are None).
         sampler: this rank's shard of each epoch; ``set_epoch`` reshuffles.
         steps_per_epoch: optimizer steps per epoch (the same on every rank).
         device_augment: the batched augmentation for ``--augment-on device``, else None.
+        placement: where the images live (``--data-on``) and why.
     """
 
-    loader: DataLoader
+    loader: DataLoader | resident.ResidentLoader
     sampler: ResumableSampler
     steps_per_epoch: int
     device_augment: BatchedSimCLRAugment | None
+    placement: resident.DataPlacement
 
 
 class ResumableSampler(Sampler[int]):
@@ -536,18 +555,38 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
             f"batch of {cfg.batch_size}; lower --batch-size or raise --limit"
         )
     sampler = ResumableSampler(dataset, distributed.world_size(), distributed.rank(), cfg.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=per_process,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,  # full batches only: NT-Xent's negatives and BN statistics stay comparable
-        persistent_workers=cfg.workers > 0,
-        worker_init_fn=ignore_stop_signals,
-    )
+    nbytes = resident.decoded_bytes(size_of_dataset, size)
+    placement = resident.choose_placement(cfg.data_on, cfg.augment_on, device, nbytes)
+    loader: DataLoader | resident.ResidentLoader
+    if placement.data_on == "device":
+        if distributed.is_main():  # decoding the whole set takes a moment: say what happens
+            get_console().print(f"decoding the training set once: {placement.reason}")
+        loader = resident_loader(dataset, size_of_dataset, sampler, cfg, device)
+    else:
+        loader = DataLoader(
+            dataset,
+            batch_size=per_process,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,  # full batches only: NT-Xent's negatives and BN statistics comparable
+            persistent_workers=cfg.workers > 0,
+            worker_init_fn=ignore_stop_signals,
+        )
     steps = len(sampler.inner) // per_process
-    return PretrainData(loader, sampler, steps, device_augment)
+    return PretrainData(loader, sampler, steps, device_augment, placement)
+
+
+def resident_loader(
+    dataset: Dataset,
+    num_images: int,
+    sampler: ResumableSampler,
+    cfg: PretrainConfig,
+    device: torch.device,
+) -> resident.ResidentLoader:
+    """Decode the training set once and hold it on ``device`` (``--data-on device``)."""
+    images = resident.decode_all(dataset, num_images, cfg.resolved_image_size, cfg.workers)
+    return resident.ResidentLoader(images.to(device), sampler, cfg.per_process_batch_size)
 
 
 def build_spec(cfg: PretrainConfig) -> dict[str, Any]:
@@ -814,7 +853,7 @@ class Trainer:
             "dataset": self.cfg.dataset,
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "config": resolved_config(self.cfg, self.schedule),
+            "config": self.run_config(),
             "metrics": dict(self.metrics),
             "state_dict": self.net.state_dict(),  # the unwrapped module: no "module." prefix
             "optimizer": self.optimizer.state_dict(),
@@ -822,6 +861,13 @@ class Trainer:
             "rng": rng_state(),
             "converted_from": None,
         }
+
+    def run_config(self) -> dict[str, Any]:
+        """:func:`resolved_config` plus where the data lives (``--data-on`` resolved, and why)."""
+        config = resolved_config(self.cfg, self.schedule)
+        placement = self.data.placement
+        config["resolved"].update(data_on=placement.data_on, data_on_reason=placement.reason)
+        return config
 
     def save(self, final: bool = False) -> Path | None:
         """Write ``checkpoint_last.pt`` (and link ``checkpoint_epoch_N.pt`` to it when due);
@@ -844,7 +890,7 @@ class Trainer:
     # -- loop -------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train until ``--epochs`` (or ``--max-steps``) is reached; return the summary."""
-        config = resolved_config(self.cfg, self.schedule)
+        config = self.run_config()
         self.log.open(config, self.global_step if self.resumed_from else None)
         if self.resumed_from:
             self.console.print(f"resuming from {self.resumed_from} at step {self.global_step}")
@@ -1052,6 +1098,7 @@ class Trainer:
             if images_per_s > 0
             else math.nan,
             "knn_accuracy": self.metrics.get("knn_accuracy"),
+            "data_on": f"{self.data.placement.data_on} ({self.data.placement.reason})",
             "resumed_from": self.resumed_from,
             "next_commands": [
                 f"simclr linear-eval --checkpoint {ckpt} --dataset {self.cfg.dataset}",

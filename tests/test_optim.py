@@ -87,6 +87,71 @@ def test_lars_matches_float64_reference() -> None:
         torch.testing.assert_close(p.detach().flatten(), torch.tensor(w, dtype=torch.float64))
 
 
+class LoopLARS(torch.optim.Optimizer):
+    """The previous LARS step: one Python iteration of small kernels per tensor (reference)."""
+
+    def __init__(self, params: list[dict], lr: float, momentum: float, eta: float = 0.001) -> None:
+        super().__init__(
+            params, {"lr": lr, "momentum": momentum, "eta": eta, "lars_exclude": False}
+        )
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if not group["lars_exclude"]:
+                    if group["weight_decay"] != 0:
+                        d = d.add(p, alpha=group["weight_decay"])
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    ratio = torch.where(
+                        (w_norm > 0) & (d_norm > 0),
+                        group["eta"] * w_norm / d_norm.clamp_min(torch.finfo(d_norm.dtype).tiny),
+                        torch.ones_like(w_norm),
+                    )
+                    d = d.mul(ratio)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d.detach().clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_foreach_lars_equals_the_per_tensor_loop_on_a_resnet(dtype: torch.dtype) -> None:
+    spec = model_spec("resnet18", "cifar", "v2", projection_dim=16, hidden_dim=32)
+    torch.manual_seed(3)
+    model = build_simclr(spec).to(dtype)
+    twin = build_simclr(spec).to(dtype)
+    twin.load_state_dict(model.state_dict())
+    ours = LARS(param_groups(model, 1e-4), lr=0.0, momentum=0.9, weight_decay=1e-4)
+    loop = LoopLARS(param_groups(twin, 1e-4), lr=0.0, momentum=0.9)
+    named = dict(twin.named_parameters())
+    for k, lr in enumerate([0.5, 1.0, 0.3]):
+        for opt in (ours, loop):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        for name, p in model.named_parameters():
+            g = grad_fn(p.detach(), k)
+            p.grad, named[name].grad = g, g.clone()
+        ours.step()
+        loop.step()
+    tol = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 0}
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, named[name], **tol, msg=name)
+
+
+def test_foreach_lars_leaves_the_gradients_unchanged() -> None:
+    w = nn.Parameter(torch.randn(3, 3))
+    g = torch.randn(3, 3)
+    w.grad = g.clone()
+    LARS([w], lr=0.1, weight_decay=0.0).step()
+    assert torch.equal(w.grad, g)
+
+
 def test_excluded_parameters_step_like_sgd_momentum() -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))

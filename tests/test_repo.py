@@ -47,3 +47,20 @@ def test_changelog_follows_keep_a_changelog() -> None:
     assert text.startswith("# Changelog")
     assert "## [Unreleased]" in text
     assert "keepachangelog.com" in text
+
+
+def test_gpu_check_script_parses_and_runs_only_checks_it_defines() -> None:
+    """benchmarks/gpu_check.sh must run unchanged on a GPU machine nobody here can reach."""
+    import subprocess
+
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    body = text.split("<<'PYEOF'\n", 1)[1].split("\nPYEOF\n", 1)[0]
+    compile(body, "gpu_check.py", "exec")
+    called = re.findall(r"^  check (\S+) \d+$", text, re.M)
+    table = re.search(r"CHECKS = \{(.*?)\n\}", body, re.S)
+    assert called and table, "the script calls checks from its CHECKS table"
+    assert [n for n in called if f'"{n}":' not in table.group(1)] == []
+    for name in ("pydantic", "pydantic-core", "annotated-types", "typing-inspection"):
+        assert name in text.split("set -uo pipefail", 1)[0], f"the header explains {name}"

@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,74 @@ def test_sigint_mid_epoch_checkpoints_and_resume_matches(
         weights(tmp_path / "b" / "checkpoint_last.pt"),
     )
     assert metric_steps(tmp_path / "b") == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# the device-resident data path (--data-on device)
+
+
+def test_device_resident_path_trains_the_same_weights_as_the_dataloader(
+    tiny: None, tmp_path: Path
+) -> None:
+    host = train.run_pretrain(config(tmp_path / "host", augment_on="device", data_on="host"))
+    dev = train.run_pretrain(config(tmp_path / "dev", augment_on="device", data_on="device"))
+    assert host["data_on"].startswith("host") and dev["data_on"].startswith("device")
+    assert_same_weights(
+        weights(tmp_path / "host" / "checkpoint_last.pt"),
+        weights(tmp_path / "dev" / "checkpoint_last.pt"),
+    )
+    resolved = json.loads((tmp_path / "dev" / "config.json").read_text())["resolved"]
+    assert resolved["data_on"] == "device" and "uint8 on cpu" in resolved["data_on_reason"]
+    saved = load_checkpoint(tmp_path / "dev" / "checkpoint_last.pt")["config"]["resolved"]
+    assert saved["data_on"] == "device"
+
+
+def test_device_resident_run_resumed_mid_epoch_ends_with_the_same_weights(
+    tiny: None, tmp_path: Path
+) -> None:
+    options = {"augment_on": "device", "data_on": "device"}
+    train.run_pretrain(config(tmp_path / "a", **options))
+    first = train.run_pretrain(config(tmp_path / "b", max_steps=STEPS_PER_EPOCH + 2, **options))
+    assert first["global_step"] == STEPS_PER_EPOCH + 2  # stopped inside the second epoch
+    second = train.run_pretrain(config(tmp_path / "b", resume="auto", **options))
+    assert second["global_step"] == 2 * STEPS_PER_EPOCH
+    assert_same_weights(
+        weights(tmp_path / "a" / "checkpoint_last.pt"),
+        weights(tmp_path / "b" / "checkpoint_last.pt"),
+    )
+    assert metric_steps(tmp_path / "b") == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+
+
+def test_auto_keeps_the_dataloader_on_the_cpu(tiny: None, tmp_path: Path) -> None:
+    summary = train.run_pretrain(config(tmp_path, augment_on="device", max_steps=1))
+    assert summary["data_on"].startswith("host (auto:")
+
+
+def test_device_path_step_reads_nothing_on_the_host(
+    tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a GPU run checks with torch.cuda.set_sync_debug_mode("error"), here on the CPU:
+    the views and the step (forward, NT-Xent, backward, LARS) never read a value on the host."""
+    from test_resident import host_reads_forbidden
+
+    from simclr_cli import augment
+
+    # The accelerator branch of the augmentation (the CPU one indexes with nonzero by design).
+    monkeypatch.setattr(augment, "_update_chosen", partial(augment._update_chosen, masked=True))
+    calls = []
+
+    def guarded(method: Any) -> Any:
+        def run(self: train.Trainer, *args: Any) -> Any:
+            calls.append(method.__name__)
+            with host_reads_forbidden():
+                return method(self, *args)
+
+        return run
+
+    for name in ("views", "step"):
+        monkeypatch.setattr(train.Trainer, name, guarded(getattr(train.Trainer, name)))
+    train.run_pretrain(config(tmp_path, augment_on="device", data_on="device", max_steps=3))
+    assert calls == ["views", "step"] * 3
 
 
 def test_resume_refuses_a_different_global_batch(tiny: None, tmp_path: Path) -> None:
