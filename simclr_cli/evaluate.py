@@ -746,6 +746,38 @@ def pixel_features(dataset: Dataset, batch_size: int, workers: int = 0) -> tuple
     return torch.cat(features), torch.cat(labels)
 
 
+def _best_random_baseline(
+    spec: dict[str, Any],
+    train: Dataset,
+    test: Dataset,
+    num_classes: int,
+    device: torch.device,
+    cfg: Any,
+    knn_k: int,
+) -> dict[str, Any]:
+    """The random encoder scored on the checkpoint's normalised inputs and on plain [0, 1]
+    inputs, keeping the better linear top-1: a frozen random network is sensitive to the input
+    scale (on ``shapes`` at 32 px, 44% against 51%), and the baseline must not be weakened by
+    the normalisation the checkpoint happened to be trained with."""
+    inputs = {"checkpoint normalisation": spec}
+    if spec.get("mean") is not None:
+        inputs["[0, 1]"] = {**spec, "mean": None, "std": None}
+    best: dict[str, Any] | None = None
+    for name, variant in inputs.items():
+        model = random_encoder(variant, cfg.seed).to(device, memory_format=torch.channels_last)
+        metrics = evaluate_frozen(
+            model, train, test, num_classes, device, "features", cfg.solver, cfg.batch_size,
+            precision=cfg.resolved_precision, workers=cfg.workers, seed=cfg.seed, knn_k=knn_k,
+            knn_temperature=cfg.knn_temperature,
+        )  # fmt: skip
+        scores = {k: metrics[k] for k in ("top1", "top5", "knn_top1", "weight_decay")}
+        scores["inputs"] = name
+        if best is None or scores["top1"] > best["top1"]:
+            best = scores
+    assert best is not None
+    return best
+
+
 def evaluate_baselines(
     kinds: Sequence[str],
     spec: dict[str, Any],
@@ -759,15 +791,10 @@ def evaluate_baselines(
     """Top-1, top-5 and kNN accuracy of each baseline in ``kinds`` (``random``, ``pixels``),
     with the same splits, probe, seed and k as the checkpoint's own evaluation."""
     results: dict[str, dict[str, Any]] = {}
-    keys = ("top1", "top5", "knn_top1", "weight_decay")
     if "random" in kinds:
-        model = random_encoder(spec, cfg.seed).to(device, memory_format=torch.channels_last)
-        metrics = evaluate_frozen(
-            model, train, test, num_classes, device, "features", cfg.solver, cfg.batch_size,
-            precision=cfg.resolved_precision, workers=cfg.workers, seed=cfg.seed, knn_k=knn_k,
-            knn_temperature=cfg.knn_temperature,
-        )  # fmt: skip
-        results["random"] = {k: metrics[k] for k in keys}
+        results["random"] = _best_random_baseline(
+            spec, train, test, num_classes, device, cfg, knn_k
+        )
     if "pixels" in kinds:
         train_x, train_y = pixel_features(train, cfg.batch_size, cfg.workers)
         test_x, test_y = pixel_features(test, cfg.batch_size, cfg.workers)

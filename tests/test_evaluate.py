@@ -506,6 +506,9 @@ def test_linear_eval_reports_baselines_beside_the_checkpoint(tmp_path):
     random, pixels = result["baselines"]["random"], result["baselines"]["pixels"]
     for metrics in (random, pixels):
         assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and 0 <= metrics["knn_top1"] <= 1
+    # shapes checkpoints are normalised: the random encoder was also scored on [0, 1] inputs,
+    # and the better of the two is the baseline
+    assert random["inputs"] in ("checkpoint normalisation", "[0, 1]")
     assert summary["random_top1"] == random["top1"] and summary["pixels_top1"] == pixels["top1"]
     gap = 100 * (result["top1"] - random["top1"])
     assert f"random encoder (default init) {100 * random['top1']:.1f}%" in summary["verdict"]
@@ -571,3 +574,22 @@ def test_small_data_warning():
     assert ev.small_data_warning(5000, 1000, 10) is None
     assert "top-5 of 4 classes" in ev.small_data_warning(5000, 1000, 4)
     assert "5 train / 5 test images" in ev.small_data_warning(5, 5, 10)
+
+
+@pytest.mark.parametrize("better", ["checkpoint normalisation", "[0, 1]"])
+def test_random_baseline_keeps_the_better_input_scaling(monkeypatch, better):
+    from types import SimpleNamespace
+
+    from simclr_cli.model import model_spec
+
+    def fake_eval(model, *args, **kwargs):
+        normalised = model.mean is not None
+        top1 = 0.6 if normalised == (better == "checkpoint normalisation") else 0.3
+        return {"top1": top1, "top5": 0.9, "knn_top1": top1 / 2, "weight_decay": 1e-4}
+
+    monkeypatch.setattr(ev, "evaluate_frozen", fake_eval)
+    spec = model_spec("resnet18", "imagenet", image_size=32, mean=[0.5] * 3, std=[0.2] * 3)
+    cfg = SimpleNamespace(seed=0, solver="lbfgs", batch_size=8, resolved_precision="fp32",
+                          workers=0, knn_temperature=0.1)  # fmt: skip
+    result = ev._best_random_baseline(spec, None, None, 10, torch.device("cpu"), cfg, 5)
+    assert result["inputs"] == better and result["top1"] == 0.6
