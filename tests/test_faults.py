@@ -37,6 +37,9 @@ from simclr_cli.cli import run
 from simclr_cli.distributed import plan_launch
 from simclr_cli.errors import CheckpointError, DownloadError
 
+# A hang guard for a signalled child to exit, far above the seconds it takes on a busy machine.
+CHILD_EXIT_GUARD_S = 600
+
 
 class FullDisk:
     """A writable file whose writes fail with ENOSPC, as on a full file system."""
@@ -142,7 +145,7 @@ def test_a_second_ctrl_c_during_a_save_exits_130_with_a_line(tmp_path: Path) -> 
     child.send_signal(signal.SIGINT)  # the first: finish the step and save
     time.sleep(1.0)  # two signals close together would reach the handler as one
     child.send_signal(signal.SIGINT)  # the second: stop now, inside torch.save
-    _, stderr = child.communicate(timeout=120)
+    _, stderr = child.communicate(timeout=CHILD_EXIT_GUARD_S)
     assert child.returncode == 130, stderr
     assert "Traceback" not in stderr and "error: interrupted" in stderr
     assert not list(out.glob(".*.tmp"))
@@ -155,7 +158,7 @@ def test_sigterm_during_start_up_exits_130_with_a_line(tmp_path: Path) -> None:
     child = start_child({"cli": pretrain_argv(out), "marker": str(marker), "mark_start": True})
     wait_for(marker.exists, child)
     child.send_signal(signal.SIGTERM)
-    _, stderr = child.communicate(timeout=120)
+    _, stderr = child.communicate(timeout=CHILD_EXIT_GUARD_S)
     assert child.returncode == 130, stderr
     assert "error: interrupted (SIGTERM)" in stderr and "Traceback" not in stderr
 

@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -255,13 +254,12 @@ def test_report_of_a_real_resumed_run(workdir, capsys) -> None:
     assert run(["pretrain", *common, "--max-steps", "2"]) == 0
     assert "next: simclr export --checkpoint" in capsys.readouterr().out
     assert run(["pretrain", *common, "--max-steps", "4", "--resume", "auto"]) == 0
-    start = time.perf_counter()
     assert run(["report", "run", "--max-images", "40", "--queries", "2", "--device", "cpu"]) == 0
     records = [json.loads(line) for line in Path("run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "resumed_from" in r] == [2]
     page = Path("run/report.html").read_text()
     assert "dashed lines mark where the run was resumed" in page
     assert_self_contained(page, ["curves.png", "neighbours.png", "embedding.png"])
-    assert time.perf_counter() - start < 600  # bounded work: 40 images, not the whole split
+    assert "first 40 images" in page  # bounded work: 40 gallery images, not the whole split
     with Image.open(io.BytesIO(Path("run/curves.png").read_bytes())) as image:
         assert image.size[0] >= 800
