@@ -89,13 +89,8 @@ def probe(model: nn.Module, splits: tuple[Dataset, Dataset, int]) -> dict[str, f
 
 
 def probe_pixels(splits: tuple[Dataset, Dataset, int]) -> dict[str, float]:
-    train, test, num_classes = splits
-    train_x, train_y = evaluate.pixel_features(train, 512)
-    test_x, test_y = evaluate.pixel_features(test, 512)
-    logits, _ = evaluate.probe_features(train_x, train_y, test_x, num_classes)
-    k = evaluate.knn_k_for(train_y)
-    knn = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, k, num_classes=num_classes)
-    return {"linear": evaluate.topk_accuracy(logits, test_y, (1,))[1], "knn": knn, "knn_k": k}
+    metrics = evaluate.pixel_baseline(*splits)
+    return {"linear": metrics["top1"], "knn": metrics["knn_top1"], "knn_k": metrics["knn_k"]}
 
 
 # ----------------------------------------------------------------------------------------------

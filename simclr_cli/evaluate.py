@@ -746,6 +746,31 @@ def pixel_features(dataset: Dataset, batch_size: int, workers: int = 0) -> tuple
     return torch.cat(features), torch.cat(labels)
 
 
+def pixel_baseline(
+    train: Dataset,
+    test: Dataset,
+    num_classes: int,
+    knn_k: int | None = None,
+    batch_size: int = 512,
+    workers: int = 0,
+    solver: str = "lbfgs",
+    seed: int = 0,
+    knn_temperature: float = KNN_TEMPERATURE,
+) -> dict[str, Any]:
+    """Top-1, top-5 and kNN accuracy (and the probe's weight decay and k) of the linear probe
+    and the kNN vote on raw pixels (:func:`pixel_features`)."""
+    train_x, train_y = pixel_features(train, batch_size, workers)
+    test_x, test_y = pixel_features(test, batch_size, workers)
+    logits, details = probe_features(train_x, train_y, test_x, num_classes, solver, seed)
+    top = topk_accuracy(logits, test_y, ks=(1, 5))
+    k = knn_k_for(train_y, knn_k)
+    knn = knn_accuracy(train_x, train_y, test_x, test_y, k, knn_temperature, num_classes)
+    return {
+        "top1": top[1], "top5": top[5], "knn_top1": knn, "knn_k": k,
+        "weight_decay": details["weight_decay"],
+    }  # fmt: skip
+
+
 def _best_random_baseline(
     spec: dict[str, Any],
     train: Dataset,
@@ -796,18 +821,10 @@ def evaluate_baselines(
             spec, train, test, num_classes, device, cfg, knn_k
         )
     if "pixels" in kinds:
-        train_x, train_y = pixel_features(train, cfg.batch_size, cfg.workers)
-        test_x, test_y = pixel_features(test, cfg.batch_size, cfg.workers)
-        logits, details = probe_features(
-            train_x, train_y, test_x, num_classes, cfg.solver, cfg.seed
-        )
-        top = topk_accuracy(logits, test_y, ks=(1, 5))
-        knn = knn_accuracy(
-            train_x, train_y, test_x, test_y, knn_k, cfg.knn_temperature, num_classes
-        )
-        results["pixels"] = {
-            "top1": top[1], "top5": top[5], "knn_top1": knn, "weight_decay": details["weight_decay"]
-        }  # fmt: skip
+        results["pixels"] = pixel_baseline(
+            train, test, num_classes, knn_k, cfg.batch_size, cfg.workers, cfg.solver, cfg.seed,
+            cfg.knn_temperature,
+        )  # fmt: skip
     return results
 
 
