@@ -15,8 +15,8 @@ then evaluates every encoder the way ``simclr linear-eval`` does (frozen ``h``, 
 standardised logistic regression with its weight-decay search, kNN with k chosen from the
 data) on the same labelled train/test split, beside the baselines a reviewer would pick: a
 ResNet-18 with torchvision's default initialisation (same seed, frozen) and raw pixels. Each
-configuration runs over several seeds; the table gives the mean, the spread (min-max) and the
-wall time.
+configuration runs over several seeds; the table gives the mean, the spread (min-max), the
+wall time and the CPU time (user + system, loader workers included).
 
 Usage::
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -178,6 +179,14 @@ def train_lightly(args: argparse.Namespace, epochs: int, seed: int) -> nn.Module
 # the table
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (loader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def summarise(values: list[float]) -> str:
     mean = statistics.fmean(values)
     if len(values) == 1:
@@ -191,15 +200,17 @@ def print_table(rows: list[dict[str, Any]], steps_per_epoch: int) -> None:
         groups.setdefault((row["method"], row["epochs"]), []).append(row)
     print(
         "\n| encoder | epochs (steps) | seeds | linear top-1 mean (min-max) | kNN top-1 | k "
-        "| wall s per run |"
+        "| wall s per run | CPU s per run |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for (method, epochs), runs in groups.items():
         length = "-" if epochs == 0 else f"{epochs} ({epochs * steps_per_epoch})"
         wall = statistics.fmean(r["wall_s"] for r in runs)
+        cpu = statistics.fmean(r.get("cpu_s", float("nan")) for r in runs)
         print(
             f"| {method} | {length} | {len(runs)} | {summarise([r['linear'] for r in runs])} "
-            f"| {summarise([r['knn'] for r in runs])} | {runs[0]['knn_k']} | {wall:.0f} |"
+            f"| {summarise([r['knn'] for r in runs])} | {runs[0]['knn_k']} | {wall:.0f} "
+            f"| {cpu:.0f} |"
         )
 
 
@@ -242,9 +253,15 @@ def main() -> None:
     )
     rows: list[dict[str, Any]] = []
 
+    cpu_start = cpu_seconds()
+
     def record(method: str, epochs: int, seed: int, start: float, metrics: dict) -> None:
+        nonlocal cpu_start
+        cpu_now = cpu_seconds()
         rows.append({"method": method, "epochs": epochs, "seed": seed,
-                     "wall_s": time.perf_counter() - start, **metrics})  # fmt: skip
+                     "wall_s": time.perf_counter() - start, "cpu_s": cpu_now - cpu_start,
+                     **metrics})  # fmt: skip
+        cpu_start = cpu_now
         print(json.dumps(rows[-1]), flush=True)
 
     reference = f"lightly reference (min_scale {args.reference_min_scale:g})"
