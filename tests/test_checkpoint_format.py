@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import torch
-
 from release_fixtures import make_release_checkpoint
+
 from simclr_cli import train
 from simclr_cli.checkpoint import load_checkpoint
 from simclr_cli.config import PretrainConfig
