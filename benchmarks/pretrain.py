@@ -52,7 +52,8 @@ from simclr_cli.config import PretrainConfig
 from simclr_cli.data import ShapesDataset
 from simclr_cli.loss import nt_xent
 from simclr_cli.model import build_simclr
-from simclr_cli.train import build_spec, run_pretrain
+from simclr_cli.model import build_spec
+from simclr_cli.train import run_pretrain
 
 import peers
 from procmem import peak_rss_gib, run_fresh

@@ -181,8 +181,9 @@ def train_lightly(args: argparse.Namespace, epochs: int, seed: int) -> nn.Module
 
 def cpu_seconds() -> float:
     """User + system CPU seconds of this process and its finished children (loader workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 

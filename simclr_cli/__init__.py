@@ -22,7 +22,7 @@ _PUBLIC = {
     "SimCLRAugment": "simclr_cli.augment",
     "BatchedSimCLRAugment": "simclr_cli.augment",
     "TwoViews": "simclr_cli.augment",
-    "ShapesDataset": "simclr_cli.data",
+    "ShapesDataset": "simclr_cli.shapes",
 }
 
 __all__ = ["__version__", *_PUBLIC]

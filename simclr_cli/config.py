@@ -171,10 +171,29 @@ def parse_crop_scale(value: Any) -> Any:
     return value
 
 
+class derived(property):  # noqa: N801  (used as a decorator, like property)
+    """A value the config resolves from its options (``resolved_lr``, ``world_size``, ...).
+
+    Every one is recorded under ``resolved`` in ``config.json`` and in checkpoints
+    (:func:`simclr_cli.runlog.resolved_config`), so a new derived value needs no list kept in
+    sync: decorating it is enough.
+    """
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", allow_inf_nan=False, protected_namespaces=()
     )
+
+    def derived_values(self) -> dict[str, Any]:
+        """Every :class:`derived` value of this config, by name, in definition order."""
+        names = [
+            name
+            for klass in reversed(type(self).__mro__)
+            for name, attr in vars(klass).items()
+            if isinstance(attr, derived)
+        ]
+        return {name: getattr(self, name) for name in dict.fromkeys(names)}
 
 
 class PretrainConfig(_Frozen):
@@ -314,42 +333,42 @@ class PretrainConfig(_Frozen):
         return self
 
     # -- derived values -------------------------------------------------------------------
-    @property
+    @derived
     def dataset_kind(self) -> str:
         return dataset_kind(self.dataset)
 
-    @property
+    @derived
     def resolved_image_size(self) -> int:
         from simclr_cli.data import default_image_size
 
         return self.image_size or default_image_size(self.dataset_kind)
 
-    @property
+    @derived
     def resolved_stem(self) -> str:
         """CIFAR stem (3x3 conv, no max-pool; paper appendix B.9) for images of 64 px or less."""
         if self.stem != "auto":
             return self.stem
         return auto_stem(self.resolved_image_size)
 
-    @property
+    @derived
     def resolved_jitter_strength(self) -> float:
         """Paper: 0.5 for CIFAR-size images, 1.0 for ImageNet-size ones."""
         if self.jitter_strength is not None:
             return self.jitter_strength
         return 0.5 if self.resolved_image_size <= 64 else 1.0
 
-    @property
+    @derived
     def resolved_blur(self) -> bool:
         """Gaussian blur hurts on tiny images (paper appendix B.9), so on only from 96 px."""
         return self.blur if self.blur is not None else self.resolved_image_size >= 96
 
-    @property
+    @derived
     def resolved_weight_decay(self) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
         return DEFAULT_WEIGHT_DECAY[self.optimizer]
 
-    @property
+    @derived
     def resolved_lr(self) -> float:
         """``--lr`` when given, otherwise the optimiser's base lr scaled by the GLOBAL batch."""
         if self.lr is not None:
@@ -359,15 +378,15 @@ class PretrainConfig(_Frozen):
         base = default_base_lr(self.optimizer, self.lr_scaling)
         return scaled_lr(base, self.batch_size, self.lr_scaling)
 
-    @property
+    @derived
     def resolved_device(self) -> str:
         return "cuda" if self.gpus else _resolve_device(self.device)
 
-    @property
+    @derived
     def resolved_precision(self) -> str:
         return _resolve_precision(self.precision, self.resolved_device)
 
-    @property
+    @derived
     def resolved_channels_last(self) -> bool:
         return self.channels_last
 
@@ -375,7 +394,7 @@ class PretrainConfig(_Frozen):
     def procs_per_node(self) -> int:
         return self.gpus or self.processes
 
-    @property
+    @derived
     def world_size(self) -> int:
         """Processes over all nodes; a torchrun or SLURM launch sets it through the environment."""
         from simclr_cli.distributed import launcher_world_size
@@ -383,11 +402,11 @@ class PretrainConfig(_Frozen):
         launched = launcher_world_size()
         return launched if launched is not None else self.procs_per_node * self.nodes
 
-    @property
+    @derived
     def per_process_batch_size(self) -> int:
         return self.batch_size // self.world_size
 
-    @property
+    @derived
     def resolved_sync_bn(self) -> bool:
         """Global batch norm is the default as soon as there is more than one process."""
         return self.sync_bn if self.sync_bn is not None else self.world_size > 1

@@ -141,3 +141,13 @@ def os_error_line(error: OSError) -> str | None:
         if error.filename2 is not None:
             where += f" -> {error.filename2}"
     return f"{error.strerror or 'file system error'}{where}; {fix}"
+
+
+class Interrupted(SimCLRError):
+    """SIGINT/SIGTERM stopped the run after a checkpoint was written (exit code 130)."""
+
+    exit_code = 130
+
+
+# ----------------------------------------------------------------------------------------------
+# entry points

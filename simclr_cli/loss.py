@@ -67,7 +67,11 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5) -> t
 
     Reference: Chen et al. 2020 (arXiv:2002.05709), eq. (1) and Algorithm 1.
     """
-    tau = check_temperature(temperature)
+    return _nt_xent(z_i, z_j, check_temperature(temperature))
+
+
+def _nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, tau: float) -> torch.Tensor:
+    """:func:`nt_xent` for a temperature already checked (:class:`NTXentLoss` checks it once)."""
     if z_i.shape != z_j.shape or z_i.dim() != 2 or z_i.shape[0] == 0:
         raise ValueError(f"z_i, z_j must be equal non-empty (n, D); got {z_i.shape}, {z_j.shape}")
     n = z_i.shape[0]
@@ -107,7 +111,7 @@ class NTXentLoss(nn.Module):
 
     def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
         """Return the scalar loss for ``(n, D)`` views ``z_i`` and ``z_j``."""
-        return nt_xent(z_i, z_j, self.temperature)
+        return _nt_xent(z_i, z_j, self.temperature)
 
     def extra_repr(self) -> str:
         """Show the temperature when printed."""

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from simclr_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from simclr_cli.config import PretrainConfig
 
 OPTIMIZERS = ("lars", "adam", "adamw", "sgd")
 LR_SCALINGS = ("linear", "sqrt")
@@ -266,3 +270,34 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float
         return base_lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-step learning rate: linear warmup, then cosine decay to zero (paper appendix B.6)."""
+
+    base_lr: float
+    total_steps: int
+    warmup_steps: int
+
+    def __call__(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based)."""
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.base_lr)
+
+
+def build_schedule(cfg: PretrainConfig, steps_per_epoch: int) -> Schedule:
+    """The schedule spans ``--epochs``; ``--max-steps`` only stops the run early.
+
+    So a run stopped by ``--max-steps`` and resumed without it follows the schedule of an
+    uninterrupted run step for step.
+    """
+    total = cfg.epochs * steps_per_epoch
+    warmup = warmup_steps_for(cfg.warmup_epochs, steps_per_epoch, total)
+    return Schedule(cfg.resolved_lr, total, warmup)
+
+
+def last_step(cfg: PretrainConfig, schedule: Schedule) -> int:
+    """The step count at which the run ends: ``--epochs`` or ``--max-steps``, the sooner."""
+    if cfg.max_steps is None:
+        return schedule.total_steps
+    return min(schedule.total_steps, cfg.max_steps)

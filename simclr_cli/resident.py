@@ -138,7 +138,7 @@ class ResidentLoader:
 
     Args:
         images: ``(N, 3, S, S)`` uint8 on the training device.
-        sampler: this rank's share of each epoch (:class:`~simclr_cli.train.ResumableSampler`).
+        sampler: this rank's share of each epoch (:class:`~simclr_cli.loader.ResumableSampler`).
         batch_size: images per step on this process (full batches only, as ``drop_last``).
     """
 

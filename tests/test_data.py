@@ -21,7 +21,6 @@ from simclr_cli.data import (
     default_image_size,
     labels_of,
     normalization,
-    num_classes,
     pretrain_split,
     skipped_files,
     train_test_split,
@@ -101,7 +100,7 @@ def test_shapes_sizes_and_labels() -> None:
     counts = np.bincount(labels_of(dataset), minlength=10)
     assert counts.tolist() == [10] * 10
     assert [dataset[i][1] for i in range(20)] == labels_of(dataset)[:20]
-    assert num_classes(dataset) == 10 and len(dataset.classes) == 10
+    assert len(dataset.classes) == 10
     with pytest.raises(IndexError):
         dataset[100]
     with pytest.raises(UsageError, match="--split"):
@@ -189,7 +188,6 @@ def test_folder_labels_by_first_level_subfolder(labelled_folder: Path) -> None:
     ]
     assert dataset.classes == ["cat", "dog"]
     assert labels_of(dataset) == [0, 0, 1, 1, 1]
-    assert num_classes(dataset) == 2
     assert dataset.skipped == 2
     assert {p.name for p in dataset.skipped_paths} == {"corrupt.png", "truncated.png"}
     image, label = dataset[4]
@@ -250,7 +248,6 @@ def test_folder_without_subfolders_is_unlabelled(tmp_path: Path) -> None:
         write_image(tmp_path / f"{i}.jpeg", (i, i, i))
     dataset = ImageFolderDataset(tmp_path, transform=lambda image: image.size)
     assert labels_of(dataset) == [-1, -1, -1] and dataset.classes == []
-    assert num_classes(dataset) is None
     assert dataset[0] == ((6, 5), -1)
 
 
@@ -267,7 +264,7 @@ def test_empty_or_unreadable_folder_is_an_error(tmp_path: Path) -> None:
 def test_build_dataset_accepts_a_folder(labelled_folder: Path, tmp_path: Path) -> None:
     dataset = build_dataset(str(labelled_folder), "train", tmp_path, limit=3)
     assert isinstance(dataset, Subset) and len(dataset) == 3
-    assert labels_of(dataset) == [0, 0, 1] and num_classes(dataset) == 2
+    assert labels_of(dataset) == [0, 0, 1]
 
 
 # -------------------------------------------------------------------------------------------
@@ -301,15 +298,12 @@ def test_labels_through_nested_subsets() -> None:
     inner = Subset(dataset, [3, 4, 5, 6, 17])
     outer = Subset(inner, [4, 0])
     assert labels_of(outer) == [7, 3]
-    assert num_classes(outer) == 10
 
 
 def test_labels_through_concatenation_and_skipped_count(labelled_folder: Path) -> None:
     folder = ImageFolderDataset(labelled_folder)
     both = ConcatDataset([ShapesDataset(size=12), Subset(folder, [4, 0])])
     assert labels_of(both) == [i % 10 for i in range(12)] + [1, 0]
-    assert num_classes(both) == 10
-    assert num_classes(ConcatDataset([Subset(folder, [0])])) == 2
     assert skipped_files(Subset(Subset(folder, [1]), [0])) == 2
     assert skipped_files(ShapesDataset(size=3)) == 0
 
@@ -317,7 +311,6 @@ def test_labels_through_concatenation_and_skipped_count(labelled_folder: Path) -
 def test_labels_of_a_generic_dataset() -> None:
     pairs = [(torch.zeros(1), 2), (torch.zeros(1), 0)]
     assert labels_of(pairs) == [2, 0]  # type: ignore[arg-type]
-    assert num_classes(pairs) == 3  # type: ignore[arg-type]
 
 
 def test_build_dataset_shapes_and_limits(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from test_hub import (  # noqa: F401 (fixtures)
 from test_train import config, metric_steps, tiny  # noqa: F401 (tiny is a fixture)
 from test_train_process import cli_flags, options, start_child, wait_for
 
-from simclr_cli import distributed, hub, train
+from simclr_cli import distributed, fileio, hub, train
 from simclr_cli.checkpoint import load_checkpoint, save_checkpoint
 from simclr_cli.cli import run
 from simclr_cli.distributed import plan_launch
@@ -120,7 +120,7 @@ def test_outputs_get_the_umask_mode(tmp_path: Path) -> None:
     try:
         path = save_checkpoint({"model": {}, "state_dict": {}}, tmp_path / "ck.pt")
         text = tmp_path / "config.json"
-        train.write_json_atomic(text, {})
+        fileio.write_json_atomic(text, {})
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644

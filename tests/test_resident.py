@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from simclr_cli import resident, train
+from simclr_cli import resident
 from simclr_cli.augment import to_uint8_transform
 from simclr_cli.data import ShapesDataset
 from simclr_cli.errors import DatasetError
+from simclr_cli.loader import ResumableSampler
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)
@@ -83,7 +84,7 @@ def test_resident_batches_equal_the_dataloaders(world: int, skip_steps: int) -> 
     dataset = shapes(n=50)
     images = resident.decode_all(dataset, len(dataset), 8, workers=0)
     for rank in range(world):
-        sampler = train.ResumableSampler(dataset, num_replicas=world, rank=rank, seed=5)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=5)
         loader = DataLoader(dataset, batch_size=4, sampler=sampler, drop_last=True)
         ours = resident.ResidentLoader(images, sampler, batch_size=4)
         sampler.set_epoch(3, skip=skip_steps * 4)
@@ -111,7 +112,7 @@ def host_reads_forbidden() -> Iterator[None]:
 def test_resident_steps_after_the_epochs_first_read_nothing_on_the_host() -> None:
     dataset = shapes(n=50)
     images = resident.decode_all(dataset, len(dataset), 8, workers=0)
-    sampler = train.ResumableSampler(dataset, num_replicas=1, rank=0, seed=0)
+    sampler = ResumableSampler(dataset, num_replicas=1, rank=0, seed=0)
     sampler.set_epoch(0)
     batches = iter(resident.ResidentLoader(images, sampler, batch_size=4))
     next(batches)  # the epoch's order is read once, here

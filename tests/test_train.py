@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from simclr_cli import train
+from simclr_cli import errors, loader, memory, monitor, optim, resume, runlog, train
 from simclr_cli.checkpoint import load_checkpoint, load_model
 from simclr_cli.config import PretrainConfig
 from simclr_cli.data import ShapesDataset
@@ -151,7 +151,7 @@ def test_sigint_mid_epoch_checkpoints_and_resume_matches(
 
     # Not always default_int_handler: a shell starts background jobs with SIGINT ignored.
     handler_before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(train.Interrupted) as caught:
+    with pytest.raises(errors.Interrupted) as caught:
         train.run_pretrain(config(tmp_path / "b"))
     assert caught.value.exit_code == 130
     assert "--resume auto --out" in str(caught.value) and "\n" not in str(caught.value)
@@ -275,9 +275,9 @@ def test_resume_lists_every_disagreement_once(tiny: None, tmp_path: Path) -> Non
 def test_a_given_value_equal_to_the_resolved_default_agrees() -> None:
     saved = {"stem": "auto", "lr": None, "resolved": {"resolved_stem": "cifar", "resolved_lr": 0.1}}
     cfg = PretrainConfig(stem="cifar", lr=0.1, device="cpu", out=Path("x"))
-    assert train.resume_differences(saved, cfg) == []
+    assert resume.resume_differences(saved, cfg) == []
     cfg = PretrainConfig(stem="imagenet", lr=0.2, device="cpu", out=Path("x"))
-    assert train.resume_differences(saved, cfg) == [
+    assert resume.resume_differences(saved, cfg) == [
         ("--stem", "auto (cifar)", "imagenet"),
         ("--lr", "auto (0.1)", "0.2"),
     ]
@@ -444,15 +444,15 @@ def test_runs_without_tensorboard_installed(
 
 def test_resumable_sampler_skips_into_the_same_permutation() -> None:
     dataset = ShapesDataset(size=20)
-    full = train.ResumableSampler(dataset, num_replicas=1, rank=0, seed=3)
+    full = loader.ResumableSampler(dataset, num_replicas=1, rank=0, seed=3)
     full.set_epoch(1)
     order = list(full)
-    skipped = train.ResumableSampler(dataset, num_replicas=1, rank=0, seed=3)
+    skipped = loader.ResumableSampler(dataset, num_replicas=1, rank=0, seed=3)
     skipped.set_epoch(1, skip=6)
     assert list(skipped) == order[6:] and len(skipped) == 14
     full.set_epoch(2)
     assert list(full) != order and sorted(full) == list(range(20))
-    shards = [train.ResumableSampler(dataset, num_replicas=3, rank=r, seed=3) for r in range(3)]
+    shards = [loader.ResumableSampler(dataset, num_replicas=3, rank=r, seed=3) for r in range(3)]
     for shard in shards:
         shard.set_epoch(1)
     indices = [i for shard in shards for i in shard]
@@ -461,8 +461,8 @@ def test_resumable_sampler_skips_into_the_same_permutation() -> None:
 
 def test_max_steps_stops_early_without_changing_the_schedule() -> None:
     cfg = config(Path("unused"), epochs=10, max_steps=7, warmup_epochs=1)
-    schedule = train.build_schedule(cfg, steps_per_epoch=5)
-    assert schedule.total_steps == 50 and train.last_step(cfg, schedule) == 7
+    schedule = optim.build_schedule(cfg, steps_per_epoch=5)
+    assert schedule.total_steps == 50 and optim.last_step(cfg, schedule) == 7
     assert schedule(4) == pytest.approx(cfg.resolved_lr)  # end of the 1-epoch warmup
     assert schedule(49) < schedule(25) < schedule(5)
 
@@ -471,7 +471,7 @@ def test_truncate_metrics_drops_steps_after_the_checkpoint(tmp_path: Path) -> No
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3, 4)]
     path.write_text("\n".join(lines) + '\n{"step": 5, "lo')  # last line cut by a kill
-    train.truncate_metrics(path, 2)
+    runlog.truncate_metrics(path, 2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
 
 
@@ -492,6 +492,7 @@ def small_convnet(spec: dict[str, Any], zero_init_residual: bool = False) -> Sim
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # a hang guard: about 2 minutes idle, 15+ on a busy machine
 def test_pretraining_on_shapes_beats_a_random_encoder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -522,7 +523,7 @@ def test_pretraining_on_shapes_beats_a_random_encoder(
     assert sum(losses[-3:]) / 3 < losses[0] - 0.2, losses
     torch.manual_seed(0)
     random_net = small_convnet({})
-    chance, _ = train.knn_eval(random_net, *train.knn_datasets(cfg), cfg, torch.device("cpu"))
+    chance, _ = monitor.knn_eval(random_net, *monitor.knn_datasets(cfg), cfg, torch.device("cpu"))
     trained = summary["knn_accuracy"]
     assert trained > chance + 0.12, (trained, chance)
 
@@ -647,14 +648,14 @@ def test_a_step_that_cannot_fit_in_memory_is_refused_with_a_batch_that_fits(
     message = str(caught.value)
     assert "GiB of memory (batch 256 at 224 px, cifar stem)" in message
     fits = int(message.split("lower --batch-size to ")[1].split()[0])
-    per_image, fixed = train.step_memory(cfg)
+    per_image, fixed = memory.step_memory(cfg)
     assert 2 <= fits < 256 and fixed + 2 * fits * per_image <= 4 * 2**30
     assert not any(tmp_path.iterdir())  # refused before anything was written
     monkeypatch.setenv("SIMCLR_SKIP_MEMORY_CHECK", "1")
-    train.check_memory(cfg)  # the escape hatch
+    memory.check_memory(cfg)  # the escape hatch
 
 
 def test_the_memory_estimate_grows_with_the_batch_and_the_image() -> None:
     small = PretrainConfig(stem="cifar", device="cpu", out=Path("x"))
     large = PretrainConfig(stem="cifar", image_size=64, device="cpu", out=Path("x"))
-    assert train.step_memory(large)[0] > 3 * train.step_memory(small)[0]
+    assert memory.step_memory(large)[0] > 3 * memory.step_memory(small)[0]
