@@ -51,8 +51,7 @@ from simclr_cli import allocator
 from simclr_cli.config import PretrainConfig
 from simclr_cli.data import ShapesDataset
 from simclr_cli.loss import nt_xent
-from simclr_cli.model import build_simclr
-from simclr_cli.model import build_spec
+from simclr_cli.model import build_simclr, build_spec
 from simclr_cli.train import run_pretrain
 
 import peers
