@@ -118,14 +118,8 @@ def convert_release_state_dict(
     Raises:
         CheckpointError: unknown architecture, or unexpected/missing keys (named in the message).
     """
-    found = release.convert(state_dict, name)
-    return build_payload(
-        model=found.model,
-        state_dict=found.state_dict,
-        dataset=release.RELEASE_DATASET,
-        epoch=found.epoch,
-        converted_from=found.converted_from,
-    )
+    # The converter's fields are build_payload's keywords; the rest keep their defaults.
+    return build_payload(**release.convert(state_dict, name)._asdict())
 
 
 # --------------------------------------------------------------------------------------------

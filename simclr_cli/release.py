@@ -32,10 +32,12 @@ _DDP_PREFIX = "module."
 
 
 class Converted(NamedTuple):
-    """What a release file holds, in simclr-cli's terms."""
+    """What a release file holds, in simclr-cli's terms: keywords of
+    :func:`simclr_cli.checkpoint.build_payload`."""
 
     model: dict[str, Any]  # the spec for simclr_cli.model.build_simclr
     state_dict: dict[str, torch.Tensor]  # encoder.* and projector.*, prefixes stripped
+    dataset: str  # the pretraining data (STL-10 unlabeled)
     epoch: int | None  # from the file name or the registry entry; None when unknown
     converted_from: dict[str, Any]  # the source and everything inferred
 
@@ -93,7 +95,7 @@ def convert(state_dict: Mapping[str, torch.Tensor], name: str = "checkpoint") ->
         "epoch": epoch,
         "release": release,
     }
-    return Converted(spec, converted, epoch, record)
+    return Converted(spec, converted, RELEASE_DATASET, epoch, record)
 
 
 def _strip_ddp_prefix(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
