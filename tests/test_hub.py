@@ -24,10 +24,11 @@ import torch
 import torchvision
 from release_fixtures import make_release_checkpoint
 
-from simclr_cli import hub, registry
+from simclr_cli import fetch, hub, registry
 from simclr_cli.checkpoint import FORMAT, load_checkpoint, load_model
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
-from simclr_cli.hub import DownloadSettings, Published, RegistryEntry
+from simclr_cli.fetch import DownloadSettings
+from simclr_cli.registry import Published, RegistryEntry
 
 FAST = DownloadSettings(
     connect_timeout=2.0,
@@ -187,8 +188,7 @@ def _entry(name: str, url: str, epochs: int = 100, sha256: str | None = None, bi
 
 def _use_registry(monkeypatch: pytest.MonkeyPatch, *entries: RegistryEntry) -> None:
     table = MappingProxyType({e.name: e for e in entries})
-    monkeypatch.setattr(hub, "REGISTRY", table)
-    monkeypatch.setattr(registry, "REGISTRY", table)  # what the release-file converter reads
+    monkeypatch.setattr(registry, "REGISTRY", table)  # what the hub and the converter read
 
 
 def _visible(cache: Path) -> list[str]:
@@ -227,7 +227,7 @@ def test_progress_bar_shows_bytes_speed_and_eta(
 
     screen = io.StringIO()
     terminal = Console(file=screen, force_terminal=True, width=120, color_system=None)
-    monkeypatch.setattr(hub, "_console", lambda: terminal)
+    monkeypatch.setattr(fetch, "_console", lambda: terminal)
     url = server.add("/bar/checkpoint_1.tar", small_checkpoint)
     hub.download(url, tmp_path, progress=True, settings=FAST)
     bars = [line for line in screen.getvalue().splitlines() if "B/s" in line]
@@ -715,7 +715,7 @@ def test_registry_declares_the_three_releases() -> None:
     assert rows["resnet18-stl10-40ep"]["head"] == "512-512-64 with bias"
     assert all(0 < row["accuracy"] < 1 and "STL-10" in row["protocol"] for row in rows.values())
     with pytest.raises(AttributeError):
-        hub.REGISTRY["resnet18-stl10"].url = "http://elsewhere"  # type: ignore[misc]
+        registry.REGISTRY["resnet18-stl10"].url = "http://elsewhere"  # type: ignore[misc]
 
 
 def test_registry_table_shows_what_is_cached(
