@@ -144,10 +144,10 @@ def download_trial(
     kind: str, server: Server, files: dict[str, bytes], work: Path, rng: Any
 ) -> bool:
     """One download fault; True when the outcome is the promised one."""
-    from simclr_cli import fetch, hub, registry
+    from simclr_cli import hub, registry
     from simclr_cli.errors import SimCLRError
 
-    settings = fetch.DownloadSettings(read_timeout=0.5, retries=3, backoff=0.01, chunk_size=4096)
+    settings = hub.DownloadSettings(read_timeout=0.5, retries=3, backoff=0.01, chunk_size=4096)
     cache = work / f"cache-{rng.random():.6f}"
     server.served, server.mode = 0, {"drop": "drop", "stall": "stall"}.get(kind, "ok")
     body = files["native"] if kind != "wrong" else files["resnet34"]
@@ -164,7 +164,7 @@ def download_trial(
             optimizer="adam", published=registry.Published("stl10", None, "-", "-"),
         )  # fmt: skip
         table = MappingProxyType({entry.name: entry})
-        registry.REGISTRY = table  # type: ignore[misc]
+        hub.REGISTRY = registry.REGISTRY = table  # type: ignore[misc]
         name = entry.name
     else:
         name = server.base + path

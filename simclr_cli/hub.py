@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from simclr_cli import fileio, registry
+from simclr_cli import fileio
 from simclr_cli.checkpoint import load_checkpoint
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
 from simclr_cli.fetch import DEFAULT_SETTINGS, DownloadSettings, fetch, say, sha256_of
 from simclr_cli.filelock import locked
-from simclr_cli.registry import RUN_CHECKPOINT, RegistryEntry, checkpoint_kind
+from simclr_cli.registry import REGISTRY, RUN_CHECKPOINT, RegistryEntry, checkpoint_kind
 
 MANIFEST = "manifest.json"
 _PART = ".part"
@@ -135,7 +135,7 @@ def resolve_checkpoint(
         return download(text, cache_dir, progress=progress)
     raise CheckpointError(
         f"checkpoint {text!r} not found; give a checkpoint file, a run folder, or a release "
-        f"name ({', '.join(registry.REGISTRY)}; see `simclr download --list`)"
+        f"name ({', '.join(REGISTRY)}; see `simclr download --list`)"
     )
 
 
@@ -149,7 +149,7 @@ def cached(cache_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not cache.is_dir():
         return []
     manifest = _read_manifest(cache)
-    by_file = {e.filename: e.name for e in registry.REGISTRY.values()}
+    by_file = {e.filename: e.name for e in REGISTRY.values()}
     rows = []
     for path in sorted(cache.iterdir()):
         if not path.is_file() or (path.name not in manifest and path.name not in by_file):
@@ -186,7 +186,7 @@ def registry_table(cache_dir: str | os.PathLike[str] | None = None) -> list[dict
             "cached": e.name in present,
             "size_bytes": present[e.name]["size"] if e.name in present else None,
         }
-        for e in registry.REGISTRY.values()
+        for e in REGISTRY.values()
     ]
 
 
@@ -198,20 +198,18 @@ def registry_table(cache_dir: str | os.PathLike[str] | None = None) -> list[dict
 def _target(name_or_url: str) -> _Target:
     """Registry entry or URL -> what to fetch; anything else is a usage error."""
     if not isinstance(name_or_url, str) or not name_or_url:
-        raise UsageError(
-            "NAME", name_or_url, f"give a release name ({', '.join(registry.REGISTRY)})"
-        )
-    if name_or_url in registry.REGISTRY:
-        entry = registry.REGISTRY[name_or_url]
+        raise UsageError("NAME", name_or_url, f"give a release name ({', '.join(REGISTRY)})")
+    if name_or_url in REGISTRY:
+        entry = REGISTRY[name_or_url]
         return _Target(entry.url, entry.filename, entry.sha256, entry.name, entry)
     parts = urlsplit(name_or_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(
             "NAME",
             name_or_url,
-            f"give a release name ({', '.join(registry.REGISTRY)}) or an http(s) URL",
+            f"give a release name ({', '.join(REGISTRY)}) or an http(s) URL",
         )
-    for entry in registry.REGISTRY.values():  # a release URL is stored under its release name
+    for entry in REGISTRY.values():  # a release URL is stored under its release name
         if entry.url == name_or_url:
             return _Target(entry.url, entry.filename, entry.sha256, entry.name, entry)
     return _Target(name_or_url, _url_filename(name_or_url), None, None)
@@ -364,9 +362,7 @@ def _check_release_matches(payload: dict[str, Any], entry: RegistryEntry, source
     if all(spec[key] == getattr(entry, key) for key in known):
         return
     found, wanted = _model_summary(spec), _model_summary(dataclasses.asdict(entry))
-    others = [
-        e.name for e in registry.REGISTRY.values() if _model_summary(dataclasses.asdict(e)) == found
-    ]
+    others = [e.name for e in REGISTRY.values() if _model_summary(dataclasses.asdict(e)) == found]
     hint = f"; it looks like {' or '.join(others)}" if others else ""
     raise CheckpointError(
         f"{source} holds {found} but {entry.name} is {wanted}",
@@ -430,4 +426,5 @@ def _from_file_hint(target: _Target) -> str:
     return f"fetch {target.url} by hand and run `simclr download {name} --from-file FILE`"
 
 
-__all__ = ["MANIFEST", "cached", "download", "registry_table", "resolve_checkpoint"]
+# REGISTRY stays importable from here, as the CHANGELOG promises; its home is registry.py.
+__all__ = ["MANIFEST", "REGISTRY", "cached", "download", "registry_table", "resolve_checkpoint"]

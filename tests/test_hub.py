@@ -188,7 +188,8 @@ def _entry(name: str, url: str, epochs: int = 100, sha256: str | None = None, bi
 
 def _use_registry(monkeypatch: pytest.MonkeyPatch, *entries: RegistryEntry) -> None:
     table = MappingProxyType({e.name: e for e in entries})
-    monkeypatch.setattr(registry, "REGISTRY", table)  # what the hub and the converter read
+    monkeypatch.setattr(hub, "REGISTRY", table)
+    monkeypatch.setattr(registry, "REGISTRY", table)  # what the release-file converter reads
 
 
 def _visible(cache: Path) -> list[str]:
@@ -715,7 +716,7 @@ def test_registry_declares_the_three_releases() -> None:
     assert rows["resnet18-stl10-40ep"]["head"] == "512-512-64 with bias"
     assert all(0 < row["accuracy"] < 1 and "STL-10" in row["protocol"] for row in rows.values())
     with pytest.raises(AttributeError):
-        registry.REGISTRY["resnet18-stl10"].url = "http://elsewhere"  # type: ignore[misc]
+        hub.REGISTRY["resnet18-stl10"].url = "http://elsewhere"  # type: ignore[misc]
 
 
 def test_registry_table_shows_what_is_cached(
