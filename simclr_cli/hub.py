@@ -266,6 +266,11 @@ def _record(cache: Path, filename: str, record: dict[str, Any]) -> None:
         fileio.write_json_atomic(cache / MANIFEST, manifest)
 
 
+# --------------------------------------------------------------------------------------------
+# Verification and installation
+# --------------------------------------------------------------------------------------------
+
+
 def _check_sha256(value: str) -> str:
     """``--sha256``: 64 hex digits, compared in lower case."""
     if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
