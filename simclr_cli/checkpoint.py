@@ -1,21 +1,19 @@
-"""Checkpoints: atomic saving, safe loading, and conversion of Spijkervet/SimCLR release files.
+"""Checkpoints: the payload layout, atomic saving, safe loading and description.
 
 A simclr-cli checkpoint is one ``dict`` of primitives and tensors, so ``torch.load(...,
 weights_only=True)`` reads it without executing code from the file. It describes its own model
 (``payload["model"]`` is the spec for :func:`simclr_cli.model.build_simclr`) and holds the
 optimizer, grad-scaler and RNG state needed to resume.
 
-Payload layout (``FORMAT_VERSION`` 1)::
+Payload layout (``FORMAT_VERSION`` 1), written by :func:`build_payload` only::
 
     format, format_version, kind ("pretrain"), model (spec dict), dataset, epoch (completed),
     global_step, config (json-able dict), metrics (dict), state_dict (encoder.*, projector.*),
     optimizer (state_dict | None), scaler (state_dict | None), rng (dict),
     converted_from (None | dict)
 
-The release checkpoints of Spijkervet/SimCLR are bare ``state_dict`` s (``encoder.*`` of a
-torchvision ResNet without ``fc``, ``projector.0/2.*``), sometimes with DDP ``module.`` prefixes
-and written in torch's legacy serialization. :func:`load_checkpoint` converts them into the layout
-above, inferring the architecture, stem and head from key names and tensor shapes.
+:func:`load_checkpoint` also reads the release files of Spijkervet/SimCLR (bare ``state_dict`` s):
+:mod:`simclr_cli.release` infers their model and this module lays them out as above.
 """
 
 from __future__ import annotations
@@ -28,11 +26,12 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from simclr_cli import archs, fileio, registry
+from simclr_cli import fileio, release
 from simclr_cli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
@@ -41,18 +40,86 @@ if TYPE_CHECKING:
 FORMAT = "simclr-cli-checkpoint"
 FORMAT_VERSION = 1
 PRETRAIN_KIND = "pretrain"
+# The keys that mark a file as ours; every payload starts with them.
+_HEADER: Mapping[str, Any] = MappingProxyType(
+    {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": PRETRAIN_KIND}
+)
 
-# Spijkervet/SimCLR release facts: STL-10 `unlabeled` at 96 px, no input normalisation.
-RELEASE_SOURCE = "Spijkervet/SimCLR"
-RELEASE_IMAGE_SIZE = 96
-RELEASE_DATASET = "stl10"
-
-# Width of layer1.0.conv1 separates ResNet-50 (64) from Wide ResNet-50-2 (128).
-_WIDE_LAYER1_WIDTH = 128
-# conv1 kernel size -> stem (simclr_cli.model: "cifar" is a 3x3 stride-1 conv without max-pool).
-_STEMS = {7: "imagenet", 3: "cifar"}
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-_DDP_PREFIX = "module."
+
+
+# --------------------------------------------------------------------------------------------
+# The payload
+# --------------------------------------------------------------------------------------------
+
+
+def build_payload(
+    *,
+    model: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    dataset: str | None,
+    epoch: int | None,
+    global_step: int | None = None,
+    config: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    optimizer: Mapping[str, Any] | None = None,
+    scaler: Mapping[str, Any] | None = None,
+    rng: Mapping[str, Any] | None = None,
+    converted_from: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A checkpoint payload in the layout of this module (the one place that writes it).
+
+    Args:
+        model: the model spec (:func:`simclr_cli.model.model_spec`).
+        state_dict: weights of the unwrapped model (``encoder.*``, ``projector.*``).
+        dataset: the pretraining dataset's name.
+        epoch: completed epochs (None when unknown, e.g. a release file named by hand).
+        global_step: optimizer steps taken (None for converted files).
+        config: the run's resolved configuration, json-able (empty when absent).
+        metrics: the latest metrics (empty when absent).
+        optimizer: the optimizer's ``state_dict``; None makes the checkpoint not resumable.
+        scaler: the grad scaler's ``state_dict``, if one was used.
+        rng: RNG states to resume from (empty when absent).
+        converted_from: for a converted file, its source and what was inferred.
+
+    Returns:
+        The payload dict, keys in the documented order.
+    """
+    return {
+        **_HEADER,
+        "model": model,
+        "dataset": dataset,
+        "epoch": epoch,
+        "global_step": global_step,
+        "config": dict(config or {}),
+        "metrics": dict(metrics or {}),
+        "state_dict": state_dict,
+        "optimizer": optimizer,
+        "scaler": scaler,
+        "rng": dict(rng or {}),
+        "converted_from": None if converted_from is None else dict(converted_from),
+    }
+
+
+def convert_release_state_dict(
+    state_dict: Mapping[str, torch.Tensor], name: str = "checkpoint"
+) -> dict[str, Any]:
+    """Convert a Spijkervet/SimCLR ``state_dict`` into a simclr-cli payload.
+
+    Args:
+        state_dict: ``encoder.*`` (torchvision ResNet without ``fc``) and ``projector.{0,2}.*``,
+            optionally prefixed by ``module.`` (DDP).
+        name: file name, used in messages and to read the epoch from ``checkpoint_<epoch>.tar``.
+
+    Returns:
+        A payload whose ``converted_from`` records the source and everything inferred (see
+        :func:`simclr_cli.release.convert`); not resumable.
+
+    Raises:
+        CheckpointError: unknown architecture, or unexpected/missing keys (named in the message).
+    """
+    # The converter's fields are build_payload's keywords; the rest keep their defaults.
+    return build_payload(**release.convert(state_dict, name)._asdict())
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,8 +134,9 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) ->
     file is removed on any failure, and those of writers that were killed are removed first.
 
     Args:
-        payload: the checkpoint dict; ``format``/``format_version``/``kind`` are filled in when
-            absent. Only primitives, containers and tensors are allowed.
+        payload: the checkpoint dict, normally from :func:`build_payload`; its
+            ``format``/``format_version``/``kind`` are filled in when absent (a partial dict
+            still loads as a checkpoint). Only primitives, containers and tensors are allowed.
         path: destination file.
 
     Returns:
@@ -78,7 +146,7 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) ->
         TypeError: ``payload`` holds an object ``torch.load(weights_only=True)`` would refuse.
         WriteError: the disk is full or the folder cannot be written (one line, naming it).
     """
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": PRETRAIN_KIND, **payload}
+    full = {**_HEADER, **payload}
     _check_weights_only_safe(full, "payload")
     path = Path(path)
     fileio.remove_dead_temps(path.parent)
@@ -264,233 +332,6 @@ def _summarize(obj: Any) -> str:
         kind = f"kind {obj['kind']!r}, " if "kind" in obj else ""
         return f"{kind}a dict with keys {keys}{more}"
     return f"a {type(obj).__name__}"
-
-
-# --------------------------------------------------------------------------------------------
-# Conversion of Spijkervet/SimCLR release files
-# --------------------------------------------------------------------------------------------
-
-
-def convert_release_state_dict(
-    state_dict: Mapping[str, torch.Tensor], name: str = "checkpoint"
-) -> dict[str, Any]:
-    """Convert a Spijkervet/SimCLR ``state_dict`` into a simclr-cli payload.
-
-    Args:
-        state_dict: ``encoder.*`` (torchvision ResNet without ``fc``) and ``projector.{0,2}.*``,
-            optionally prefixed by ``module.`` (DDP).
-        name: file name, used in messages and to read the epoch from ``checkpoint_<epoch>.tar``.
-
-    Returns:
-        A payload whose ``converted_from`` records the source and everything inferred.
-
-    Raises:
-        CheckpointError: unknown architecture, or unexpected/missing keys (named in the message).
-    """
-    sd, stripped = _strip_ddp_prefix(state_dict)
-    encoder = {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
-    projector = {k[len("projector.") :]: v for k, v in sd.items() if k.startswith("projector.")}
-    others = sorted(k for k in sd if not k.startswith(("encoder.", "projector.")))
-    if not encoder or not projector or others:
-        raise CheckpointError(
-            f"{name} is not a SimCLR state_dict: "
-            f"{_key_problem(others, _absent_parts(encoder, projector))}; "
-            "expected encoder.* and projector.* keys"
-        )
-    arch, feature_dim = _infer_arch(encoder, name)
-    stem = _infer_stem(encoder, name)
-    filled = _check_encoder_keys(encoder, arch, name)
-    head = _infer_head(projector, feature_dim, name)
-    spec = {
-        "arch": arch,
-        "stem": stem,
-        "head": "v1",
-        "feature_dim": feature_dim,
-        **head,
-        "image_size": RELEASE_IMAGE_SIZE,
-        "mean": None,
-        "std": None,
-    }
-    converted = {f"encoder.{k}": v for k, v in encoder.items()}
-    converted.update({f"projector.{k}": v for k, v in projector.items()})
-    epoch, release = _release_info(name, arch, head)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "kind": PRETRAIN_KIND,
-        "model": spec,
-        "dataset": RELEASE_DATASET,
-        "epoch": epoch,
-        "global_step": None,
-        "config": {},
-        "metrics": {},
-        "state_dict": converted,
-        "optimizer": None,
-        "scaler": None,
-        "rng": {},
-        "converted_from": {
-            "source": RELEASE_SOURCE,
-            "file": name,
-            "arch": arch,
-            "stem": stem,
-            "head": f"v1 {feature_dim}-{head['hidden_dim']}-{head['projection_dim']}",
-            "head_bias": head["head_bias"],
-            "stripped_prefix": _DDP_PREFIX if stripped else None,
-            "filled_buffers": filled,
-            "epoch": epoch,
-            "release": release,
-        },
-    }
-
-
-def _strip_ddp_prefix(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
-    """Remove DDP's ``module.`` prefix (at the front, or after ``encoder.``/``projector.``)."""
-    out: dict[str, torch.Tensor] = {}
-    stripped = False
-    for key, value in sd.items():
-        new = key.removeprefix(_DDP_PREFIX)
-        for part in ("encoder.", "projector."):
-            if new.startswith(part + _DDP_PREFIX):
-                new = part + new[len(part + _DDP_PREFIX) :]
-        stripped |= new != key
-        out[new] = value
-    return out, stripped
-
-
-def _absent_parts(encoder: Mapping[str, Any], projector: Mapping[str, Any]) -> list[str]:
-    return [name for name, part in (("encoder.*", encoder), ("projector.*", projector)) if not part]
-
-
-def _key_problem(unexpected: list[str], missing: list[str]) -> str:
-    """``unexpected keys a, b; missing keys c`` for a one-line error."""
-    parts = []
-    if unexpected:
-        parts.append("unexpected keys " + _short_list(unexpected))
-    if missing:
-        parts.append("missing keys " + _short_list(missing))
-    return "; ".join(parts)
-
-
-def _short_list(keys: list[str], limit: int = 6) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def _infer_arch(encoder: Mapping[str, torch.Tensor], name: str) -> tuple[str, int]:
-    """Architecture and feature dim from block type, blocks per stage and layer1 width."""
-    blocks = tuple(
-        len({int(m.group(1)) for k in encoder if (m := re.match(rf"layer{i}\.(\d+)\.", k))})
-        for i in range(1, 5)
-    )
-    block = "bottleneck" if "layer1.0.conv3.weight" in encoder else "basic"
-    width = encoder.get("layer1.0.conv1.weight")
-    wide = block == "bottleneck" and width is not None and width.shape[0] == _WIDE_LAYER1_WIDTH
-    arch = archs.arch_of_blocks(block, blocks, wide)
-    if arch is None:
-        kind = "Bottleneck" if block == "bottleneck" else "BasicBlock"
-        raise CheckpointError(
-            f"{name}: unrecognised ResNet encoder ({kind}, blocks per stage {list(blocks)}); "
-            "supported: resnet18/34/50/101/152 and wide_resnet50_2"
-        )
-    return arch, archs.FEATURE_DIMS[arch]
-
-
-def _infer_stem(encoder: Mapping[str, torch.Tensor], name: str) -> str:
-    conv1 = encoder.get("conv1.weight")
-    stem = _STEMS.get(int(conv1.shape[-1])) if conv1 is not None and conv1.dim() == 4 else None
-    if stem is None:
-        shape = None if conv1 is None else list(conv1.shape)
-        raise CheckpointError(
-            f"{name}: encoder.conv1.weight has shape {shape}; expected a 7x7 (ImageNet) or "
-            "3x3 (CIFAR) stem"
-        )
-    return stem
-
-
-def _check_encoder_keys(encoder: dict[str, torch.Tensor], arch: str, name: str) -> list[str]:
-    """Compare keys and shapes with torchvision's ``arch`` (no ``fc``); fill absent BN counters.
-
-    Returns:
-        The ``num_batches_tracked`` buffers that were absent (files from old torch versions) and
-        were added as zeros so a strict load works.
-    """
-    import torchvision
-
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        reference = getattr(torchvision.models, arch)(weights=None).state_dict()
-    expected = {k: v.shape for k, v in reference.items() if not k.startswith("fc.")}
-    filled = [k for k in expected if k.endswith("num_batches_tracked") and k not in encoder]
-    for key in filled:
-        encoder[key] = torch.zeros((), dtype=torch.long)
-    missing = [f"encoder.{k}" for k in expected if k not in encoder]
-    unexpected = [f"encoder.{k}" for k in encoder if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(f"{name} ({arch}): {_key_problem(unexpected, missing)}")
-    wrong = [
-        f"encoder.{k} {list(encoder[k].shape)} != {list(s)}"
-        for k, s in expected.items()
-        if k != "conv1.weight" and encoder[k].shape != s
-    ]
-    if wrong:
-        raise CheckpointError(f"{name} ({arch}): wrong shapes {_short_list(wrong, 3)}")
-    return [f"encoder.{k}" for k in filled]
-
-
-def _infer_head(projector: Mapping[str, torch.Tensor], feature_dim: int, name: str) -> dict:
-    """Hidden/projection dims and bias of the v1 head Linear -> ReLU -> Linear."""
-    with_bias = {"0.weight", "0.bias", "2.weight", "2.bias"}
-    bias = "0.bias" in projector or "2.bias" in projector
-    expected = with_bias if bias else {"0.weight", "2.weight"}
-    keys = set(projector)
-    if keys != expected:
-        raise CheckpointError(
-            f"{name}: projection head not recognised: "
-            + _key_problem(
-                sorted(f"projector.{k}" for k in keys - expected),
-                sorted(f"projector.{k}" for k in expected - keys),
-            )
-        )
-    w0, w2 = projector["0.weight"], projector["2.weight"]
-    if w0.dim() != 2 or w2.dim() != 2 or w0.shape[1] != feature_dim or w2.shape[1] != w0.shape[0]:
-        raise CheckpointError(
-            f"{name}: projection head shapes {list(w0.shape)}, {list(w2.shape)} do not chain "
-            f"from the encoder's {feature_dim} features"
-        )
-    return {
-        "hidden_dim": int(w0.shape[0]),
-        "projection_dim": int(w2.shape[0]),
-        "head_bias": bias,
-    }
-
-
-def _release_info(
-    name: str, arch: str, head: Mapping[str, Any]
-) -> tuple[int | None, dict[str, Any] | None]:
-    """Epoch and registry facts for a file name.
-
-    Spijkervet names files ``checkpoint_<epoch>.tar``; the cache names them after the registry
-    entry (``resnet50-stl10.tar``), whose epochs and published accuracy are then recorded, but
-    only when the file holds that entry's model (a file stored under the wrong name must not
-    carry another model's published accuracy).
-    """
-    entry = registry.REGISTRY.get(name.split(".")[0])
-    if entry is not None and (arch, head["hidden_dim"], head["projection_dim"]) != (
-        entry.arch,
-        entry.hidden_dim,
-        entry.projection_dim,
-    ):
-        entry = None
-    # A URL download is cached as "<url hash>-checkpoint_<epoch>.tar".
-    match = re.fullmatch(r"(?:[0-9a-f]{10}-)?checkpoint_(\d+)\.tar", name)
-    epoch = int(match.group(1)) if match else (entry.epochs if entry is not None else None)
-    if entry is None:
-        return epoch, None
-    return epoch, {
-        "name": entry.name,
-        "url": entry.url,
-        "published_top1": entry.published.top1,
-        "protocol": entry.published.protocol,
-    }
 
 
 # --------------------------------------------------------------------------------------------

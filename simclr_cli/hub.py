@@ -1,80 +1,38 @@
-"""Release checkpoints: a declarative registry and verified, resumable downloads into a cache.
+"""Release checkpoints in a local cache: resolution of ``--checkpoint``, verified downloads.
 
-``download`` streams a file over http(s) into ``<cache>/<name>.part`` while hashing it, resumes a
-partial file with an HTTP ``Range`` request, retries connection errors and 5xx responses with
-exponential backoff, checks the length and sha256, validates that the file loads as a checkpoint
-(weights only) and only then renames it into the cache. A lock file serialises concurrent
-downloads of the same file; the cache manifest records each file's sha256 on first download so
-later downloads are verified against it.
+``download`` fetches a registry name or an http(s) URL (:mod:`simclr_cli.fetch` streams it into
+``<cache>/<name>.part``, resuming and retrying), checks its sha256, validates that the file loads
+as a checkpoint (weights only) holding the model its registry entry names, and only then renames
+it into the cache. A lock file (:mod:`simclr_cli.filelock`) serialises concurrent downloads of
+the same file; the cache manifest records each file's sha256 on first download so later
+downloads are verified against it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import socket
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import requests
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from simclr_cli import fileio
 from simclr_cli.checkpoint import load_checkpoint
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
-from simclr_cli.registry import (
-    REGISTRY,
-    RUN_CHECKPOINT,
-    Published,
-    RegistryEntry,
-    checkpoint_kind,
-)
-
-try:  # POSIX; on Windows downloads of the same file are not serialised
-    import fcntl
-except ImportError:  # pragma: no cover - exercised only on Windows
-    fcntl = None  # type: ignore[assignment]
+from simclr_cli.fetch import DEFAULT_SETTINGS, DownloadSettings, fetch, say, sha256_of
+from simclr_cli.filelock import locked
+from simclr_cli.registry import REGISTRY, RUN_CHECKPOINT, RegistryEntry, checkpoint_kind
 
 MANIFEST = "manifest.json"
 _PART = ".part"
 _LOCK = ".lock"
-
-
-# --------------------------------------------------------------------------------------------
-# Download settings
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DownloadSettings:
-    """Network knobs; tests shrink them."""
-
-    connect_timeout: float = 10.0  # seconds to open the connection
-    read_timeout: float = 60.0  # seconds without a byte before giving up on a read
-    retries: int = 4  # extra attempts after connection errors and 5xx responses
-    backoff: float = 1.0  # seconds before the first retry; doubles after each
-    chunk_size: int = 1 << 20
-    lock_timeout: float = 3600.0  # seconds to wait for another download of the same file
-
-
-DEFAULT_SETTINGS = DownloadSettings()
+# Seconds to wait for another process updating the manifest (a read-modify-write: quick).
+_MANIFEST_LOCK_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -86,10 +44,6 @@ class _Target:
     sha256: str | None  # from the registry or --sha256: always verified
     name: str | None  # registry name, if any
     entry: RegistryEntry | None = None  # what the file must hold, for a release
-
-
-class _Retry(Exception):
-    """A transient failure: the next attempt resumes from the partial file."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,20 +86,25 @@ def download(
     cache = _make_cache(cache_dir)
     dest = cache / target.filename
     assert dest.parent == cache, dest  # filenames are sanitised; never write outside the cache
-    with _locked(cache / f".{target.filename}{_LOCK}", target, settings, progress):
+
+    def waiting() -> None:
+        say(progress, f"waiting for another download of {target.filename} ...")
+
+    with locked(cache / f".{target.filename}{_LOCK}", settings.lock_timeout, waiting):
         if from_file is not None:
             return _import_file(Path(from_file), target, dest, force, progress)
         if dest.is_file() and not force and _cached_ok(dest, target):
-            _say(progress, f"{target.filename} is already cached: {dest} (--force re-downloads)")
+            say(progress, f"{target.filename} is already cached: {dest} (--force re-downloads)")
             return dest
         part = dest.with_name(dest.name + _PART)
         if force:
             part.unlink(missing_ok=True)
-        digest, size = _fetch(target, part, settings, progress)
+        hint = _from_file_hint(target)
+        digest, size = fetch(target.url, part, settings, progress, hint, label=target.filename)
         _install(part, dest, target, digest, size, source=target.url, progress=progress)
     from simclr_cli.console import human_bytes
 
-    _say(progress, f"saved {target.filename} ({human_bytes(size)}) to {dest}")
+    say(progress, f"saved {target.filename} ({human_bytes(size)}) to {dest}")
     return dest
 
 
@@ -285,7 +244,7 @@ def _cached_ok(dest: Path, target: _Target) -> bool:
     """Whether a cached file still matches its manifest record (size; cheap)."""
     record = _read_manifest(dest.parent).get(dest.name)
     if record is None:  # placed by hand: a registry hash is still verified (once per use)
-        return target.sha256 is None or _hash_prefix(dest, 1).hexdigest() == target.sha256
+        return target.sha256 is None or sha256_of(dest).hexdigest() == target.sha256
     return record.get("size") == dest.stat().st_size and (
         target.sha256 is None or record.get("sha256") == target.sha256
     )
@@ -299,13 +258,17 @@ def _read_manifest(cache: Path) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def _record(cache: Path, filename: str, record: dict[str, Any], progress: bool) -> None:
+def _record(cache: Path, filename: str, record: dict[str, Any]) -> None:
     """Add one file to the manifest (read-modify-write under the manifest lock, atomic write)."""
-    settings = DownloadSettings(lock_timeout=60.0)
-    with _locked(cache / f".{MANIFEST}{_LOCK}", None, settings, progress):
+    with locked(cache / f".{MANIFEST}{_LOCK}", _MANIFEST_LOCK_TIMEOUT):
         manifest = _read_manifest(cache)
         manifest[filename] = record
         fileio.write_json_atomic(cache / MANIFEST, manifest)
+
+
+# --------------------------------------------------------------------------------------------
+# Verification and installation
+# --------------------------------------------------------------------------------------------
 
 
 def _check_sha256(value: str) -> str:
@@ -364,7 +327,6 @@ def _install(
             "size": size,
             "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
-        progress=False,
     )
 
 
@@ -426,7 +388,7 @@ def _replace_record_note(dest: Path, digest: str, progress: bool) -> None:
     """Say when a new file (``--force --sha256``) replaces a differently recorded hash."""
     record = _read_manifest(dest.parent).get(dest.name)
     if record and record.get("sha256") not in (None, digest):
-        _say(
+        say(
             progress,
             f"note: {dest.name} differs from the file first cached (sha256 "
             f"{record['sha256'][:12]}..., now {digest[:12]}...); the record is replaced",
@@ -438,7 +400,7 @@ def _import_file(src: Path, target: _Target, dest: Path, force: bool, progress: 
     if not src.is_file():
         raise DownloadError(f"--from-file {src} does not exist; give the downloaded file")
     if dest.is_file() and not force:
-        _say(progress, f"{target.filename} is already cached: {dest} (--force replaces it)")
+        say(progress, f"{target.filename} is already cached: {dest} (--force replaces it)")
         return dest
     part = dest.with_name(dest.name + _PART)
     digest = hashlib.sha256()
@@ -459,182 +421,8 @@ def _import_file(src: Path, target: _Target, dest: Path, force: bool, progress: 
             ) from None
         raise
     _install(part, dest, target, digest.hexdigest(), part.stat().st_size, str(src), progress)
-    _say(progress, f"imported {src} as {dest}")
+    say(progress, f"imported {src} as {dest}")
     return dest
-
-
-@contextlib.contextmanager
-def _locked(
-    lock_path: Path, target: _Target | None, settings: DownloadSettings, progress: bool
-) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path``; say so once if another process holds it.
-
-    The lock file is removed when released (a failed download leaves no empty file behind).
-    Removal is safe because a waiter re-checks, once it holds the lock, that the path still
-    names the file it locked; if not, it locks the new file instead.
-    """
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    deadline = time.monotonic() + settings.lock_timeout
-    waiting = False
-    while True:
-        f = lock_path.open("a")
-        try:
-            waiting = _acquire(f, lock_path, target, settings, progress, deadline, waiting)
-            if _same_file(f, lock_path):
-                break
-        except BaseException:
-            f.close()
-            raise
-        f.close()  # the holder removed this file: lock the one now at the path
-    try:
-        yield
-    finally:
-        lock_path.unlink(missing_ok=True)  # while still holding it: see the docstring
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        f.close()
-
-
-def _acquire(
-    f: Any,
-    lock_path: Path,
-    target: _Target | None,
-    settings: DownloadSettings,
-    progress: bool,
-    deadline: float,
-    waiting: bool,
-) -> bool:
-    """Block (polling) until ``f`` is locked; return whether we had to wait."""
-    while True:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return waiting
-        except BlockingIOError:
-            if not waiting and target is not None:
-                _say(progress, f"waiting for another download of {target.filename} ...")
-            waiting = True
-            if time.monotonic() > deadline:
-                raise DownloadError(
-                    f"another process has held {lock_path} for {settings.lock_timeout:.0f} "
-                    "s; if no download is running, delete that file and retry"
-                ) from None
-            time.sleep(0.05)
-
-
-def _same_file(f: Any, path: Path) -> bool:
-    """Whether the open file ``f`` is still the file at ``path``."""
-    try:
-        return os.path.samestat(os.fstat(f.fileno()), path.stat())
-    except OSError:
-        return False
-
-
-# --------------------------------------------------------------------------------------------
-# HTTP
-# --------------------------------------------------------------------------------------------
-
-
-def _fetch(
-    target: _Target, part: Path, settings: DownloadSettings, progress: bool
-) -> tuple[str, int]:
-    """Download ``target.url`` into ``part`` with retries and resume; return (sha256 hex, size)."""
-    url, hint = target.url, _from_file_hint(target)
-    attempt = 0
-    with _progress_bar(progress) as bar, requests.Session() as session:
-        task = _LazyTask(bar, part.name.removesuffix(_PART))
-        while True:
-            try:
-                return _attempt(session, url, part, settings, task, hint)
-            except OSError as e:  # writing the part file (requests' errors are handled inside)
-                raise DownloadError(
-                    f"cannot write {part} ({e.strerror or e}); free disk space or choose "
-                    "another --cache-dir"
-                ) from None
-            except _Retry as e:
-                attempt += 1
-                if attempt > settings.retries:
-                    raise DownloadError(
-                        f"download of {url} failed after {attempt} attempts ({e}); {hint}"
-                    ) from None
-                delay = settings.backoff * 2 ** (attempt - 1)
-                _say(progress, f"{e}; retrying in {delay:.1f} s")
-                time.sleep(delay)
-
-
-class _LazyTask:
-    """A progress-bar row that appears on its first update, so that a download that never got
-    an answer leaves no empty ``0/? bytes`` row above its error."""
-
-    def __init__(self, bar: Progress, description: str) -> None:
-        self.bar, self.description = bar, description
-        self.task: Any = None
-
-    def update(self, **fields: Any) -> None:
-        """Create the row on first use, then update it."""
-        if self.task is None:
-            self.task = self.bar.add_task(self.description, total=fields.get("total"))
-        self.bar.update(self.task, **fields)
-
-
-def _connection_problem(error: BaseException, url: str) -> str:
-    """What went wrong under a requests connection error, in words: the root cause is buried
-    in urllib3's exception chain (a failed DNS lookup, a refused connection, a timeout)."""
-    request = getattr(error, "request", None)  # after a redirect: the host that failed
-    host = urlsplit(getattr(request, "url", None) or url).hostname or url
-    pending: list[object] = [error]
-    seen: set[int] = set()
-    while pending:
-        cause = pending.pop()
-        if not isinstance(cause, BaseException) or id(cause) in seen:
-            continue
-        seen.add(id(cause))
-        if isinstance(cause, socket.gaierror):
-            return f"cannot resolve {host} (no network, or no DNS)"
-        if isinstance(cause, ConnectionRefusedError):
-            return f"{host} refused the connection"
-        if isinstance(cause, (TimeoutError, requests.Timeout)):
-            return f"{host} did not answer in time"
-        # requests wraps urllib3's MaxRetryError (in args), which holds the cause in .reason.
-        pending += [cause.__cause__, cause.__context__, getattr(cause, "reason", None)]
-        pending += list(cause.args)
-    return type(error).__name__
-
-
-def _attempt(
-    session: requests.Session,
-    url: str,
-    part: Path,
-    settings: DownloadSettings,
-    task: _LazyTask,
-    hint: str,
-) -> tuple[str, int]:
-    """One GET: resume from ``part`` when it has bytes, stream, hash, check the length."""
-    offset = part.stat().st_size if part.is_file() else 0
-    # identity: the Content-Length must count the bytes written (no transparent gzip).
-    headers = {"Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        response = session.get(
-            url,
-            headers=headers,
-            stream=True,
-            timeout=(settings.connect_timeout, settings.read_timeout),
-        )
-    except (requests.ConnectionError, requests.Timeout) as e:
-        raise _Retry(f"connection failed: {_connection_problem(e, url)}") from None
-    except requests.RequestException as e:  # invalid URL, redirect loop, ...
-        raise DownloadError(f"request to {url} failed ({type(e).__name__}); {hint}") from None
-    with response:
-        offset = _check_status(response, url, part, offset, hint)
-        digest = _hash_prefix(part, offset)
-        total = _expected_total(response, offset)
-        task.update(total=total, completed=offset)  # the bar appears once bytes can come
-        size = _stream(response, part, offset, digest, settings, task)
-    if total is not None and size != total:
-        raise _Retry(f"connection closed early: got {size} of {total} bytes")
-    return digest.hexdigest(), size
 
 
 def _from_file_hint(target: _Target) -> str:
@@ -643,109 +431,5 @@ def _from_file_hint(target: _Target) -> str:
     return f"fetch {target.url} by hand and run `simclr download {name} --from-file FILE`"
 
 
-def _check_status(response: requests.Response, url: str, part: Path, offset: int, hint: str) -> int:
-    """Map the status to an offset to resume from (0 when the server ignored Range)."""
-    status = response.status_code
-    if status == 206:
-        first = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-        if first and int(first.group(1)) == offset:
-            return offset
-        part.unlink(missing_ok=True)
-        raise _Retry("server answered the resume request with another range")
-    if status == 200:
-        return 0  # a full body (also when the server ignores Range): start over
-    if status == 416:  # the partial file is not a prefix of the remote file
-        part.unlink(missing_ok=True)
-        raise _Retry("server rejected the resume range")
-    if status >= 500:
-        raise _Retry(f"HTTP {status} from server")
-    raise DownloadError(f"HTTP {status} for {url}; check the name or URL, or {hint}")
-
-
-def _hash_prefix(part: Path, offset: int) -> Any:
-    """sha256 of the whole file on disk when ``offset`` > 0 (resume), else a fresh hash."""
-    digest = hashlib.sha256()
-    if offset:
-        with part.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest
-
-
-def _expected_total(response: requests.Response, offset: int) -> int | None:
-    total = re.search(r"/(\d+)$", response.headers.get("Content-Range", ""))
-    if total:
-        return int(total.group(1))
-    length = response.headers.get("Content-Length")
-    return offset + int(length) if length and length.isdigit() else None
-
-
-def _stream(
-    response: requests.Response,
-    part: Path,
-    offset: int,
-    digest: Any,
-    settings: DownloadSettings,
-    task: _LazyTask,
-) -> int:
-    """Append the body to ``part`` (truncated to ``offset``); keep what arrived on errors."""
-    size = offset
-    with part.open("r+b" if offset else "wb") as f:
-        f.seek(offset)
-        f.truncate()
-        try:
-            for chunk in response.iter_content(chunk_size=settings.chunk_size):
-                f.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                task.update(completed=size)
-        except (requests.RequestException, ConnectionError):
-            # ChunkedEncodingError / ProtocolError / read timeout: keep the bytes, resume later.
-            raise _Retry(f"connection lost after {size} bytes") from None
-        finally:
-            f.flush()
-            os.fsync(f.fileno())
-    return size
-
-
-# --------------------------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------------------------
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    """Bytes, speed and ETA on stderr."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=_console(),
-        disable=not enabled,
-        transient=False,
-    )
-
-
-def _console() -> Console:
-    from simclr_cli.console import get_console
-
-    return get_console()
-
-
-def _say(enabled: bool, message: str) -> None:
-    if enabled:
-        _console().print(message, highlight=False)
-
-
-__all__ = [
-    "DEFAULT_SETTINGS",
-    "REGISTRY",
-    "DownloadSettings",
-    "Published",
-    "RegistryEntry",
-    "cached",
-    "download",
-    "registry_table",
-    "resolve_checkpoint",
-]
+# REGISTRY stays importable from here, as the CHANGELOG promises; its home is registry.py.
+__all__ = ["MANIFEST", "REGISTRY", "cached", "download", "registry_table", "resolve_checkpoint"]

@@ -1,8 +1,8 @@
 """The release registry: which Spijkervet/SimCLR checkpoints exist and what model each holds.
 
-Plain data, importing only the architecture facts (:mod:`simclr_cli.archs`), so that both
-:mod:`simclr_cli.hub` (downloads) and :mod:`simclr_cli.checkpoint` (conversion of release files)
-can read it without importing each other.
+Plain data, importing only the architecture facts (:mod:`simclr_cli.archs`, which imports
+nothing), so that :mod:`simclr_cli.hub` (downloads), :mod:`simclr_cli.release` (conversion of
+release files) and config validation can all read it.
 """
 
 from __future__ import annotations
@@ -68,47 +68,35 @@ _PROTOCOL = (
     "at 96 px, top-1 on the STL-10 test split (upstream testing/logistic_regression.py)"
 )
 
+
+def _release(
+    name: str, tag: str, arch: str, epochs: int, head_bias: bool, top1: float
+) -> RegistryEntry:
+    """An upstream release: trained alike (batch 256, Adam, a 64-d projection) and published
+    as ``<tag>/checkpoint_<epochs>.tar``; its head's hidden layer is as wide as the features
+    (upstream's ``Linear(n_features, n_features)``)."""
+    return RegistryEntry(
+        name=name,
+        url=f"{_RELEASES}/{tag}/checkpoint_{epochs}.tar",
+        arch=arch,
+        epochs=epochs,
+        hidden_dim=FEATURE_DIMS[arch],
+        projection_dim=64,
+        head_bias=head_bias,
+        batch_size=256,
+        optimizer="adam",
+        published=Published("stl10", top1, _PROTOCOL, _README),
+    )
+
+
 REGISTRY: Mapping[str, RegistryEntry] = MappingProxyType(
     {
         e.name: e
         for e in (
-            RegistryEntry(
-                name="resnet50-stl10",
-                url=f"{_RELEASES}/1.2/checkpoint_100.tar",
-                arch="resnet50",
-                epochs=100,
-                hidden_dim=2048,
-                projection_dim=64,
-                head_bias=False,
-                batch_size=256,
-                optimizer="adam",
-                # An older README revision lists 0.791 for the same file.
-                published=Published("stl10", 0.829, _PROTOCOL, _README),
-            ),
-            RegistryEntry(
-                name="resnet18-stl10",
-                url=f"{_RELEASES}/1.1/checkpoint_100.tar",
-                arch="resnet18",
-                epochs=100,
-                hidden_dim=512,
-                projection_dim=64,
-                head_bias=False,
-                batch_size=256,
-                optimizer="adam",
-                published=Published("stl10", 0.765, _PROTOCOL, _README),
-            ),
-            RegistryEntry(
-                name="resnet18-stl10-40ep",
-                url=f"{_RELEASES}/1.0/checkpoint_40.tar",
-                arch="resnet18",
-                epochs=40,
-                hidden_dim=512,
-                projection_dim=64,
-                head_bias=True,
-                batch_size=256,
-                optimizer="adam",
-                published=Published("stl10", 0.719, _PROTOCOL, _README),
-            ),
+            # An older README revision lists 0.791 for the same file.
+            _release("resnet50-stl10", "1.2", "resnet50", 100, head_bias=False, top1=0.829),
+            _release("resnet18-stl10", "1.1", "resnet18", 100, head_bias=False, top1=0.765),
+            _release("resnet18-stl10-40ep", "1.0", "resnet18", 40, head_bias=True, top1=0.719),
         )
     }
 )

@@ -138,22 +138,18 @@ class Trainer:
 
     def payload(self) -> dict[str, Any]:
         """Everything a resume or an evaluation needs, as primitives and tensors."""
-        return {
-            "format": checkpoint.FORMAT,
-            "format_version": checkpoint.FORMAT_VERSION,
-            "kind": "pretrain",
-            "model": self.spec,
-            "dataset": self.cfg.dataset,
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "config": self.run_config(),
-            "metrics": dict(self.metrics),
-            "state_dict": self.net.state_dict(),  # the unwrapped module: no "module." prefix
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng_state(),
-            "converted_from": None,
-        }
+        return checkpoint.build_payload(
+            model=self.spec,
+            dataset=self.cfg.dataset,
+            epoch=self.epoch,
+            global_step=self.global_step,
+            config=self.run_config(),
+            metrics=self.metrics,
+            state_dict=self.net.state_dict(),  # the unwrapped module: no "module." prefix
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            rng=rng_state(),
+        )
 
     def run_config(self) -> dict[str, Any]:
         """:func:`resolved_config` plus where the data lives (``--data-on`` resolved, and why)."""

@@ -24,10 +24,11 @@ import torch
 import torchvision
 from release_fixtures import make_release_checkpoint
 
-from simclr_cli import hub, registry
+from simclr_cli import fetch, hub, registry
 from simclr_cli.checkpoint import FORMAT, load_checkpoint, load_model
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
-from simclr_cli.hub import DownloadSettings, Published, RegistryEntry
+from simclr_cli.fetch import DownloadSettings
+from simclr_cli.registry import Published, RegistryEntry
 
 FAST = DownloadSettings(
     connect_timeout=2.0,
@@ -227,7 +228,7 @@ def test_progress_bar_shows_bytes_speed_and_eta(
 
     screen = io.StringIO()
     terminal = Console(file=screen, force_terminal=True, width=120, color_system=None)
-    monkeypatch.setattr(hub, "_console", lambda: terminal)
+    monkeypatch.setattr(fetch, "_console", lambda: terminal)
     url = server.add("/bar/checkpoint_1.tar", small_checkpoint)
     hub.download(url, tmp_path, progress=True, settings=FAST)
     bars = [line for line in screen.getvalue().splitlines() if "B/s" in line]
