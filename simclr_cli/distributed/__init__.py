@@ -29,9 +29,10 @@ How a pretraining run uses it (the training module's side)::
     def run_pretrain(cfg):
         return launch(pretrain, cfg)         # rank 0's return value
 
-World size has one source per moment: before launch, ``PretrainConfig.world_size`` (resolved
-once, at validation, from :func:`launcher_world_size` or ``--gpus``/``--processes`` x
-``--nodes``), which the plan carries; inside a running process, :func:`world_size` (the group).
+World size, one source per moment: before any group exists, ``PretrainConfig.world_size``,
+resolved once at validation (:func:`launcher_world_size` under torchrun or SLURM, else
+``--gpus``/``--processes`` x ``--nodes``); a spawn plan copies it, a launcher's plan reads the
+same :func:`launcher_world_size`; inside a running process, :func:`world_size` asks the group.
 
 Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
 ICML 2020, Sec. 2.2 (large-batch training, global BN).

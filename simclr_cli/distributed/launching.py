@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from simclr_cli import signals
-from simclr_cli.distributed.planning import LaunchPlan, plan_launch
+from simclr_cli.distributed.planning import LaunchOptions, LaunchPlan, plan_launch
 from simclr_cli.errors import DistributedError, SimCLRError, UsageError, os_error_line
 
 #: Exit status of a run stopped by SIGINT/SIGTERM (128 + SIGINT), kept through the launcher.
@@ -39,7 +39,7 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 def launch(
     worker_fn: Callable[[Any], Any],
-    cfg: Any,
+    cfg: LaunchOptions,
     timeout: timedelta | None = None,
 ) -> Any:
     """Run ``worker_fn(cfg)`` in every process of the run and return rank 0's result.

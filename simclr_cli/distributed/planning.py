@@ -37,13 +37,19 @@ Launcher = Literal["torchrun", "slurm"]
 class LaunchOptions(Protocol):
     """The options planning reads: the launch fields of a validated ``PretrainConfig``."""
 
-    gpus: int
-    processes: int
-    nodes: int
-    node_rank: int
-    master_addr: str
-    master_port: int | None
-
+    # Read-only properties, so that a frozen config (or a test's namespace) matches.
+    @property
+    def gpus(self) -> int: ...
+    @property
+    def processes(self) -> int: ...
+    @property
+    def nodes(self) -> int: ...
+    @property
+    def node_rank(self) -> int: ...
+    @property
+    def master_addr(self) -> str: ...
+    @property
+    def master_port(self) -> int | None: ...
     @property
     def resolved_device(self) -> str: ...
     @property
