@@ -350,11 +350,11 @@ def group_plan(world: int) -> Any:
 
 
 def check_sync_bn() -> None:
-    from simclr_cli import distributed
+    from simclr_cli.distributed import launching
 
     if not CUDA:
         result("needs CUDA and NCCL", SKIP)
-    diff = distributed._run_in_group(
+    diff = launching._run_in_group(
         sync_bn_worker, None, group_plan(1), 0, 0, timedelta(minutes=2)
     )
     text = f"SyncBatchNorm (NCCL, world size 1) vs BatchNorm: max |diff| = {diff:.2e}"
@@ -404,7 +404,7 @@ def step_worker(cfg: Any) -> None:
     ddp = DistributedDataParallel(model, device_ids=[device.index])
     n = GLOBAL_PAIRS // distributed.world_size()
     rows = slice(distributed.rank() * n, (distributed.rank() + 1) * n)
-    out = simclr_step(ddp, distributed.unwrap(ddp), rows)
+    out = simclr_step(ddp, ddp.module, rows)
     assert not any(k.startswith("module.") for k in out["w"])
     torch.save(out, Path(cfg.out) / f"step_rank{distributed.rank()}.pt")
 
@@ -421,7 +421,7 @@ def compare_step(world: int, reference: dict[str, Any], how: str) -> None:
 
 
 def check_nccl_step() -> None:
-    from simclr_cli import distributed
+    from simclr_cli.distributed import launching
     from simclr_cli.errors import DistributedError
 
     if not CUDA:
@@ -431,11 +431,11 @@ def check_nccl_step() -> None:
     reference = simclr_step(model, model, slice(None))
     cfg = SimpleNamespace(out=str(WORK))
     try:
-        distributed._spawn(step_worker, cfg, group_plan(2), timedelta(seconds=90))
+        launching._spawn(step_worker, cfg, group_plan(2), timedelta(seconds=90))
         compare_step(2, reference, "2 NCCL processes on one GPU")
     except DistributedError as err:
         print(f"2 NCCL processes on one GPU refused ({err}); running 1-GPU DDP instead")
-    distributed._run_in_group(step_worker, cfg, group_plan(1), 0, 0, timedelta(minutes=2))
+    launching._run_in_group(step_worker, cfg, group_plan(1), 0, 0, timedelta(minutes=2))
     compare_step(1, reference, "1-GPU DDP (2 NCCL ranks on one GPU refused)")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from simclr_cli.archs import ARCHS, IMAGENET_STEM_MIN_SIZE, auto_stem
 
@@ -254,6 +254,8 @@ class PretrainConfig(_Frozen):
     master_addr: str = "127.0.0.1"
     master_port: int | None = Field(default=None, ge=1, le=65535)
     sync_bn: bool | None = None
+    # Processes a torchrun/SLURM launcher started (None: none did), read once at validation.
+    _launched_world_size: int | None = PrivateAttr(default=None)
 
     @field_validator("dataset")
     @classmethod
@@ -293,6 +295,14 @@ class PretrainConfig(_Frozen):
                 str(data.get("dataset", "shapes")), str(data.get("arch", "resnet18"))
             )
         return data
+
+    @model_validator(mode="after")
+    def _read_launcher(self) -> PretrainConfig:
+        # Before _cross_field (pydantic runs after-validators in order), which needs world_size.
+        from simclr_cli.distributed import launcher_world_size
+
+        self._launched_world_size = launcher_world_size()
+        return self
 
     @model_validator(mode="after")
     def _cross_field(self) -> PretrainConfig:
@@ -396,10 +406,8 @@ class PretrainConfig(_Frozen):
 
     @derived
     def world_size(self) -> int:
-        """Processes over all nodes; a torchrun or SLURM launch sets it through the environment."""
-        from simclr_cli.distributed import launcher_world_size
-
-        launched = launcher_world_size()
+        """Processes over all nodes: a torchrun or SLURM launcher's, else spawned ones."""
+        launched = self._launched_world_size
         return launched if launched is not None else self.procs_per_node * self.nodes
 
     @derived

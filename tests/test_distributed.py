@@ -109,7 +109,7 @@ def train_step(model: nn.Module, optimizer_name: str, rows: slice) -> dict[str, 
     from simclr_cli.optim import LARS, param_groups
 
     x_i, x_j = ntxent_case()
-    bare = distributed.unwrap(model)
+    bare = getattr(model, "module", model)  # DDP's wrapped module, or the bare model
     if optimizer_name == "lars":
         optimizer = LARS(param_groups(bare, 1e-4), lr=1.0, momentum=0.9, weight_decay=1e-4)
     else:

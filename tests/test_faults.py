@@ -31,10 +31,10 @@ from test_hub import (  # noqa: F401 (fixtures)
 from test_train import config, metric_steps, tiny  # noqa: F401 (tiny is a fixture)
 from test_train_process import cli_flags, options, start_child, wait_for
 
-from simclr_cli import distributed, fileio, hub, train
+from simclr_cli import fileio, hub, train
 from simclr_cli.checkpoint import load_checkpoint, save_checkpoint
 from simclr_cli.cli import run
-from simclr_cli.distributed import plan_launch
+from simclr_cli.distributed import launching, plan_launch
 from simclr_cli.errors import CheckpointError, DownloadError
 
 # A hang guard for a signalled child to exit, far above the seconds it takes on a busy machine.
@@ -268,7 +268,7 @@ def test_a_worker_killed_by_a_signal_is_named_not_its_peer(tmp_path: Path) -> No
     record = {"rank": 0, "time": 1.0, "type": "RuntimeError", "simclr": False, "exit_code": 1}
     record.update(message="Connection reset by peer", traceback="")
     (tmp_path / "rank0.json").write_text(json.dumps(record))
-    error = distributed._worker_failure(tmp_path, plan, RuntimeError("exit 1"), [1, -9])
+    error = launching._worker_failure(tmp_path, plan, RuntimeError("exit 1"), [1, -9])
     assert str(error).startswith("worker rank 1 was killed by signal 9 (SIGKILL)")
 
 

@@ -1,0 +1,89 @@
+"""All that simclr-cli knows about ``torch.distributed``: ranks, gather, global BN, launch.
+
+This package is the only place that imports :mod:`torch.distributed`; this file is its
+interface, which the rest of simclr-cli uses as ``distributed.rank()`` and so on. The rest of
+the code asks :func:`rank`, :func:`world_size` and :func:`is_main`, which also work when no
+process group exists (then they describe a single process), and calls :func:`gather_with_grad`,
+:func:`convert_sync_batchnorm` and :func:`wrap_ddp`, which are identities in a single process.
+
+One file per job:
+
+* :mod:`.ranks`: rank helpers, reductions, this process's device, the DDP wrapper.
+* :mod:`.gather`: the all-gather with exact gradients.
+* :mod:`.batchnorm`: global batch norm (torch's SyncBatchNorm on CUDA, our own on CPU).
+* :mod:`.planning`: how an invocation becomes processes (torchrun, SLURM, ``--gpus``, ...).
+* :mod:`.launching`: starting the processes, supervising them, reporting one failure.
+
+How a pretraining run uses it (the training module's side)::
+
+    def pretrain(cfg):                      # module-level, runs in every process
+        device = process_device(cfg.resolved_device)
+        model = build_simclr(...).to(device)
+        if cfg.resolved_sync_bn:
+            model = convert_sync_batchnorm(model, device)   # before DDP
+        model = wrap_ddp(model, device)
+        ...
+        if is_main():
+            save_checkpoint({"state_dict": net.state_dict(), ...}, path)   # the bare module
+
+    def run_pretrain(cfg):
+        return launch(pretrain, cfg)         # rank 0's return value
+
+World size, one source per moment: before any group exists, ``PretrainConfig.world_size``,
+resolved once at validation (:func:`launcher_world_size` under torchrun or SLURM, else
+``--gpus``/``--processes`` x ``--nodes``); a spawn plan copies it, a launcher's plan reads the
+same :func:`launcher_world_size`; inside a running process, :func:`world_size` asks the group.
+
+Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
+ICML 2020, Sec. 2.2 (large-batch training, global BN).
+"""
+
+from simclr_cli.distributed.batchnorm import GlobalBatchNorm, convert_sync_batchnorm
+from simclr_cli.distributed.gather import gather_with_grad
+from simclr_cli.distributed.launching import DEFAULT_TIMEOUT, launch
+from simclr_cli.distributed.planning import (
+    LaunchPlan,
+    detect_launcher,
+    find_free_port,
+    first_slurm_host,
+    launcher_world_size,
+    plan_launch,
+)
+from simclr_cli.distributed.ranks import (
+    all_reduce_mean,
+    all_reduce_sum,
+    available_backends,
+    barrier,
+    broadcast_object,
+    is_initialized,
+    is_main,
+    process_device,
+    rank,
+    world_size,
+    wrap_ddp,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "GlobalBatchNorm",
+    "LaunchPlan",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "available_backends",
+    "barrier",
+    "broadcast_object",
+    "convert_sync_batchnorm",
+    "detect_launcher",
+    "find_free_port",
+    "first_slurm_host",
+    "gather_with_grad",
+    "is_initialized",
+    "is_main",
+    "launch",
+    "launcher_world_size",
+    "plan_launch",
+    "process_device",
+    "rank",
+    "world_size",
+    "wrap_ddp",
+]
