@@ -12,10 +12,19 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from simclr_cli.archs import ARCHS, IMAGENET_STEM_MIN_SIZE, auto_stem
 
@@ -171,6 +180,15 @@ def parse_crop_scale(value: Any) -> Any:
     return value
 
 
+# Field types that carry their check: a model declares the field and pydantic runs the one
+# check, whichever command's model it is in.
+DatasetName = Annotated[str, AfterValidator(_canonical_dataset)]
+CheckpointRef = Annotated[str, AfterValidator(_check_checkpoint)]
+CropScale = Annotated[tuple[float, float], BeforeValidator(parse_crop_scale)]
+# The check also rejects '' (an empty --out would write into the current folder).
+OutFolder = Annotated[Path, BeforeValidator(check_out_folder)]
+
+
 class derived(property):  # noqa: N801  (used as a decorator, like property)
     """A value the config resolves from its options (``resolved_lr``, ``world_size``, ...).
 
@@ -200,7 +218,7 @@ class PretrainConfig(_Frozen):
     """Options of ``simclr pretrain``; ``batch_size`` is the global batch over all processes."""
 
     # data
-    dataset: str = "shapes"
+    dataset: DatasetName = "shapes"
     data_dir: Path = Field(default_factory=default_data_dir)
     limit: int | None = Field(default=None, ge=1)
     image_size: int | None = Field(default=None, ge=8, le=1024)
@@ -227,7 +245,7 @@ class PretrainConfig(_Frozen):
     # augmentation
     jitter_strength: float | None = Field(default=None, ge=0, le=2.5)  # hue 0.2s <= 0.5
     blur: bool | None = None
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # the paper's; = augment.CROP_SCALE
+    crop_scale: CropScale = (0.08, 1.0)  # the paper's; = augment.CROP_SCALE
     flip: bool = True
     augment_on: Literal["cpu", "device"] = "cpu"
     data_on: Literal["auto", "host", "device"] = "auto"
@@ -240,7 +258,7 @@ class PretrainConfig(_Frozen):
     compile: bool = False
     deterministic: bool = False
     # outputs
-    out: Path | None = None
+    out: OutFolder | None = None
     checkpoint_every: int = Field(default=10, ge=1)
     resume: str | None = None
     knn_every: int = Field(default=0, ge=0)
@@ -257,27 +275,12 @@ class PretrainConfig(_Frozen):
     # Processes a torchrun/SLURM launcher started (None: none did), read once at validation.
     _launched_world_size: int | None = PrivateAttr(default=None)
 
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, value: str) -> str:
-        return _canonical_dataset(value)
-
-    @field_validator("crop_scale", mode="before")
-    @classmethod
-    def _crop_scale(cls, value: Any) -> Any:
-        return parse_crop_scale(value)
-
     @field_validator("resume")
     @classmethod
     def _resume(cls, value: str | None) -> str | None:
         if value is None or value == "auto" or Path(value).expanduser().is_file():
             return value
         raise ValueError("use 'auto' or the path of an existing checkpoint file")
-
-    @field_validator("out", mode="before")
-    @classmethod
-    def _out(cls, value: Any) -> Any:
-        return check_out_folder(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -444,7 +447,7 @@ def resume_auto_needs_out() -> str:
 
 
 class _EvalCommon(_Frozen):
-    checkpoint: str
+    checkpoint: CheckpointRef
     data_dir: Path = Field(default_factory=default_data_dir)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     image_size: int | None = Field(default=None, ge=8, le=1024)
@@ -452,11 +455,6 @@ class _EvalCommon(_Frozen):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     workers: int = Field(default_factory=default_workers, ge=0)
     limit: int | None = Field(default=None, ge=1)
-
-    @field_validator("checkpoint")
-    @classmethod
-    def _checkpoint(cls, value: str) -> str:
-        return _check_checkpoint(value)
 
     @model_validator(mode="after")
     def _device(self) -> _EvalCommon:
@@ -475,7 +473,7 @@ class _EvalCommon(_Frozen):
 class LinearEvalConfig(_EvalCommon):
     """Options of ``simclr linear-eval``: a linear classifier on frozen features."""
 
-    dataset: str | None = None
+    dataset: DatasetName | None = None
     train_dir: Path | None = None
     test_dir: Path | None = None
     val_split: float | None = Field(default=None, gt=0, lt=1)
@@ -484,21 +482,11 @@ class LinearEvalConfig(_EvalCommon):
     epochs: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=512, ge=1)
     seed: int = Field(default=0, ge=0)
-    out: Path | None = None
+    out: OutFolder | None = None
     overwrite: bool = False
     knn_k: int | None = Field(default=None, ge=1)
     knn_temperature: float = Field(default=0.1, gt=0)
     baseline: tuple[Literal["random", "pixels"], ...] = ()
-
-    @field_validator("out", mode="before")
-    @classmethod
-    def _out(cls, value: Any) -> Any:
-        return check_out_folder(value)
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, value: str | None) -> str | None:
-        return None if value is None else _canonical_dataset(value)
 
     @field_validator("train_dir", "test_dir")
     @classmethod
@@ -539,22 +527,12 @@ class LinearEvalConfig(_EvalCommon):
 class FeaturesConfig(_EvalCommon):
     """Options of ``simclr features``: embeddings of a dataset as ``.npy`` files."""
 
-    dataset: str = "shapes"
+    dataset: DatasetName = "shapes"
     split: Literal["train", "test", "unlabeled", "all"] = "test"
     layer: Literal["encoder", "projection"] = "encoder"
     batch_size: int = Field(default=256, ge=1)
-    out: Path
+    out: OutFolder
     overwrite: bool = False
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, value: str) -> str:
-        return _canonical_dataset(value)
-
-    @field_validator("out", mode="before")
-    @classmethod
-    def _out(cls, value: Any) -> Any:
-        return check_out_folder(value)
 
     @model_validator(mode="after")
     def _split(self) -> FeaturesConfig:
@@ -611,15 +589,10 @@ class DownloadConfig(_Frozen):
 class InfoConfig(_Frozen):
     """Options of ``simclr info``; ``target`` is a checkpoint path or release name."""
 
-    target: str | None = None
+    target: CheckpointRef | None = None
     as_json: bool = False
     cache_dir: Path = Field(default_factory=default_cache_dir)
     data_dir: Path = Field(default_factory=default_data_dir)
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, value: str | None) -> str | None:
-        return None if value is None else _check_checkpoint(value)
 
 
 EXPORT_FORMATS = ("torchvision", "torchscript", "onnx", "safetensors")
@@ -630,18 +603,13 @@ GRAPH_FORMATS = ("torchscript", "onnx")
 class ExportConfig(_Frozen):
     """Options of ``simclr export``: the encoder (or head) as a file other code can load."""
 
-    checkpoint: str
+    checkpoint: CheckpointRef
     format: Literal[EXPORT_FORMATS] = "torchvision"  # type: ignore[valid-type]
     out: Path
     part: Literal["encoder", "projector", "both"] = "encoder"
     image_size: int | None = Field(default=None, ge=8, le=1024)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     overwrite: bool = False
-
-    @field_validator("checkpoint")
-    @classmethod
-    def _checkpoint(cls, value: str) -> str:
-        return _check_checkpoint(value)
 
     @field_validator("out")
     @classmethod
