@@ -1,0 +1,269 @@
+"""The commands that use a trained encoder: ``linear-eval``, ``features``, ``export``, ``report``.
+
+Each builds its config from its flags, calls one library function (imported when it runs, so
+``--help`` stays fast) and prints the summary it returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simclr_cli.cli.app import (
+    CHECKPOINT_HELP,
+    build,
+    examples,
+    print_summary,
+    shared_option,
+    with_default,
+)
+from simclr_cli.config import ExportConfig, FeaturesConfig, LinearEvalConfig, ReportConfig
+
+E = LinearEvalConfig
+
+LINEAR_EVAL_EXAMPLES = examples(
+    "simclr linear-eval --checkpoint runs/quickstart --dataset shapes --baseline random",
+    "simclr linear-eval --checkpoint resnet50-stl10 --dataset stl10",
+    "simclr linear-eval --checkpoint ck.pt --train-dir data/train --test-dir data/test",
+    "simclr linear-eval --checkpoint ck.pt --dataset cifar10 --protocol augment --epochs 100",
+)
+
+
+def linear_eval(
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="cifar10, cifar100, stl10, shapes, or a folder with class subfolders."),
+    ] = None,
+    train_dir: Annotated[
+        Path | None, typer.Option(help="Folder of training images, one subfolder per class.")
+    ] = None,
+    test_dir: Annotated[
+        Path | None, typer.Option(help="Folder of test images, one subfolder per class.")
+    ] = None,
+    val_split: Annotated[
+        float | None,
+        typer.Option(help="Test fraction of a single folder (fixed seed). \\[default: 0.2]"),
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help=with_default(
+                E, "protocol", "features (frozen features, fast) or augment (paper's)."
+            )
+        ),
+    ] = None,
+    solver: Annotated[
+        str | None, typer.Option(help=with_default(E, "solver", "lbfgs (full batch) or adam."))
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs of the augment protocol. \\[default: 100]")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help=with_default(E, "batch_size", "Batch for feature extraction.")),
+    ] = None,
+    image_size: Annotated[int | None, shared_option(E, "image_size")] = None,
+    data_dir: Annotated[Path | None, shared_option(E, "data_dir")] = None,
+    cache_dir: Annotated[Path | None, shared_option(E, "cache_dir")] = None,
+    device: Annotated[str | None, shared_option(E, "device")] = None,
+    precision: Annotated[str | None, shared_option(E, "precision")] = None,
+    workers: Annotated[int | None, shared_option(E, "workers")] = None,
+    seed: Annotated[int | None, typer.Option(help=with_default(E, "seed", "Random seed."))] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default(E, "limit", "Use only the first N images per split.", "all")
+        ),
+    ] = None,
+    knn_k: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default(
+                E, "knn_k", "kNN neighbours; auto: 200, at most 1/10 of the smallest class."
+            )
+        ),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="random|pixels",
+            help="Also evaluate a baseline on the same splits and print it beside the "
+            "checkpoint: random (the same architecture, default init) or pixels (raw pixels); "
+            "repeat for both.",
+        ),
+    ] = None,
+    knn_temperature: Annotated[
+        float | None, typer.Option(help=with_default(E, "knn_temperature", "kNN vote temperature."))
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Folder for linear_eval.json. \\[default: next to the checkpoint]",
+        ),
+    ] = None,
+    overwrite: Annotated[bool | None, shared_option(E, "overwrite")] = None,
+) -> None:
+    """Linear evaluation: a classifier on frozen encoder features (top-1/top-5, kNN)."""
+    cfg = build(LinearEvalConfig, **locals())
+    from simclr_cli.evaluate import run_linear_eval
+
+    result = run_linear_eval(cfg)
+    print_summary("Linear evaluation", result)
+
+
+F = FeaturesConfig
+
+FEATURES_EXAMPLES = examples(
+    "simclr features --checkpoint ck.pt --dataset shapes --split test --out feats/",
+    "simclr features --checkpoint resnet50-stl10 --dataset stl10 --split train --out stl/",
+    "simclr features --checkpoint ck.pt --dataset ./photos --layer projection --out emb/",
+)
+
+
+def features(
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
+    out: Annotated[
+        str, typer.Option(metavar="PATH", help="Output folder for features.npy, labels.npy, ...")
+    ],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help=with_default(F, "dataset", "cifar10, cifar100, stl10, shapes or a folder.")
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help=with_default(F, "split", "train, test, unlabeled (stl10), all.")),
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            help=with_default(F, "layer", "encoder (h, representation) or projection (z).")
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=with_default(F, "batch_size", "Images per forward pass."))
+    ] = None,
+    image_size: Annotated[int | None, shared_option(F, "image_size")] = None,
+    data_dir: Annotated[Path | None, shared_option(F, "data_dir")] = None,
+    cache_dir: Annotated[Path | None, shared_option(F, "cache_dir")] = None,
+    device: Annotated[str | None, shared_option(F, "device")] = None,
+    precision: Annotated[str | None, shared_option(F, "precision")] = None,
+    workers: Annotated[int | None, shared_option(F, "workers")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help=with_default(F, "limit", "Export only the first N images.", "all")),
+    ] = None,
+    overwrite: Annotated[bool | None, shared_option(F, "overwrite")] = None,
+) -> None:
+    """Export embeddings (h or z) of a dataset as .npy files, in dataset order."""
+    cfg = build(FeaturesConfig, **locals())
+    from simclr_cli.features import export_features
+
+    result = export_features(cfg)
+    print_summary("Features written", result)
+
+
+X = ExportConfig
+
+EXPORT_EXAMPLES = examples(
+    "simclr export --checkpoint runs/quickstart --format torchvision --out encoder.pt",
+    "simclr export --checkpoint runs/quickstart --format onnx --out encoder.onnx",
+    "simclr export --checkpoint resnet50-stl10 --format safetensors --out r50.safetensors",
+    "simclr export --checkpoint ck.pt --format torchvision --part both --out simclr.pt",
+)
+
+
+def export(
+    checkpoint: Annotated[
+        str,
+        typer.Option(help="Run folder, checkpoint file or release name (simclr download --list)."),
+    ],
+    out: Annotated[Path, typer.Option(help="The file to write (a <file>.meta.json goes beside).")],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help=with_default(X, "format", "torchvision, torchscript, onnx or safetensors."),
+        ),
+    ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            help=with_default(
+                X, "part", "encoder, projector or both (torchvision/safetensors only)."
+            )
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default(X, "image_size", "Input size of the graph; auto = checkpoint's.")
+        ),
+    ] = None,
+    cache_dir: Annotated[Path | None, shared_option(X, "cache_dir")] = None,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option(help=with_default(X, "overwrite", "Replace an existing --out file.")),
+    ] = None,
+) -> None:
+    """Export the encoder for other code: a torchvision state_dict, TorchScript, ONNX or
+    safetensors, verified against the checkpoint before it is written."""
+    cfg = build(ExportConfig, **locals())
+    from simclr_cli.export import run_export
+
+    print_summary("Exported", run_export(cfg))
+
+
+R = ReportConfig
+
+REPORT_EXAMPLES = examples(
+    "simclr report runs/quickstart",
+    "simclr report runs/quickstart --out report/ --max-images 5000",
+    "simclr report runs/c10 --features feats/   # feats/train, feats/test: simclr features",
+)
+
+
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="The run folder (from simclr pretrain).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for report.html and its PNGs. \\[default: the run folder]"),
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Features from simclr features: DIR (one set) or DIR/train + DIR/test. "
+            "\\[default: computed]"
+        ),
+    ] = None,
+    max_images: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default(R, "max_images", "Training images to encode for neighbours/PCA.")
+        ),
+    ] = None,
+    queries: Annotated[
+        int | None,
+        typer.Option(help=with_default(R, "queries", "Test images shown with neighbours.")),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=with_default(R, "batch_size", "Images per forward pass."))
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=with_default(R, "seed", "Seed of the queries."))
+    ] = None,
+    device: Annotated[str | None, shared_option(R, "device")] = None,
+    data_dir: Annotated[Path | None, shared_option(R, "data_dir")] = None,
+) -> None:
+    """One self-contained report.html of a run: curves, accuracy, neighbours, embedding map."""
+    cfg = build(ReportConfig, **locals())
+    from simclr_cli.run_report import run_report
+
+    print_summary("Report written", run_report(cfg))
