@@ -264,6 +264,6 @@ def report(
 ) -> None:
     """One self-contained report.html of a run: curves, accuracy, neighbours, embedding map."""
     cfg = build(ReportConfig, **locals())
-    from simclr_cli.run_report import run_report
+    from simclr_cli.report import run_report
 
     print_summary("Report written", run_report(cfg))
