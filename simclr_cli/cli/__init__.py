@@ -1,9 +1,8 @@
 """The ``simclr`` command line: Typer declares flags, a config model validates them.
 
 Each command builds one frozen config from its flags, calls one library function and prints
-a summary (:mod:`~simclr_cli.cli.pretrain`, :mod:`~simclr_cli.cli.evaluate`,
-:mod:`~simclr_cli.cli.checkpoints`; what they share is in :mod:`~simclr_cli.cli.app`). Errors
-a user can fix become one line on stderr (exit 2 for a bad option value, 1 for a runtime
+a summary (:mod:`~simclr_cli.cli.commands`; what they share: :mod:`~simclr_cli.cli.app`).
+Errors a user can fix become one line on stderr (exit 2 for a bad option value, 1 for a runtime
 failure, 130 for Ctrl-C); ``SIMCLR_DEBUG=1`` shows the traceback instead. That error boundary
 is :func:`run`, here.
 """
@@ -21,7 +20,7 @@ import typer
 from pydantic import ValidationError
 
 from simclr_cli import signals
-from simclr_cli.cli import checkpoints, evaluate, pretrain
+from simclr_cli.cli import commands  # noqa: F401 - defines the commands on `app`
 from simclr_cli.cli.app import app
 from simclr_cli.config import flag_name
 from simclr_cli.errors import SimCLRError, invalid_value, os_error_line
@@ -30,15 +29,6 @@ try:  # typer >= 0.29 ships its own copy of click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer depends on click
     from click import exceptions as click_exceptions
-
-# The commands, in the order `simclr --help` lists them.
-app.command(epilog=pretrain.PRETRAIN_EXAMPLES)(pretrain.pretrain)
-app.command("linear-eval", epilog=evaluate.LINEAR_EVAL_EXAMPLES)(evaluate.linear_eval)
-app.command(epilog=evaluate.FEATURES_EXAMPLES)(evaluate.features)
-app.command(epilog=evaluate.EXPORT_EXAMPLES)(evaluate.export)
-app.command(epilog=evaluate.REPORT_EXAMPLES)(evaluate.report)
-app.command(epilog=checkpoints.DOWNLOAD_EXAMPLES)(checkpoints.download)
-app.command(epilog=checkpoints.INFO_EXAMPLES)(checkpoints.info)
 
 _EXITS = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
 _ABORTS = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort), KeyboardInterrupt})

@@ -10,6 +10,7 @@ import typer
 from pydantic import BaseModel
 
 from simclr_cli import __version__
+from simclr_cli.config import DEFAULT_WEIGHT_DECAY, RESUME_MAY_CHANGE, flag_name
 
 
 def _no_flag_type(show_type: Any) -> Any:
@@ -98,7 +99,33 @@ def shared_option(model: type[BaseModel], field: str) -> Any:
         model: The config model of the command.
         field: The field's name, a key of the shared help texts.
     """
-    return typer.Option(help=with_default(model, field, _SHARED_HELP[field]))
+    return flag(model, field, _SHARED_HELP[field])
+
+
+def flag(
+    model: type[BaseModel], field: str, text: str, none: str = "auto", name: str | None = None
+) -> Any:
+    """The ``typer.Option`` of the flag that sets ``field``, its help ending with the default.
+
+    Args:
+        model, field, text, none: As for :func:`with_default`.
+        name: The flag's declaration when Typer's own is not wanted (``--blur/--no-blur``).
+    """
+    return typer.Option(*([name] if name else []), help=with_default(model, field, text, none))
+
+
+def decay_defaults() -> str:
+    """``1e-06 for LARS, Adam; 0.0001 for AdamW, SGD``: the defaults of the config, grouped."""
+    names = {"lars": "LARS", "adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+    groups: dict[float, list[str]] = {}
+    for optimizer, decay in DEFAULT_WEIGHT_DECAY.items():
+        groups.setdefault(decay, []).append(names[optimizer])
+    return "; ".join(f"{decay:g} for {', '.join(opts)}" for decay, opts in groups.items())
+
+
+def resume_flags() -> str:
+    """The flags a resume may change, for ``--help`` (from the one list in the config)."""
+    return ", ".join(flag_name(name) for name in RESUME_MAY_CHANGE)
 
 
 def build(model: type[BaseModel], **flags: Any) -> Any:
