@@ -5,8 +5,7 @@ The recipe, in the paper's order: random resized crop -> horizontal flip -> colo
 :func:`draw_views` draw the uniform numbers that the steps consume, named by step
 (:class:`ViewDraws`); each pipeline turns them into its parameters (Python numbers per image,
 tensors per batch) and applies the steps. One generator thus gives one image the same view
-from either pipeline; ``tests/test_augment.py``
-checks the parameters, the pixels and the rates.
+from either pipeline; ``tests/test_augment.py`` checks the parameters, the pixels and the rates.
 
 Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual
 Representations", ICML 2020, appendix A (data augmentation details).
@@ -287,7 +286,7 @@ class SimCLRAugment(_ViewPipeline):
         factors = tuple(
             lo + (hi - lo) * v for (lo, hi), v in zip(recipe.ranges, u.factors, strict=True)
         )
-        keys = u.order
+        keys = u.order  # argsort: a uniformly random order of the four jitter operations
         return {
             "crop": crop,
             "flip": recipe.flip and u.flip < P_FLIP,
