@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision import transforms
 
 from simclr_cli import allocator
 from simclr_cli import evaluate as ev
-from simclr_cli.augment import eval_transform, to_uint8_transform
+from simclr_cli.augment import to_uint8_transform
 from simclr_cli.data import build_dataset, normalization
 from simclr_cli.model import build_simclr, model_spec
 
@@ -156,6 +157,15 @@ def our_protocol(
     }
 
 
+def reference_transform(size: int, mean: list | None, std: list | None) -> transforms.Compose:
+    """The reference's per-image test-time transform: resize, centre crop, float, normalise."""
+    steps = [transforms.Resize(size, antialias=True), transforms.CenterCrop(size)]
+    steps.append(transforms.ToTensor())
+    if mean is not None and std is not None:
+        steps.append(transforms.Normalize(list(mean), list(std)))
+    return transforms.Compose(steps)
+
+
 def frozen_model(args: argparse.Namespace) -> tuple[nn.Module, int, list | None, list | None]:
     """The encoder both protocols share: a checkpoint, or a seeded random ResNet-18."""
     if args.checkpoint:
@@ -196,7 +206,7 @@ def run_one(args: argparse.Namespace) -> None:
         result = our_protocol(model, train, test, args.seed, device, args.workers)
     else:
         # The reference transforms each image to a normalised float tensor in the loader.
-        transform = eval_transform(size, mean, std)
+        transform = reference_transform(size, mean, std)
         train = build_dataset("shapes", "train", Path("."), transform, limit=args.train)
         test = build_dataset("shapes", "test", Path("."), transform, limit=args.test)
         result = reference_protocol(

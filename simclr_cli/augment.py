@@ -1,8 +1,11 @@
 """The SimCLR views: a per-image pipeline (DataLoader workers) and a batched one (any device).
 
-Both draw the same random parameters from the same uniform numbers, laid out identically (see
-``_U``), so with the same seed one image gets the same view parameters from either
-implementation; ``tests/test_augment.py`` checks the parameters, the pixels and the rates.
+The recipe, in the paper's order: random resized crop -> horizontal flip -> colour jitter
+(p=0.8) -> grayscale (p=0.2) -> Gaussian blur (optional). :func:`draw_view` and
+:func:`draw_views` draw the uniform numbers that the steps consume, named by step
+(:class:`ViewDraws`); each pipeline turns them into its parameters (Python numbers per image,
+tensors per batch) and applies the steps. One generator thus gives one image the same view
+from either pipeline; ``tests/test_augment.py`` checks the parameters, the pixels and the rates.
 
 Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual
 Representations", ICML 2020, appendix A (data augmentation details).
@@ -12,16 +15,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
-import torch.nn.functional as nnf
 import torchvision.transforms.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torchvision import transforms
 
+from simclr_cli import augment_ops as ops
 from simclr_cli.errors import UsageError
 
 CROP_SCALE = (0.08, 1.0)
@@ -33,17 +37,6 @@ P_GRAYSCALE = 0.2
 P_BLUR = 0.5
 BLUR_SIGMA = (0.1, 2.0)
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
-
-# Column layout of the uniform numbers each view consumes (shared by both implementations).
-_U_SCALE = slice(0, CROP_ATTEMPTS)
-_U_RATIO = slice(CROP_ATTEMPTS, 2 * CROP_ATTEMPTS)
-_U_TOP, _U_LEFT, _U_FLIP, _U_JITTER = 20, 21, 22, 23
-_U_FACTORS = slice(24, 28)  # brightness, contrast, saturation, hue
-_U_ORDER = slice(28, 32)  # argsort -> a uniformly random order of the four jitter operations
-_U_GRAY, _U_BLUR, _U_SIGMA = 32, 33, 34
-_U = 35
-
-_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -62,26 +55,142 @@ def jitter_ranges(strength: float) -> tuple[tuple[float, float], ...]:
         (max(0.0, 1 - s), 1 + s),
         (max(0.0, 1 - s), 1 + s),
         (max(0.0, 1 - s), 1 + s),
-        (
-            -0.2 * strength,
-            0.2 * strength,
-        ),
+        (-0.2 * strength, 0.2 * strength),
     )
 
 
-def _check_options(
-    image_size: int, jitter_strength: float, crop_scale: tuple[float, float] = CROP_SCALE
-) -> tuple[float, float]:
-    if image_size < 8:
-        raise UsageError("--image-size", image_size, "use at least 8 pixels")
-    if not 0.0 <= jitter_strength <= 2.5:
-        raise UsageError("--jitter-strength", jitter_strength, "use a value between 0 and 2.5")
-    low, high = (float(v) for v in crop_scale)
-    if not 0.0 < low <= high <= 1.0:
-        raise UsageError(
-            "--crop-scale", f"{low:g},{high:g}", "use MIN,MAX with 0 < MIN <= MAX <= 1"
-        )
-    return low, high
+@dataclass(frozen=True)
+class ViewRecipe:
+    """The options of a SimCLR view pipeline, checked once; both pipelines hold one.
+
+    Args:
+        image_size: Output side in pixels.
+        jitter_strength: Colour-jitter strength ``s`` (paper: 0.5 CIFAR, 1.0 ImageNet).
+        blur: Apply the random Gaussian blur.
+        crop_scale: (min, max) fraction of the image area a crop covers.
+        flip: Mirror half of the views horizontally (off for digits, text, some medical images).
+
+    Raises:
+        UsageError: An option out of range (named by its command-line flag).
+    """
+
+    image_size: int
+    jitter_strength: float = 1.0
+    blur: bool = False
+    crop_scale: tuple[float, float] = CROP_SCALE
+    flip: bool = True
+    kernel_size: int = field(init=False)
+    ranges: tuple[tuple[float, float], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise UsageError("--image-size", self.image_size, "use at least 8 pixels")
+        if not 0.0 <= self.jitter_strength <= 2.5:
+            raise UsageError(
+                "--jitter-strength", self.jitter_strength, "use a value between 0 and 2.5"
+            )
+        low, high = (float(v) for v in self.crop_scale)
+        if not 0.0 < low <= high <= 1.0:
+            raise UsageError(
+                "--crop-scale", f"{low:g},{high:g}", "use MIN,MAX with 0 < MIN <= MAX <= 1"
+            )
+        # frozen: derived fields are set once, here
+        object.__setattr__(self, "crop_scale", (low, high))
+        object.__setattr__(self, "kernel_size", blur_kernel_size(self.image_size))
+        object.__setattr__(self, "ranges", jitter_ranges(self.jitter_strength))
+
+
+# --------------------------------------------------------------------------------------------
+# the random draws, shared by both pipelines
+
+
+Many = TypeVar("Many", list[float], Tensor)  # several numbers: a list, or (B, k) columns
+One = TypeVar("One", float, Tensor)  # one number: a float, or a (B,) column
+
+
+@dataclass(frozen=True)
+class ViewDraws(Generic[Many, One]):
+    """The uniform numbers in [0, 1) behind a view's random parameters, named by recipe step.
+
+    Every view draws its numbers as one contiguous row, in the recipe's order, so B one-view
+    draws (:func:`draw_view`, Python numbers) from a generator equal one B-view draw
+    (:func:`draw_views`, tensors), row by row: that is what makes the per-image and the batched
+    pipeline agree image by image for the same generator.
+    """
+
+    crop_scale: Many  # CROP_ATTEMPTS: area fraction of each crop attempt
+    crop_ratio: Many  # CROP_ATTEMPTS: log aspect ratio of each crop attempt
+    crop_top: One  # position of the crop box in the free rows
+    crop_left: One  # position of the crop box in the free columns
+    flip: One
+    jitter: One  # whether colour jitter applies
+    factors: Many  # 4: brightness, contrast, saturation, hue within their ranges
+    order: Many  # 4: sort keys -> a uniformly random order of the four jitter ops
+    grayscale: One
+    blur: One  # whether the blur applies
+    sigma: One  # blur sigma within BLUR_SIGMA
+
+
+# crop: scale and ratio per attempt, top, left; flip; jitter: apply, 4 factors, 4 order keys;
+# grayscale; blur: apply, sigma
+UNIFORMS_PER_VIEW = 2 * CROP_ATTEMPTS + 15
+
+
+def _in_recipe_order(cut: Callable[[int, int], Any]) -> ViewDraws[Any, Any]:
+    """Name consecutive uniform numbers by the step that uses them; ``cut(start, width)``
+    returns ``width`` numbers from ``start`` (width 0: the one number at ``start``)."""
+    taken = 0
+
+    def take(width: int = 0) -> Any:
+        nonlocal taken
+        start, taken = taken, taken + max(width, 1)
+        return cut(start, width)
+
+    # keyword arguments are evaluated in the order written: the recipe's order
+    draws = ViewDraws(
+        crop_scale=take(CROP_ATTEMPTS),
+        crop_ratio=take(CROP_ATTEMPTS),
+        crop_top=take(),
+        crop_left=take(),
+        flip=take(),
+        jitter=take(),
+        factors=take(4),
+        order=take(4),
+        grayscale=take(),
+        blur=take(),
+        sigma=take(),
+    )
+    assert taken == UNIFORMS_PER_VIEW, "UNIFORMS_PER_VIEW must count every draw"
+    return draws
+
+
+def draw_view(generator: torch.Generator | None = None) -> ViewDraws[list[float], float]:
+    """Draw the uniform numbers of one view as Python floats (the per-image pipeline).
+
+    Args:
+        generator: Source of randomness; None for torch's global one.
+    """
+    u = torch.rand(UNIFORMS_PER_VIEW, generator=generator).tolist()
+    return _in_recipe_order(lambda start, width: u[start : start + width] if width else u[start])
+
+
+def draw_views(
+    generator: torch.Generator | None, batch_size: int, device: torch.device | str | None = None
+) -> ViewDraws[Tensor, Tensor]:
+    """Draw the uniform numbers of ``batch_size`` views, one row per view (the batched pipeline).
+
+    Args:
+        generator: Source of randomness; None for torch's global one.
+        batch_size: Number of views B.
+        device: Where to draw (must be the generator's device when one is given).
+
+    Returns:
+        The named draws as float32 (B,) or (B, k) tensors.
+    """
+    u = torch.rand(batch_size, UNIFORMS_PER_VIEW, generator=generator, device=device)
+    return _in_recipe_order(
+        lambda start, width: u[:, start : start + width] if width else u[:, start]
+    )
 
 
 def _fallback_crop(height: int, width: int) -> tuple[int, int]:
@@ -94,32 +203,31 @@ def _fallback_crop(height: int, width: int) -> tuple[int, int]:
     return height, width
 
 
-# --------------------------------------------------------------------------------------------
-# per-image pipeline
+def _crop_box(
+    height: int, width: int, scale: tuple[float, float], u: ViewDraws[list[float], float]
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop rule for one image: (top, left, h, w) of the first
+    attempt that fits, else the centre fallback."""
+    area = height * width
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    for scale_draw, ratio_draw in zip(u.crop_scale, u.crop_ratio, strict=True):
+        target = area * (scale[0] + (scale[1] - scale[0]) * scale_draw)
+        aspect = math.exp(log_lo + (log_hi - log_lo) * ratio_draw)
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(u.crop_top * (height - h + 1)), int(u.crop_left * (width - w + 1)), h, w
+    h, w = _fallback_crop(height, width)
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
-class SimCLRAugment:
-    """One random SimCLR view of one image (PIL image or (C, H, W) tensor).
-
-    Random resized crop (area scale ``crop_scale``, default 0.08-1, ratio 3/4-4/3) to
-    ``image_size``, horizontal flip (p=0.5, only when ``flip``), colour jitter (0.8s, 0.8s,
-    0.8s, 0.2s) in random order (p=0.8), grayscale (p=0.2),
-    Gaussian blur with sigma in [0.1, 2] (p=0.5, only when ``blur``), then a float tensor
-    (3, image_size, image_size) in [0, 1], normalised when ``mean``/``std`` are given.
-
-    Randomness comes from ``torch``'s generator (DataLoader seeds it per worker), or the
-    ``generator`` passed to the call.
-
-    Reference: SimCLR (Chen et al. 2020), appendix A.
+class _ViewPipeline:
+    """What both pipelines are made of: a :class:`ViewRecipe`, and a final normalisation.
 
     Args:
-        image_size: Output side in pixels.
-        jitter_strength: Colour-jitter strength ``s`` (paper: 0.5 CIFAR, 1.0 ImageNet).
-        blur: Apply the random Gaussian blur.
+        image_size, jitter_strength, blur, crop_scale, flip: See :class:`ViewRecipe`.
         mean: Per-channel mean for normalisation, or None.
         std: Per-channel std for normalisation, or None.
-        crop_scale: (min, max) fraction of the image area a crop covers.
-        flip: Mirror half of the views horizontally (off for digits, text, some medical images).
     """
 
     def __init__(
@@ -132,67 +240,69 @@ class SimCLRAugment:
         crop_scale: tuple[float, float] = CROP_SCALE,
         flip: bool = True,
     ) -> None:
-        self.crop_scale = _check_options(image_size, jitter_strength, crop_scale)
-        self.flip = flip
-        self.image_size = image_size
-        self.jitter_strength = jitter_strength
-        self.blur = blur
-        self.kernel_size = blur_kernel_size(image_size)
-        self.ranges = jitter_ranges(jitter_strength)
-        self.mean = None if mean is None else list(mean)
-        self.std = None if std is None else list(std)
+        super().__init__()  # cooperative: nn.Module's for the batched pipeline
+        self.recipe = ViewRecipe(image_size, jitter_strength, blur, crop_scale, flip)
+        self._keep_normalization(
+            None if mean is None else list(mean), None if std is None else list(std)
+        )
+
+    def _keep_normalization(self, mean: list[float] | None, std: list[float] | None) -> None:
+        self.mean, self.std = mean, std
+
+
+# --------------------------------------------------------------------------------------------
+# per-image pipeline
+
+
+class SimCLRAugment(_ViewPipeline):
+    """One random SimCLR view of one image (PIL image or (C, H, W) tensor).
+
+    Random resized crop (area scale ``crop_scale``, default 0.08-1, ratio 3/4-4/3) to
+    ``image_size``, horizontal flip (p=0.5, only when ``flip``), colour jitter (0.8s, 0.8s,
+    0.8s, 0.2s) in random order (p=0.8), grayscale (p=0.2),
+    Gaussian blur with sigma in [0.1, 2] (p=0.5, only when ``blur``), then a float tensor
+    (3, image_size, image_size) in [0, 1], normalised when ``mean``/``std`` are given.
+
+    Randomness comes from ``torch``'s generator (DataLoader seeds it per worker), or the
+    ``generator`` passed to the call.
+
+    Reference: SimCLR (Chen et al. 2020), appendix A. Options: see :class:`_ViewPipeline`.
+    """
 
     def sample_params(
         self, height: int, width: int, generator: torch.Generator | None = None
     ) -> dict[str, Any]:
         """Draw the view parameters for an image of ``height`` x ``width`` pixels.
 
+        Python numbers throughout: a tensor computation costs ~30x more for one image.
+
         Returns:
             ``crop`` (top, left, h, w), ``flip``, ``jitter`` (applied or not), ``factors``
             (brightness, contrast, saturation, hue), ``order`` (jitter operation indices),
             ``grayscale``, ``blur`` and ``sigma``.
         """
-        u = torch.rand(_U, generator=generator).tolist()
-        crop = self._sample_crop(height, width, u, self.crop_scale)
+        recipe, u = self.recipe, draw_view(generator)
+        crop = _crop_box(height, width, recipe.crop_scale, u)
         factors = tuple(
-            lo + (hi - lo) * v for (lo, hi), v in zip(self.ranges, u[_U_FACTORS], strict=True)
+            lo + (hi - lo) * v for (lo, hi), v in zip(recipe.ranges, u.factors, strict=True)
         )
-        keys = u[_U_ORDER]
+        keys = u.order  # argsort: a uniformly random order of the four jitter operations
         return {
             "crop": crop,
-            "flip": self.flip and u[_U_FLIP] < P_FLIP,
-            "jitter": u[_U_JITTER] < P_JITTER,
+            "flip": recipe.flip and u.flip < P_FLIP,
+            "jitter": u.jitter < P_JITTER,
             "factors": factors,
             "order": tuple(sorted(range(4), key=keys.__getitem__)),
-            "grayscale": u[_U_GRAY] < P_GRAYSCALE,
-            "blur": self.blur and u[_U_BLUR] < P_BLUR,
-            "sigma": BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[_U_SIGMA],
+            "grayscale": u.grayscale < P_GRAYSCALE,
+            "blur": recipe.blur and u.blur < P_BLUR,
+            "sigma": BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u.sigma,
         }
-
-    @staticmethod
-    def _sample_crop(
-        height: int, width: int, u: list[float], scale: tuple[float, float]
-    ) -> tuple[int, int, int, int]:
-        """torchvision's RandomResizedCrop rule, driven by the given uniform numbers."""
-        area = height * width
-        log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
-        for u_scale, u_ratio in zip(u[_U_SCALE], u[_U_RATIO], strict=True):
-            target = area * (scale[0] + (scale[1] - scale[0]) * u_scale)
-            aspect = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
-            w = int(round(math.sqrt(target * aspect)))
-            h = int(round(math.sqrt(target / aspect)))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(u[_U_TOP] * (height - h + 1))
-                left = int(u[_U_LEFT] * (width - w + 1))
-                return top, left, h, w
-        h, w = _fallback_crop(height, width)
-        return (height - h) // 2, (width - w) // 2, h, w
 
     def apply(self, image: Image.Image | Tensor, params: dict[str, Any]) -> Tensor:
         """Make the view described by ``params`` (from :meth:`sample_params`)."""
         image = _ToRGB()(image)
         top, left, h, w = params["crop"]
-        size = [self.image_size, self.image_size]
+        size = [self.recipe.image_size] * 2
         image = F.resized_crop(image, top, left, h, w, size, antialias=True)
         if params["flip"]:
             image = F.hflip(image)
@@ -206,7 +316,7 @@ class SimCLRAugment:
         tensor = F.convert_image_dtype(image, torch.float32)
         if params["blur"]:  # on the float tensor: PIL's blur is a box-filter approximation
             sigma = params["sigma"]
-            tensor = F.gaussian_blur(tensor, [self.kernel_size] * 2, [sigma, sigma])
+            tensor = F.gaussian_blur(tensor, [self.recipe.kernel_size] * 2, [sigma, sigma])
             tensor = tensor.clamp_(0.0, 1.0)  # kernel rounding can give 1 + 1e-7
         if self.mean is not None and self.std is not None:
             tensor = F.normalize(tensor, self.mean, self.std)
@@ -244,99 +354,31 @@ class TwoViews:
 # batched pipeline
 
 
-def _grayscale(x: Tensor) -> Tensor:
-    """Luma of (B, 3, H, W) -> (B, 1, H, W)."""
-    r, g, b = x.unbind(1)
-    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
-
-
-def _grayscale_rgb(x: Tensor) -> Tensor:
-    """(B, 3, H, W) -> luma repeated on 3 channels."""
-    return _grayscale(x).expand_as(x)
-
-
-def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the hue of (B, 3, H, W) images in [0, 1] by ``shift`` (B,) turns, as HSV does.
-
-    Value (max) and chroma (max - min) are unchanged by a hue rotation, so RGB comes back as
-    ``max - chroma * ramp(hue)`` without forming saturation explicitly.
-    """
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # (B, 1, H, W) views
-    maxc = x.amax(dim=1, keepdim=True)
-    chroma = maxc - x.amin(dim=1, keepdim=True)
-    # hue in sixths of a turn, from the sector of the largest channel (ties: red, then green)
-    sector = torch.where(
-        r == maxc, g - b, torch.where(g == maxc, b - r + 2.0 * chroma, r - g + 4.0 * chroma)
-    )
-    hue6 = torch.remainder(sector / chroma.clamp_min(1e-12) + 6.0 * shift.view(-1, 1, 1, 1), 6.0)
-    # HSV -> RGB: channel n in (5, 3, 1) is v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6
-    # (5, 3, 1) made on the device: a tensor of Python floats would be a blocking copy on a GPU
-    n = (5.0 - 2.0 * torch.arange(3, device=x.device, dtype=x.dtype)).view(1, 3, 1, 1)
-    k = n + hue6  # (B, 3, H, W) in [1, 11)
-    k = torch.where(k >= 6.0, k - 6.0, k)
-    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return maxc - chroma * ramp
-
-
-def _color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
-    """Per-image colour jitter of (B, 3, H, W) in [0, 1], each image in its own op order.
-
-    Brightness, contrast and saturation are blends ``lerp(ref, x, f)`` with a per-image
-    reference (black, mean luma, luma image), so one blend per step serves all three; images
-    whose op at this step is hue get ``f = 1`` (exactly ``x``) and then the HSV hue rotation.
-    ``factors``: (B, 4); ``order``: (B, 4) op indices per step.
-    """
-    view = (-1, 1, 1, 1)
-    for step in range(4):
-        op = order[:, step]  # (B,)
-        luma = _grayscale(x)  # (B, 1, H, W)
-        mean = luma.mean(dim=(2, 3), keepdim=True)
-        ref = luma * (op == 2).to(x.dtype).view(view) + mean * (op == 1).to(x.dtype).view(view)
-        f = factors.gather(1, op.clamp(max=2).view(-1, 1)).view(view)
-        f = torch.where(op.view(view) == 3, torch.ones_like(f), f)
-        x = torch.lerp(ref.expand_as(x), x, f).clamp_(0.0, 1.0)
-        x = _update_chosen(x, op == 3, _shift_hue, factors[:, 3])
-    return x
-
-
-def _update_chosen(
-    x: Tensor,
-    chosen: Tensor,
-    fn: Callable[..., Tensor],
-    *per_image: Tensor,
-    masked: bool | None = None,
+def _crop_boxes(
+    height: int, width: int, scale: tuple[float, float], u: ViewDraws[Tensor, Tensor]
 ) -> Tensor:
-    """Replace the ``chosen`` (B,) images of ``x`` by ``fn(x, *per_image)`` on those images.
-
-    On CPU only the chosen images are computed (indexing costs nothing there); on accelerators
-    a mask keeps the step free of host synchronisation (``nonzero`` would wait for the
-    device). ``masked`` forces one path (tests compare them).
-    """
-    if masked is None:
-        masked = x.device.type != "cpu"
-    if masked:
-        return torch.where(chosen.view(-1, 1, 1, 1), fn(x, *per_image), x)
-    index = chosen.nonzero().flatten()
-    if len(index) == 0:
-        return x
-    return x.index_copy(0, index, fn(x[index], *(p[index] for p in per_image)))
-
-
-def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
-    """Blur each image of (B, C, H, W) with its own sigma (B,); reflect padding, separable."""
-    b, c, h, w = x.shape
-    half = kernel_size // 2
-    t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - half  # (k,)
-    kernel = torch.exp(-0.5 * (t / sigma.view(-1, 1)) ** 2)  # (B, k)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, k)
-    # One depthwise convolution: every (image, channel) plane is its own group.
-    y = nnf.pad(x.reshape(1, b * c, h, w), [half] * 4, mode="reflect")
-    y = nnf.conv2d(y, kernel.view(b * c, 1, 1, kernel_size), groups=b * c)
-    y = nnf.conv2d(y, kernel.view(b * c, 1, kernel_size, 1), groups=b * c)
-    return y.view(b, c, h, w).clamp_(0.0, 1.0)  # kernel rounding can give 1 + 1e-7
+    """:func:`_crop_box` for every view of ``u``: (B, 4) long (top, left, h, w)."""
+    area = height * width
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    # float64, so rounding matches the per-image Python floats
+    target = area * (scale[0] + (scale[1] - scale[0]) * u.crop_scale.double())
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u.crop_ratio.double())  # (B, attempts)
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(dim=1, keepdim=True)  # first fitting attempt (0 if none)
+    found = fits.any(dim=1)
+    fb_h, fb_w = _fallback_crop(height, width)
+    h = torch.where(found, h.gather(1, first).squeeze(1), fb_h)
+    w = torch.where(found, w.gather(1, first).squeeze(1), fb_w)
+    top = (u.crop_top.double() * (height - h + 1)).long()
+    left = (u.crop_left.double() * (width - w + 1)).long()
+    top = torch.where(found, top, (height - h) // 2)
+    left = torch.where(found, left, (width - w) // 2)
+    return torch.stack([top, left, h, w], dim=1)
 
 
-class BatchedSimCLRAugment(nn.Module):
+class BatchedSimCLRAugment(_ViewPipeline, nn.Module):
     """SimCLR views of a whole batch on its own device, with independent parameters per image.
 
     Same distribution as :class:`SimCLRAugment` (and, for a given generator state, the same
@@ -345,43 +387,18 @@ class BatchedSimCLRAugment(nn.Module):
     the whole batch. Inputs larger than ``image_size`` are resampled without antialiasing;
     feed images already at ``image_size`` (see :func:`to_uint8_transform`).
 
-    Reference: SimCLR (Chen et al. 2020), appendix A.
-
-    Args:
-        image_size: Output side in pixels.
-        jitter_strength: Colour-jitter strength ``s``.
-        blur: Apply the random Gaussian blur.
-        mean: Per-channel mean for normalisation, or None.
-        std: Per-channel std for normalisation, or None.
-        crop_scale: (min, max) fraction of the image area a crop covers.
-        flip: Mirror half of the views horizontally.
+    Reference: SimCLR (Chen et al. 2020), appendix A. Options: see :class:`_ViewPipeline`.
     """
 
-    def __init__(
-        self,
-        image_size: int,
-        jitter_strength: float = 1.0,
-        blur: bool = False,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        crop_scale: tuple[float, float] = CROP_SCALE,
-        flip: bool = True,
-    ) -> None:
-        super().__init__()
-        self.crop_scale = _check_options(image_size, jitter_strength, crop_scale)
-        self.flip = flip
-        self.image_size = image_size
-        self.jitter_strength = jitter_strength
-        self.blur = blur
-        self.kernel_size = blur_kernel_size(image_size)
-        self.ranges = jitter_ranges(jitter_strength)
+    def _keep_normalization(self, mean: list[float] | None, std: list[float] | None) -> None:
+        # Constants as buffers: a tensor built from Python floats inside the step would be a
+        # blocking host-to-device copy on a GPU.
         self.normalize = mean is not None and std is not None
         self.register_buffer("mean", torch.tensor(mean or [0.0] * 3).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(std or [1.0] * 3).view(1, 3, 1, 1), False)
-        # Jitter factor ranges as buffers: a tensor built from Python floats inside the step
-        # would be a blocking host-to-device copy on a GPU.
-        self.register_buffer("factor_lo", torch.tensor([r[0] for r in self.ranges]), False)
-        self.register_buffer("factor_hi", torch.tensor([r[1] for r in self.ranges]), False)
+        ranges = self.recipe.ranges  # jitter factor ranges
+        self.register_buffer("factor_lo", torch.tensor([r[0] for r in ranges]), False)
+        self.register_buffer("factor_hi", torch.tensor([r[1] for r in ranges]), False)
 
     @torch.no_grad()
     def sample_params(
@@ -405,64 +422,19 @@ class BatchedSimCLRAugment(nn.Module):
         """
         if generator is not None:
             device = generator.device
-        u = torch.rand(batch_size, _U, generator=generator, device=device)  # (B, 35)
-        lo, hi = self.factor_lo.to(u.device), self.factor_hi.to(u.device)  # no-op on its device
-        blur = u[:, _U_BLUR] < P_BLUR
-        flip = u[:, _U_FLIP] < P_FLIP
+        recipe, u = self.recipe, draw_views(generator, batch_size, device)
+        lo, hi = self.factor_lo.to(u.factors.device), self.factor_hi.to(u.factors.device)
+        flip, blur = u.flip < P_FLIP, u.blur < P_BLUR
         return {
-            "crop": self._sample_crops(u, height, width, self.crop_scale),
-            "flip": flip if self.flip else torch.zeros_like(flip),
-            "jitter": u[:, _U_JITTER] < P_JITTER,
-            "factors": lo + (hi - lo) * u[:, _U_FACTORS],
-            "order": torch.argsort(u[:, _U_ORDER], dim=1),
-            "grayscale": u[:, _U_GRAY] < P_GRAYSCALE,
-            "blur": blur if self.blur else torch.zeros_like(blur),
-            "sigma": BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[:, _U_SIGMA],
+            "crop": _crop_boxes(height, width, recipe.crop_scale, u),
+            "flip": flip if recipe.flip else torch.zeros_like(flip),
+            "jitter": u.jitter < P_JITTER,
+            "factors": lo + (hi - lo) * u.factors,
+            "order": torch.argsort(u.order, dim=1),
+            "grayscale": u.grayscale < P_GRAYSCALE,
+            "blur": blur if recipe.blur else torch.zeros_like(blur),
+            "sigma": BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u.sigma,
         }
-
-    @staticmethod
-    def _sample_crops(u: Tensor, height: int, width: int, scale: tuple[float, float]) -> Tensor:
-        """RandomResizedCrop for every row of ``u``: first fitting attempt of 10, else fallback."""
-        u = u.double()  # float64, so rounding matches the per-image Python floats
-        area = height * width
-        log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
-        target = area * (scale[0] + (scale[1] - scale[0]) * u[:, _U_SCALE])
-        aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, _U_RATIO])  # (B, attempts)
-        w = torch.round(torch.sqrt(target * aspect)).long()
-        h = torch.round(torch.sqrt(target / aspect)).long()
-        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-        first = fits.int().argmax(dim=1, keepdim=True)  # first fitting attempt (0 if none)
-        found = fits.any(dim=1)
-        fb_h, fb_w = _fallback_crop(height, width)
-        h = torch.where(found, h.gather(1, first).squeeze(1), fb_h)
-        w = torch.where(found, w.gather(1, first).squeeze(1), fb_w)
-        top = (u[:, _U_TOP] * (height - h + 1)).long()
-        left = (u[:, _U_LEFT] * (width - w + 1)).long()
-        top = torch.where(found, top, (height - h) // 2)
-        left = torch.where(found, left, (width - w) // 2)
-        return torch.stack([top, left, h, w], dim=1)
-
-    def _crop_and_flip(self, x: Tensor, crop: Tensor, flip: Tensor) -> Tensor:
-        """Resample each crop box of (B, C, H, W) to (B, C, S, S), mirrored where ``flip``.
-
-        Sample positions are those of a bilinear resize of the cropped pixels (half-pixel
-        centres, clamped to the crop's edge pixels), so this equals crop-then-resize.
-        """
-        b, _, height, width = x.shape
-        top, left, h, w = crop.to(x.dtype).unbind(1)  # (B,) each
-        steps = (torch.arange(self.image_size, device=x.device, dtype=x.dtype) + 0.5) / (
-            self.image_size
-        )  # (S,)
-        xs = left[:, None] + steps * w[:, None] - 0.5  # (B, S) source pixel coordinates
-        ys = top[:, None] + steps * h[:, None] - 0.5
-        xs = torch.clamp(xs, left[:, None], (left + w - 1)[:, None])
-        ys = torch.clamp(ys, top[:, None], (top + h - 1)[:, None])
-        xs = torch.where(flip[:, None], xs.flip(1), xs)
-        # pixel coordinates -> grid_sample's [-1, 1] (align_corners=False)
-        gx = ((2.0 * xs + 1.0) / width - 1.0)[:, None, :].expand(b, self.image_size, -1)
-        gy = ((2.0 * ys + 1.0) / height - 1.0)[:, :, None].expand(b, -1, self.image_size)
-        grid = torch.stack([gx, gy], dim=-1)  # (B, S, S, 2)
-        return nnf.grid_sample(x, grid, "bilinear", padding_mode="border", align_corners=False)
 
     def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
         """Make the views described by ``params`` for a (B, C, H, W) uint8 or float batch."""
@@ -471,12 +443,13 @@ class BatchedSimCLRAugment(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         params = {k: v.to(x.device, non_blocking=True) for k, v in params.items()}
-        x = self._crop_and_flip(x, params["crop"], params["flip"])  # (B, 3, S, S)
-        x = _update_chosen(x, params["jitter"], _color_jitter, params["factors"], params["order"])
-        x = _update_chosen(x, params["grayscale"], _grayscale_rgb)
-        if self.blur:
-            blur = partial(_gaussian_blur, kernel_size=self.kernel_size)
-            x = _update_chosen(x, params["blur"], blur, params["sigma"])
+        x = ops.crop_and_flip(x, params["crop"], params["flip"], self.recipe.image_size)
+        jitter = (params["factors"], params["order"])
+        x = ops.update_chosen(x, params["jitter"], ops.color_jitter, *jitter)
+        x = ops.update_chosen(x, params["grayscale"], ops.grayscale_rgb)
+        if self.recipe.blur:
+            blur = partial(ops.gaussian_blur, kernel_size=self.recipe.kernel_size)
+            x = ops.update_chosen(x, params["blur"], blur, params["sigma"])
         if self.normalize:
             x = (x - self.mean) / self.std
         return x
@@ -504,15 +477,6 @@ class _ToRGB:
         return image
 
 
-class _ToFloat:
-    """PIL image or tensor -> float (C, H, W) tensor in [0, 1]."""
-
-    def __call__(self, image: Any) -> Tensor:
-        if isinstance(image, Image.Image):
-            image = F.pil_to_tensor(image)
-        return F.convert_image_dtype(image, torch.float32)
-
-
 class _ToUint8:
     """PIL image or tensor -> uint8 (C, H, W) tensor."""
 
@@ -527,8 +491,8 @@ def normalize_uint8(
 ) -> Tensor:
     """The batched second half of the test-time transform: uint8 -> float in [0, 1], normalised.
 
-    ``normalize_uint8(stack([to_uint8_transform(s)(im) ...]), mean, std)`` equals
-    ``stack([eval_transform(s, mean, std)(im) ...])`` (the same float32 arithmetic), but the
+    ``normalize_uint8(stack([to_uint8_transform(s)(im) ...]), mean, std)`` equals resizing,
+    centre cropping and normalising each image as float32 (``tests/transform_oracle.py``), but the
     per-image work in the loader is only the uint8 crop, and the batch crosses to the GPU as
     uint8 (a quarter of the bytes).
 
@@ -545,23 +509,6 @@ def normalize_uint8(
         x.sub_(torch.tensor(mean, device=x.device).view(view))
         x.div_(torch.tensor(std, device=x.device).view(view))
     return x
-
-
-def eval_transform(
-    image_size: int,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> Callable[[Any], Tensor]:
-    """Test-time transform: resize the shorter side, centre crop, float tensor, normalise."""
-    steps: list[Callable] = [
-        _ToRGB(),
-        transforms.Resize(image_size, antialias=True),
-        transforms.CenterCrop(image_size),
-        _ToFloat(),
-    ]
-    if mean is not None and std is not None:
-        steps.append(transforms.Normalize(list(mean), list(std)))
-    return transforms.Compose(steps)
 
 
 def to_uint8_transform(image_size: int) -> Callable[[Any], Tensor]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
+from transform_oracle import eval_transform
 
 from simclr_cli.augment import (
     P_BLUR,
@@ -20,14 +21,13 @@ from simclr_cli.augment import (
     BatchedSimCLRAugment,
     SimCLRAugment,
     TwoViews,
-    _shift_hue,
-    _update_chosen,
     blur_kernel_size,
-    eval_transform,
     jitter_ranges,
     normalize_uint8,
     to_uint8_transform,
 )
+from simclr_cli.augment_ops import shift_hue as _shift_hue
+from simclr_cli.augment_ops import update_chosen as _update_chosen
 from simclr_cli.data import ShapesDataset
 from simclr_cli.errors import UsageError
 

@@ -313,12 +313,12 @@ def test_debug_env_shows_traceback(a_file: Path, workdir: Path) -> None:
 def test_keyboard_interrupt_exits_130(
     monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from simclr_cli import report
+    from simclr_cli import info
 
     def interrupted(cfg):  # noqa: ANN001 - stands in for a long-running command
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "system_info", interrupted)
+    monkeypatch.setattr(info, "system_info", interrupted)
     assert run(["info"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
@@ -408,7 +408,7 @@ def _info_loads_in_a_worker(
     dataset through one DataLoader worker, where ``get_item(index)`` runs."""
     from torch.utils.data import DataLoader, Dataset
 
-    from simclr_cli import report
+    from simclr_cli import info
 
     class InWorker(Dataset):
         def __len__(self) -> int:
@@ -421,7 +421,7 @@ def _info_loads_in_a_worker(
         for _ in DataLoader(InWorker(), num_workers=1):
             pass
 
-    monkeypatch.setattr(report, "system_info", load_in_a_worker)
+    monkeypatch.setattr(info, "system_info", load_in_a_worker)
 
 
 def test_worker_reraised_error_is_one_line(
@@ -461,12 +461,12 @@ def test_a_killed_worker_is_one_line_naming_the_likely_cause(
 
 
 def test_other_runtime_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from simclr_cli import report
+    from simclr_cli import info
 
     def bug(cfg):  # noqa: ANN001
         raise RuntimeError("shape mismatch in a matmul")
 
-    monkeypatch.setattr(report, "system_info", bug)
+    monkeypatch.setattr(info, "system_info", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run(["info"])
 

@@ -241,7 +241,8 @@ def test_channels_last_extraction_matches_a_float64_reference():
 def test_uint8_loader_path_gives_the_features_of_the_float_transform():
     """checkpoint_transform crops to uint8 and encode() normalises with the model's mean/std;
     the features must be those of the per-image float transform."""
-    from simclr_cli.augment import eval_transform
+    from transform_oracle import eval_transform
+
     from simclr_cli.data import ShapesDataset
     from simclr_cli.model import build_simclr, model_spec
 

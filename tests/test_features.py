@@ -25,7 +25,8 @@ def features_config(checkpoint, out, **overrides):
 def reference_transform(ck):
     """The per-image float test-time transform at the checkpoint's size and normalisation
     (the export crops to uint8 and normalises whole batches; it must give the same images)."""
-    from simclr_cli.augment import eval_transform
+    from transform_oracle import eval_transform
+
     from simclr_cli.checkpoint import load_checkpoint
 
     spec = load_checkpoint(ck)["model"]

@@ -599,8 +599,9 @@ def test_release_names_feed_linear_eval_and_features(
     bias: bool,
 ) -> None:
     """`--checkpoint NAME` downloads on first use, then linear-eval and features run on shapes."""
+    from transform_oracle import eval_transform
+
     from simclr_cli import evaluate, features
-    from simclr_cli.augment import eval_transform
     from simclr_cli.config import FeaturesConfig, LinearEvalConfig
     from simclr_cli.data import ShapesDataset
 

@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 from test_evaluate import save_native_checkpoint, write_folder
 
-from simclr_cli import run_report as rr
 from simclr_cli.cli import run
 from simclr_cli.config import FeaturesConfig, ReportConfig
 from simclr_cli.data import SHAPE_CLASSES
+from simclr_cli.report import neighbours as rr
+from simclr_cli.report import run_report
 
 pytest.importorskip("matplotlib")  # the `plots` extra; CI installs it
 
@@ -99,7 +100,7 @@ def assert_self_contained(page: str, names: list[str]) -> None:
 @pytest.fixture(scope="module")
 def full_report(checkpoint, tmp_path_factory) -> Path:
     root = make_run(tmp_path_factory.mktemp("report") / "run", checkpoint)
-    rr.run_report(report_config(root))
+    run_report(report_config(root))
     return root
 
 
@@ -145,7 +146,7 @@ def test_neighbours_shown_are_the_brute_force_cosine_ones(full_report, checkpoin
     export_features(checkpoint, feats / "train", "train", 60)
     export_features(checkpoint, feats / "test", "test", 60)  # = --max-images of full_report
     run_dir = make_run(tmp_path / "run", checkpoint)
-    rr.run_report(report_config(run_dir, features=feats))
+    run_report(report_config(run_dir, features=feats))
     shown = json.loads((run_dir / "neighbours.json").read_text())
     gallery = np.load(feats / "train" / "features.npy")
     test = np.load(feats / "test" / "features.npy")

@@ -217,10 +217,12 @@ def test_device_path_step_reads_nothing_on_the_host(
     the views and the step (forward, NT-Xent, backward, LARS) never read a value on the host."""
     from test_resident import host_reads_forbidden
 
-    from simclr_cli import augment
+    from simclr_cli import augment_ops
 
     # The accelerator branch of the augmentation (the CPU one indexes with nonzero by design).
-    monkeypatch.setattr(augment, "_update_chosen", partial(augment._update_chosen, masked=True))
+    monkeypatch.setattr(
+        augment_ops, "update_chosen", partial(augment_ops.update_chosen, masked=True)
+    )
     calls = []
 
     def guarded(method: Any) -> Any:

@@ -1,4 +1,4 @@
-"""What ``simclr info`` reports, and the summaries other commands print.
+"""What ``simclr info`` reports, and the tables it and the other commands print.
 
 Collecting facts (``system_info``, ``checkpoint_info``) is kept apart from drawing them
 (``render*``), so ``--json`` and the tables show exactly the same data.

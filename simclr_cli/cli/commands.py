@@ -1,0 +1,500 @@
+"""The ``simclr`` commands, in the order ``--help`` lists them: flags declared with Typer.
+
+Each command validates its flags into one frozen config (:mod:`simclr_cli.config`), calls one
+library function (imported when the command runs, so ``--help`` stays fast) and prints the
+summary it returns. Defaults are the config's: the help texts read them from there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simclr_cli.cli.app import (
+    CHECKPOINT_HELP,
+    app,
+    build,
+    decay_defaults,
+    examples,
+    flag,
+    print_registry,
+    print_summary,
+    resume_flags,
+    shared_option,
+)
+from simclr_cli.config import (
+    DownloadConfig,
+    ExportConfig,
+    FeaturesConfig,
+    InfoConfig,
+    LinearEvalConfig,
+    PretrainConfig,
+    ReportConfig,
+)
+
+P = PretrainConfig
+
+
+@app.command(
+    epilog=examples(
+        "simclr pretrain --dataset shapes --epochs 20 --batch-size 256",
+        "simclr pretrain --dataset cifar10 --epochs 500 --batch-size 1024 --gpus 4",
+        "simclr pretrain --dataset ./my_images --image-size 224 --arch resnet50 --optimizer adam",
+        "simclr pretrain --resume auto --out runs/quickstart --epochs 16",
+    )
+)
+def pretrain(
+    dataset: Annotated[
+        str | None, flag(P, "dataset", "cifar10, cifar100, stl10, shapes (built in) or a folder.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, flag(P, "data_dir", "Where datasets are downloaded/read.")
+    ] = None,
+    limit: Annotated[int | None, flag(P, "limit", "Use only the first N images.", "all")] = None,
+    image_size: Annotated[
+        int | None, flag(P, "image_size", "Crop size; auto = dataset's native size.")
+    ] = None,
+    arch: Annotated[
+        str | None, flag(P, "arch", "Encoder: resnet18/34/50/101/152, wide_resnet50_2.")
+    ] = None,
+    stem: Annotated[
+        str | None, flag(P, "stem", "auto (cifar for <= 64 px), cifar or imagenet.")
+    ] = None,
+    head: Annotated[
+        str | None, flag(P, "head", "Projection head: v1 (2 layers) or v2 (3, with BN).")
+    ] = None,
+    projection_dim: Annotated[
+        int | None, flag(P, "projection_dim", "Output dim of the head z.")
+    ] = None,
+    hidden_dim: Annotated[
+        int | None, flag(P, "hidden_dim", "Hidden dim of the head; auto = feature dim.")
+    ] = None,
+    zero_init_residual: Annotated[
+        bool | None,
+        typer.Option(
+            "--zero-init-residual",
+            help="Start each residual block as the identity (its last batch norm at zero, as "
+            "the paper's TF code) instead of torchvision's initialisation. \\[default: off]",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, flag(P, "batch_size", "GLOBAL batch (images per step, all processes).")
+    ] = None,
+    epochs: Annotated[int | None, flag(P, "epochs", "Epochs.")] = None,
+    max_steps: Annotated[
+        int | None, flag(P, "max_steps", "Stop after N steps (smoke runs).", "none")
+    ] = None,
+    optimizer: Annotated[str | None, flag(P, "optimizer", "lars, adam, adamw or sgd.")] = None,
+    lr: Annotated[
+        float | None, flag(P, "lr", "Peak learning rate; auto = scaled by --lr-scaling.")
+    ] = None,
+    lr_scaling: Annotated[
+        str | None,
+        flag(
+            P,
+            "lr_scaling",
+            "linear (base x B/256) or sqrt (base x sqrt(B)). Bases: LARS 0.3 / 0.075, "
+            "SGD 0.06, Adam/AdamW 3e-4 (the sqrt bases equal the linear rule at B = 256).",
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, flag(P, "weight_decay", f"Weight decay; auto = {decay_defaults()}.")
+    ] = None,
+    momentum: Annotated[float | None, flag(P, "momentum", "Momentum (LARS, SGD).")] = None,
+    warmup_epochs: Annotated[
+        float | None,
+        flag(
+            P,
+            "warmup_epochs",
+            "Linear warmup epochs, then cosine decay; auto = 10, at most 10% of the run.",
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None, flag(P, "temperature", "NT-Xent temperature (> 0).")
+    ] = None,
+    jitter_strength: Annotated[
+        float | None, flag(P, "jitter_strength", "Colour jitter s; auto = 0.5 small/1.0.")
+    ] = None,
+    blur: Annotated[
+        bool | None,
+        flag(P, "blur", "Gaussian blur; auto: >= 96 px.", name="--blur/--no-blur"),
+    ] = None,
+    crop_scale: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MIN,MAX",
+            help="Area fraction a random crop covers; raise MIN (0.2-0.5) for small or "
+            "simple images. \\[default: 0.08,1]",
+        ),
+    ] = None,
+    flip: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Random horizontal flip; off for digits, text or images with a handedness. "
+            "\\[default: flip]",
+        ),
+    ] = None,
+    augment_on: Annotated[
+        str | None, flag(P, "augment_on", "cpu (DataLoader workers) or device (batched).")
+    ] = None,
+    data_on: Annotated[
+        str | None,
+        flag(
+            P,
+            "data_on",
+            "device: hold the decoded set as one uint8 tensor on the training device (no "
+            "DataLoader; needs --augment-on device); host: a DataLoader; auto: device on a "
+            "GPU when the set takes <= 25% of its free memory.",
+        ),
+    ] = None,
+    workers: Annotated[int | None, shared_option(P, "workers")] = None,
+    seed: Annotated[int | None, flag(P, "seed", "Random seed.")] = None,
+    device: Annotated[str | None, shared_option(P, "device")] = None,
+    precision: Annotated[
+        str | None, flag(P, "precision", "auto (bf16/fp16 on GPU), fp32, bf16, fp16.")
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        flag(
+            P,
+            "channels_last",
+            "NHWC memory format (faster convolutions on GPUs and CPUs).",
+            name="--channels-last/--no-channels-last",
+        ),
+    ] = None,
+    compile: Annotated[bool | None, flag(P, "compile", "torch.compile the model.")] = None,
+    deterministic: Annotated[
+        bool | None, flag(P, "deterministic", "Deterministic kernels (slower).")
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Run folder (with --resume auto: the run to continue). "
+            "\\[default: runs/<dataset>-<arch>-<timestamp>]",
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, flag(P, "checkpoint_every", "Keep checkpoint_epoch_N every N epochs.")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Resume from a checkpoint path, or 'auto' (the last one of the run in --out). "
+            "The run's own options are used; flags may change only "
+            f"{resume_flags()}; any other flag must agree with the run."
+        ),
+    ] = None,
+    knn_every: Annotated[
+        int | None, flag(P, "knn_every", "kNN accuracy every N epochs (0 = off).")
+    ] = None,
+    knn_k: Annotated[
+        int | None,
+        flag(P, "knn_k", "kNN neighbours; auto: 200, at most 1/10 of the smallest class."),
+    ] = None,
+    log_every: Annotated[int | None, flag(P, "log_every", "Log metrics every N steps.")] = None,
+    gpus: Annotated[
+        int | None, flag(P, "gpus", "Spawn one process per GPU on this node (NCCL).")
+    ] = None,
+    processes: Annotated[
+        int | None, flag(P, "processes", "CPU processes on this node (gloo).")
+    ] = None,
+    nodes: Annotated[int | None, flag(P, "nodes", "Number of nodes.")] = None,
+    node_rank: Annotated[int | None, flag(P, "node_rank", "This node's rank (0 = master).")] = None,
+    master_addr: Annotated[str | None, flag(P, "master_addr", "Address of node 0.")] = None,
+    master_port: Annotated[
+        int | None, flag(P, "master_port", "Port on node 0; auto = a free port.")
+    ] = None,
+    sync_bn: Annotated[
+        bool | None,
+        flag(
+            P,
+            "sync_bn",
+            "Global batch norm; auto = on with > 1 process.",
+            name="--sync-bn/--no-sync-bn",
+        ),
+    ] = None,
+) -> None:
+    """Pretrain a ResNet encoder with SimCLR (NT-Xent on two augmented views)."""
+    cfg = build(PretrainConfig, **locals())
+    from simclr_cli.train import run_pretrain
+
+    summary = run_pretrain(cfg)
+    print_summary("Pretraining finished", summary)
+
+
+E = LinearEvalConfig
+
+
+@app.command(
+    "linear-eval",
+    epilog=examples(
+        "simclr linear-eval --checkpoint runs/quickstart --dataset shapes --baseline random",
+        "simclr linear-eval --checkpoint resnet50-stl10 --dataset stl10",
+        "simclr linear-eval --checkpoint ck.pt --train-dir data/train --test-dir data/test",
+        "simclr linear-eval --checkpoint ck.pt --dataset cifar10 --protocol augment --epochs 100",
+    ),
+)
+def linear_eval(
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="cifar10, cifar100, stl10, shapes, or a folder with class subfolders."),
+    ] = None,
+    train_dir: Annotated[
+        Path | None, typer.Option(help="Folder of training images, one subfolder per class.")
+    ] = None,
+    test_dir: Annotated[
+        Path | None, typer.Option(help="Folder of test images, one subfolder per class.")
+    ] = None,
+    val_split: Annotated[
+        float | None,
+        typer.Option(help="Test fraction of a single folder (fixed seed). \\[default: 0.2]"),
+    ] = None,
+    protocol: Annotated[
+        str | None, flag(E, "protocol", "features (frozen features, fast) or augment (paper's).")
+    ] = None,
+    solver: Annotated[str | None, flag(E, "solver", "lbfgs (full batch) or adam.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs of the augment protocol. \\[default: 100]")
+    ] = None,
+    batch_size: Annotated[
+        int | None, flag(E, "batch_size", "Batch for feature extraction.")
+    ] = None,
+    image_size: Annotated[int | None, shared_option(E, "image_size")] = None,
+    data_dir: Annotated[Path | None, shared_option(E, "data_dir")] = None,
+    cache_dir: Annotated[Path | None, shared_option(E, "cache_dir")] = None,
+    device: Annotated[str | None, shared_option(E, "device")] = None,
+    precision: Annotated[str | None, shared_option(E, "precision")] = None,
+    workers: Annotated[int | None, shared_option(E, "workers")] = None,
+    seed: Annotated[int | None, flag(E, "seed", "Random seed.")] = None,
+    limit: Annotated[
+        int | None, flag(E, "limit", "Use only the first N images per split.", "all")
+    ] = None,
+    knn_k: Annotated[
+        int | None,
+        flag(E, "knn_k", "kNN neighbours; auto: 200, at most 1/10 of the smallest class."),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="random|pixels",
+            help="Also evaluate a baseline on the same splits and print it beside the "
+            "checkpoint: random (the same architecture, default init) or pixels (raw pixels); "
+            "repeat for both.",
+        ),
+    ] = None,
+    knn_temperature: Annotated[
+        float | None, flag(E, "knn_temperature", "kNN vote temperature.")
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Folder for linear_eval.json. \\[default: next to the checkpoint]",
+        ),
+    ] = None,
+    overwrite: Annotated[bool | None, shared_option(E, "overwrite")] = None,
+) -> None:
+    """Linear evaluation: a classifier on frozen encoder features (top-1/top-5, kNN)."""
+    cfg = build(LinearEvalConfig, **locals())
+    from simclr_cli.evaluate import run_linear_eval
+
+    result = run_linear_eval(cfg)
+    print_summary("Linear evaluation", result)
+
+
+F = FeaturesConfig
+
+
+@app.command(
+    epilog=examples(
+        "simclr features --checkpoint ck.pt --dataset shapes --split test --out feats/",
+        "simclr features --checkpoint resnet50-stl10 --dataset stl10 --split train --out stl/",
+        "simclr features --checkpoint ck.pt --dataset ./photos --layer projection --out emb/",
+    )
+)
+def features(
+    checkpoint: Annotated[str, typer.Option(help=CHECKPOINT_HELP)],
+    out: Annotated[
+        str, typer.Option(metavar="PATH", help="Output folder for features.npy, labels.npy, ...")
+    ],
+    dataset: Annotated[
+        str | None, flag(F, "dataset", "cifar10, cifar100, stl10, shapes or a folder.")
+    ] = None,
+    split: Annotated[str | None, flag(F, "split", "train, test, unlabeled (stl10), all.")] = None,
+    layer: Annotated[
+        str | None, flag(F, "layer", "encoder (h, representation) or projection (z).")
+    ] = None,
+    batch_size: Annotated[int | None, flag(F, "batch_size", "Images per forward pass.")] = None,
+    image_size: Annotated[int | None, shared_option(F, "image_size")] = None,
+    data_dir: Annotated[Path | None, shared_option(F, "data_dir")] = None,
+    cache_dir: Annotated[Path | None, shared_option(F, "cache_dir")] = None,
+    device: Annotated[str | None, shared_option(F, "device")] = None,
+    precision: Annotated[str | None, shared_option(F, "precision")] = None,
+    workers: Annotated[int | None, shared_option(F, "workers")] = None,
+    limit: Annotated[int | None, flag(F, "limit", "Export only the first N images.", "all")] = None,
+    overwrite: Annotated[bool | None, shared_option(F, "overwrite")] = None,
+) -> None:
+    """Export embeddings (h or z) of a dataset as .npy files, in dataset order."""
+    cfg = build(FeaturesConfig, **locals())
+    from simclr_cli.features import export_features
+
+    result = export_features(cfg)
+    print_summary("Features written", result)
+
+
+X = ExportConfig
+
+
+@app.command(
+    epilog=examples(
+        "simclr export --checkpoint runs/quickstart --format torchvision --out encoder.pt",
+        "simclr export --checkpoint runs/quickstart --format onnx --out encoder.onnx",
+        "simclr export --checkpoint resnet50-stl10 --format safetensors --out r50.safetensors",
+        "simclr export --checkpoint ck.pt --format torchvision --part both --out simclr.pt",
+    )
+)
+def export(
+    checkpoint: Annotated[
+        str,
+        typer.Option(help="Run folder, checkpoint file or release name (simclr download --list)."),
+    ],
+    out: Annotated[Path, typer.Option(help="The file to write (a <file>.meta.json goes beside).")],
+    format: Annotated[
+        str | None,
+        flag(X, "format", "torchvision, torchscript, onnx or safetensors.", name="--format"),
+    ] = None,
+    part: Annotated[
+        str | None, flag(X, "part", "encoder, projector or both (torchvision/safetensors only).")
+    ] = None,
+    image_size: Annotated[
+        int | None, flag(X, "image_size", "Input size of the graph; auto = checkpoint's.")
+    ] = None,
+    cache_dir: Annotated[Path | None, shared_option(X, "cache_dir")] = None,
+    overwrite: Annotated[
+        bool | None, flag(X, "overwrite", "Replace an existing --out file.")
+    ] = None,
+) -> None:
+    """Export the encoder for other code: a torchvision state_dict, TorchScript, ONNX or
+    safetensors, verified against the checkpoint before it is written."""
+    cfg = build(ExportConfig, **locals())
+    from simclr_cli.export import run_export
+
+    print_summary("Exported", run_export(cfg))
+
+
+R = ReportConfig
+
+
+@app.command(
+    epilog=examples(
+        "simclr report runs/quickstart",
+        "simclr report runs/quickstart --out report/ --max-images 5000",
+        "simclr report runs/c10 --features feats/   # feats/train, feats/test: simclr features",
+    )
+)
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="The run folder (from simclr pretrain).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for report.html and its PNGs. \\[default: the run folder]"),
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Features from simclr features: DIR (one set) or DIR/train + DIR/test. "
+            "\\[default: computed]"
+        ),
+    ] = None,
+    max_images: Annotated[
+        int | None, flag(R, "max_images", "Training images to encode for neighbours/PCA.")
+    ] = None,
+    queries: Annotated[int | None, flag(R, "queries", "Test images shown with neighbours.")] = None,
+    batch_size: Annotated[int | None, flag(R, "batch_size", "Images per forward pass.")] = None,
+    seed: Annotated[int | None, flag(R, "seed", "Seed of the queries.")] = None,
+    device: Annotated[str | None, shared_option(R, "device")] = None,
+    data_dir: Annotated[Path | None, shared_option(R, "data_dir")] = None,
+) -> None:
+    """One self-contained report.html of a run: curves, accuracy, neighbours, embedding map."""
+    cfg = build(ReportConfig, **locals())
+    from simclr_cli.report import run_report
+
+    print_summary("Report written", run_report(cfg))
+
+
+D = DownloadConfig
+
+
+@app.command(
+    epilog=examples(
+        "simclr download resnet50-stl10",
+        "simclr download --list",
+        "simclr download resnet18-stl10 --from-file ~/Downloads/checkpoint_100.tar",
+    )
+)
+def download(
+    name: Annotated[
+        str | None, typer.Argument(help="Release checkpoint name (see --list) or an http(s) URL.")
+    ] = None,
+    list_only: Annotated[
+        bool | None, typer.Option("--list", help="List release checkpoints and the cache.")
+    ] = None,
+    cache_dir: Annotated[Path | None, shared_option(D, "cache_dir")] = None,
+    force: Annotated[bool | None, flag(D, "force", "Download again even if cached.")] = None,
+    from_file: Annotated[
+        Path | None, typer.Option(help="Import a file fetched by hand (offline machines) instead.")
+    ] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option(help="Expected sha256 of the file (hex); verified, for any name or URL."),
+    ] = None,
+) -> None:
+    """Fetch a release checkpoint (or any checkpoint URL) into the cache, verified."""
+    cfg = build(DownloadConfig, **locals())
+    from simclr_cli import hub
+
+    if cfg.list_only and cfg.name is None:
+        print_registry(cfg.cache_dir)
+        return
+    path = hub.download(
+        cfg.name,
+        cache_dir=cfg.cache_dir,
+        force=cfg.force,
+        from_file=cfg.from_file,
+        sha256=cfg.sha256,
+    )
+    typer.echo(str(path))
+
+
+INFO = InfoConfig
+
+
+@app.command(
+    epilog=examples("simclr info", "simclr info --json", "simclr info runs/x/checkpoint_last.pt")
+)
+def info(
+    target: Annotated[
+        str | None, typer.Argument(help="A checkpoint file or release name to describe.")
+    ] = None,
+    as_json: Annotated[
+        bool | None, typer.Option("--json", help="Machine-readable output on stdout.")
+    ] = None,
+    cache_dir: Annotated[Path | None, shared_option(INFO, "cache_dir")] = None,
+    data_dir: Annotated[Path | None, flag(INFO, "data_dir", "Dataset folder.")] = None,
+) -> None:
+    """What is installed, which devices, what is cached; or what a checkpoint holds."""
+    cfg = build(InfoConfig, **locals())
+    from simclr_cli import info as facts
+
+    data = facts.checkpoint_info(cfg) if cfg.target else facts.system_info(cfg)
+    if cfg.as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        facts.render(data)
