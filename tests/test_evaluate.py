@@ -536,7 +536,7 @@ def test_linear_eval_prints_table_and_summary_on_stdout(tmp_path, capsys, monkey
     import json
 
     from simclr_cli.cli import run
-    from simclr_cli.data import SHAPE_CLASSES
+    from simclr_cli.shapes import SHAPE_CLASSES
 
     monkeypatch.setenv("SIMCLR_PROGRESS_SECONDS", "0")
     ck = tmp_path / "ck.pt"

@@ -177,7 +177,7 @@ def test_meta_names_the_classes_and_counts_unreadable_files(tmp_path, capsys):
 
 
 def test_shapes_meta_names_its_classes(tmp_path):
-    from simclr_cli.data import SHAPE_CLASSES
+    from simclr_cli.shapes import SHAPE_CLASSES
 
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck)

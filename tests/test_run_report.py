@@ -18,9 +18,9 @@ from test_evaluate import save_native_checkpoint, write_folder
 
 from simclr_cli.cli import run
 from simclr_cli.config import FeaturesConfig, ReportConfig
-from simclr_cli.data import SHAPE_CLASSES
 from simclr_cli.report import neighbours as rr
 from simclr_cli.report import run_report
+from simclr_cli.shapes import SHAPE_CLASSES
 
 pytest.importorskip("matplotlib")  # the `plots` extra; CI installs it
 
