@@ -100,6 +100,11 @@ def build_encoder(
         raise UsageError("--arch", arch, f"choose one of {', '.join(ARCHS)}")
     if stem not in archs.STEMS:
         raise UsageError("--stem", stem, "choose cifar or imagenet")
+    return _resnet_encoder(arch, stem, zero_init_residual)
+
+
+def _resnet_encoder(arch: str, stem: str, zero_init_residual: bool) -> tuple[nn.Module, int]:
+    """:func:`build_encoder` for an ``arch`` and ``stem`` already checked."""
     resnet = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
     feature_dim = resnet.fc.in_features
     resnet.fc = nn.Identity()
@@ -297,7 +302,7 @@ def build_simclr(spec: dict[str, Any], zero_init_residual: bool = False) -> SimC
         raise CheckpointError(
             f"model description has unsupported {', '.join(bad)}; upgrade simclr-cli or re-export"
         )
-    encoder, feature_dim = build_encoder(spec["arch"], spec["stem"], zero_init_residual)
+    encoder, feature_dim = _resnet_encoder(spec["arch"], spec["stem"], zero_init_residual)
     if spec.get("feature_dim", feature_dim) != feature_dim:
         raise CheckpointError(
             f"model description says feature_dim={spec['feature_dim']} but {spec['arch']} has "
