@@ -18,6 +18,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from simclr_cli.archs import ARCHS, IMAGENET_STEM_MIN_SIZE, auto_stem
+from simclr_cli.metrics import KNN_TEMPERATURE
 
 # Weight decay per optimiser: 1e-6 is the SimCLR paper's default with LARS ("Default setting").
 DEFAULT_WEIGHT_DECAY = {"lars": 1e-6, "adam": 1e-6, "adamw": 1e-4, "sgd": 1e-4}
@@ -103,19 +104,15 @@ def _cuda_available() -> bool:
 
 
 def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if _cuda_available() else "cpu"
-    return device
+    from simclr_cli.inference import resolve_device_name  # imported late: it loads torch
+
+    return resolve_device_name(device, _cuda_available())
 
 
 def _resolve_precision(precision: str, device: str) -> str:
-    if precision != "auto":
-        return precision
-    if device == "cuda":
-        import torch
+    from simclr_cli.inference import resolve_precision
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return resolve_precision(precision, device)
 
 
 def _check_device(device: str, precision: str) -> None:
@@ -460,7 +457,7 @@ class LinearEvalConfig(_EvalCommon):
     out: Path | None = None
     overwrite: bool = False
     knn_k: int | None = Field(default=None, ge=1)
-    knn_temperature: float = Field(default=0.1, gt=0)
+    knn_temperature: float = Field(default=KNN_TEMPERATURE, gt=0)
     baseline: tuple[Literal["random", "pixels"], ...] = ()
 
     @field_validator("out", mode="before")

@@ -8,7 +8,7 @@ group exists (then they describe a single process), and calls :func:`gather_with
 How a pretraining run uses it (the training module's side)::
 
     def pretrain(cfg):                      # module-level, runs in every process
-        device = process_device(cfg.resolved_device)
+        device = inference.process_device(cfg.resolved_device)
         model = build_simclr(...).to(device)
         if cfg.resolved_sync_bn:
             model = convert_sync_batchnorm(model, device)   # before DDP
@@ -84,7 +84,6 @@ __all__ = [
     "launcher_world_size",
     "local_rank",
     "plan_launch",
-    "process_device",
     "rank",
     "unwrap",
     "world_size",
@@ -366,7 +365,7 @@ def wrap_ddp(model: nn.Module, device: torch.device | str) -> nn.Module:
 
     Args:
         model: the model, already on ``device`` (and already converted to global BN if wanted).
-        device: this process's device (see :func:`process_device`).
+        device: this process's device (see :func:`simclr_cli.inference.process_device`).
 
     Returns:
         ``DistributedDataParallel(model)``, or ``model`` itself in a single process.
@@ -389,13 +388,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod  # torch.compile's OptimizedModule
         else:
             return model
-
-
-def process_device(resolved_device: str) -> torch.device:
-    """Return this process's device: ``cuda:<local rank>`` on CUDA, else the CPU."""
-    if resolved_device == "cuda":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(resolved_device)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ from simclr_cli import (
     allocator,
     checkpoint,
     distributed,
-    evaluate,
     fileio,
+    inference,
+    metrics,
     optim,
     resident,
     signals,
@@ -258,7 +259,7 @@ def select_device(cfg: PretrainConfig) -> torch.device:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed shapes: autotune once
-    return distributed.process_device(cfg.resolved_device)
+    return inference.process_device(cfg.resolved_device)
 
 
 def resume_checkpoint_path(cfg: PretrainConfig) -> Path | None:
@@ -662,17 +663,6 @@ def last_step(cfg: PretrainConfig, schedule: Schedule) -> int:
     return min(schedule.total_steps, cfg.max_steps)
 
 
-def autocast_context(
-    cfg: PretrainConfig, device: torch.device
-) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass: bf16/fp16 autocast, or nothing for fp32."""
-    precision = cfg.resolved_precision
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 # ----------------------------------------------------------------------------------------------
 # stopping on signals (one mechanism for the package: simclr_cli.signals)
 
@@ -924,7 +914,8 @@ class Trainer:
         self.model.train()
         window = Window()
         start = time.perf_counter()
-        autocast = autocast_context(self.cfg, self.device)
+        dtype = inference.PRECISION_DTYPES[self.cfg.resolved_precision]
+        autocast = inference.autocast_context(self.device, dtype)
         for batch in self.batches():
             views = self.views(batch)
             with autocast:
@@ -1123,7 +1114,7 @@ def rng_state() -> dict[str, Any]:
 
 def knn_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset]:
     """Labelled bank (train split) and queries (test split) for the kNN monitor, as uint8 crops
-    (the model normalises them in :func:`~simclr_cli.evaluate.encode`)."""
+    (the model normalises them in :func:`~simclr_cli.inference.encode`)."""
     transform = to_uint8_transform(cfg.resolved_image_size)
     # A run limited to N training images gets a monitor of at most N bank and N query images.
     bank_size = min(KNN_BANK_IMAGES, cfg.limit or KNN_BANK_IMAGES)
@@ -1137,7 +1128,7 @@ def knn_eval(
     net: SimCLR, bank: Dataset, queries: Dataset, cfg: PretrainConfig, device: torch.device
 ) -> tuple[float, int]:
     """Weighted kNN top-1 accuracy of the encoder's ``h`` and the k it used (``--knn-k``, else
-    chosen from the bank by :func:`~simclr_cli.evaluate.knn_k_for`; temperature 0.1).
+    chosen from the bank by :func:`~simclr_cli.metrics.knn_k_for`; temperature 0.1).
 
     Reference: Wu et al. 2018 (arXiv:1805.01978), section 3.4, as the SimCLR/MoCo monitors.
     """
@@ -1145,10 +1136,10 @@ def knn_eval(
     net.eval()
     try:
         options = (cfg.batch_size, device, "encoder", cfg.workers, cfg.resolved_precision)
-        bank_h, bank_y = evaluate.extract_features(net, bank, *options)
-        query_h, query_y = evaluate.extract_features(net, queries, *options)
+        bank_h, bank_y = inference.extract_features(net, bank, *options)
+        query_h, query_y = inference.extract_features(net, queries, *options)
     finally:
         net.train(was_training)
-    k = evaluate.knn_k_for(bank_y, cfg.knn_k)
-    accuracy = evaluate.knn_accuracy(bank_h, bank_y, query_h, query_y, k, evaluate.KNN_TEMPERATURE)
+    k = metrics.knn_k_for(bank_y, cfg.knn_k)
+    accuracy = metrics.knn_accuracy(bank_h, bank_y, query_h, query_y, k, metrics.KNN_TEMPERATURE)
     return accuracy, k
