@@ -136,10 +136,10 @@ def our_protocol(
     test_h, test_y = inference.extract_features(model, test, 512, device, workers=workers)
     extracted = time.perf_counter()
     train_h, train_y = train_h.to(device), train_y.to(device)
-    logits, details = probe.probe_features(train_h, train_y, test_h, 10, "lbfgs", seed)
+    logits, details = probe.probe_features(train_h, train_y, test_h, 10, seed, solver="lbfgs")
     top1 = metrics.topk_accuracy(logits, test_y, ks=(1,))[1]
     probed = time.perf_counter()
-    knn = metrics.knn_accuracy(train_h, train_y, test_h, test_y, num_classes=10)  # k 200, T 0.1
+    knn = metrics.knn_accuracy(train_h, train_y, test_h, test_y, metrics.KNN_K, num_classes=10)
     if device.type == "cuda":
         torch.cuda.synchronize()
     done = time.perf_counter()

@@ -96,8 +96,8 @@ def evaluate_frozen(
     phase(f"fitting the linear classifier ({protocol} protocol)")
     if protocol == "features":
         logits, details = probe_features(
-            train_h.to(device), train_y.to(device), test_h, num_classes, solver, seed,
-            epochs=epochs,
+            train_h.to(device), train_y.to(device), test_h, num_classes, seed,
+            solver=solver, epochs=epochs,
         )  # fmt: skip
     elif protocol == "augment" and train_views is not None:
         logits, details = probe_augmented(
@@ -174,7 +174,7 @@ def pixel_baseline(
     and the kNN vote on raw pixels (:func:`pixel_features`)."""
     train_x, train_y = pixel_features(train, batch_size, workers)
     test_x, test_y = pixel_features(test, batch_size, workers)
-    logits, details = probe_features(train_x, train_y, test_x, num_classes, solver, seed)
+    logits, details = probe_features(train_x, train_y, test_x, num_classes, seed, solver=solver)
     top = topk_accuracy(logits, test_y, ks=(1, 5))
     k = knn_k_for(train_y, knn_k)
     knn = knn_accuracy(train_x, train_y, test_x, test_y, k, knn_temperature, num_classes)

@@ -170,16 +170,23 @@ def knn_accuracy(
     train_labels: Tensor,
     test_features: Tensor,
     test_labels: Tensor,
-    k: int = KNN_K,
+    k: int | None = None,
     temperature: float = KNN_TEMPERATURE,
     num_classes: int | None = None,
 ) -> float:
     """Top-1 accuracy of the weighted kNN vote (see :func:`knn_predict`) over the whole test set.
 
-    Reference: Wu et al. 2018, section 3.4; temperature 0.1 as in the SimCLR/MoCo monitors
-    (choose k with :func:`knn_k_for`).
+    Reference: Wu et al. 2018, section 3.4; temperature 0.1 as in the SimCLR/MoCo monitors.
 
     Rows with a negative label (unlabelled) are left out of the bank and of the test set.
+
+    Args:
+        train_features: (N, D) features of the bank; train_labels: (N,) their labels.
+        test_features: (Q, D) features to classify; test_labels: (Q,) their labels.
+        k: neighbours per query; None chooses it from the bank as ``simclr linear-eval`` does
+            (:func:`knn_k_for`: 200, at most a tenth of the smallest class).
+        temperature: the vote temperature.
+        num_classes: C; by default one more than the largest label.
 
     Returns:
         Accuracy in [0, 1]; NaN when either set has no labelled row.
@@ -193,5 +200,6 @@ def knn_accuracy(
     query, query_labels = test_features[keep_test], test_labels[keep_test]
     if num_classes is None:
         num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
+    k = knn_k_for(bank_labels, k)
     scores = knn_predict(bank, bank_labels, query, num_classes, k, temperature)
     return (scores.argmax(dim=1).cpu() == query_labels.cpu()).float().mean().item()

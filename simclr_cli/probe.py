@@ -208,7 +208,6 @@ def probe_features(
     train_y: Tensor,
     test_h: Tensor,
     num_classes: int,
-    solver: str = "lbfgs",
     seed: int = 0,
     **fit_kwargs: Any,
 ) -> tuple[Tensor, dict[str, Any]]:
@@ -221,6 +220,9 @@ def probe_features(
     Args:
         train_h: (N, D) train features; train_y: (N,) labels in [0, C).
         test_h: (M, D) test features.
+        num_classes: C.
+        seed: fixes the rows of the search, its held-out split and the solver's shuffles.
+        fit_kwargs: the solver and its options, by name (see :func:`fit_logistic_regression`).
 
     Returns:
         ``(test_logits (M, C) on CPU, details)``; details hold the chosen ``weight_decay`` and the
@@ -228,18 +230,17 @@ def probe_features(
     """
     mean, std = fit_standardization(train_h)
     x, x_test = standardize(train_h, mean, std), standardize(test_h.to(train_h.device), mean, std)
-    options = {"solver": solver, **fit_kwargs}
     if train_h.shape[0] >= 10:
         rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
         rows = rows[:SELECTION_ROWS].to(x.device)  # (min(N, SELECTION_ROWS),)
-        search = {"max_iter": SELECTION_MAX_ITER, **options}
+        search = {"max_iter": SELECTION_MAX_ITER, **fit_kwargs}
         wd, scores, init = select_weight_decay(
             x[rows], train_y[rows], num_classes, seed=seed, **search
         )
     else:  # too few rows to hold any out: a middle-of-the-grid decay
         wd, scores, init = 1e-4, {}, None
     # Refit on every train row, warm-started from the held-out search's solution.
-    final = {"max_iter": FINAL_MAX_ITER, **options}
+    final = {"max_iter": FINAL_MAX_ITER, **fit_kwargs}
     head = fit_logistic_regression(x, train_y, num_classes, wd, seed=seed, init=init, **final)
     details = {"weight_decay": wd, "weight_decay_scores": {str(k): v for k, v in scores.items()}}
     return head(x_test).cpu(), details
