@@ -96,3 +96,39 @@ def test_uint8_loader_path_gives_the_features_of_the_float_transform():
 def test_extract_features_rejects_an_unknown_layer():
     with pytest.raises(UsageError, match="--layer"):
         ev.extract_features(TinySimCLR(), IndexedImages(3), 2, "cpu", layer="fc")
+
+
+# ----------------------------------------------------------------------------------------------
+# device and precision: the rules config, training and evaluation share
+
+
+def test_device_request_resolves_from_availability():
+    assert ev.resolve_device_name("auto", cuda_available=True) == "cuda"
+    assert ev.resolve_device_name("auto", cuda_available=False) == "cpu"
+    assert ev.resolve_device_name("cpu", cuda_available=True) == "cpu"
+    assert ev.resolve_device_name("cuda", cuda_available=False) == "cuda"  # config refuses it
+
+
+def test_precision_resolves_per_device():
+    assert ev.resolve_precision("auto", "cpu") == "fp32"
+    assert ev.resolve_precision("bf16", "cpu") == "bf16"
+    assert ev.resolve_precision("fp16", "cuda") == "fp16"
+    assert ev.autocast_dtype(torch.device("cpu"), "bf16") is None  # inference: CUDA only
+    assert ev.autocast_dtype(torch.device("cuda"), "fp32") is None
+    assert ev.autocast_dtype(torch.device("cuda"), "fp16") is torch.float16
+
+
+def test_autocast_context_is_off_for_full_precision():
+    x = torch.randn(2, 3)
+    with ev.autocast_context(torch.device("cpu"), torch.bfloat16):
+        assert (x @ x.T).dtype == torch.bfloat16
+        with ev.autocast_context(torch.device("cpu"), None):
+            assert (x @ x.T).dtype == torch.float32  # None also switches a caller's autocast off
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ev.resolve_device("auto") == torch.device("cpu")
+    assert ev.process_device("cpu") == torch.device("cpu")
+    with pytest.raises(UsageError, match="no CUDA device is visible; use --device cpu"):
+        ev.resolve_device("cuda")
