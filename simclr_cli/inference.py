@@ -34,8 +34,16 @@ PRECISION_DTYPES: dict[str, torch.dtype | None] = {
 
 
 def resolve_device_name(device: str, cuda_available: bool) -> str:
-    """The device a ``--device`` request names: ``"auto"`` is CUDA when a GPU is visible, else
-    the CPU; any other request (``"cpu"``, ``"cuda"``) as given."""
+    """The device a ``--device`` request names.
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        cuda_available: whether a GPU is visible (``torch.cuda.is_available()``).
+
+    Returns:
+        ``"cuda"`` or ``"cpu"`` for ``"auto"``; any other request as given (the config refuses
+        ``"cuda"`` without a GPU, :func:`resolve_device` too).
+    """
     if device == "auto":
         return "cuda" if cuda_available else "cpu"
     return device
@@ -44,8 +52,8 @@ def resolve_device_name(device: str, cuda_available: bool) -> str:
 def resolve_precision(precision: str, device: str) -> str:
     """The precision a ``--precision`` request means on ``device`` (``"cuda"``, ``"cpu"``).
 
-    ``"auto"`` is bf16 on a GPU that supports it, else fp16 on a GPU, and fp32 on the CPU (where
-    bf16 autocast is slower than fp32 without hardware support); an explicit request as given.
+    ``"auto"`` is bf16 on a GPU that supports it, else fp16 on a GPU, and fp32 on the CPU; an
+    explicit request as given (the config has already refused fp16 on the CPU).
     """
     if precision != "auto":
         return precision
