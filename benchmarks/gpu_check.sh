@@ -328,9 +328,9 @@ def run_bn(module: nn.Module, x: torch.Tensor, probe: torch.Tensor) -> dict[str,
 
 
 def sync_bn_worker(cfg: Any) -> float:
-    from simclr_cli import distributed
+    from simclr_cli import distributed, inference
 
-    device = distributed.process_device("cuda")
+    device = inference.process_device("cuda")
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(64, 16, 8, 8, generator=g) * 3 + 1).to(device)
     probe = torch.randn(64, 16, 8, 8, generator=g).to(device)
@@ -395,10 +395,10 @@ def simclr_step(model: nn.Module, bare: nn.Module, rows: slice) -> dict[str, Any
 def step_worker(cfg: Any) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
-    from simclr_cli import distributed
+    from simclr_cli import distributed, inference
 
     exact_fp32()
-    device = distributed.process_device("cuda")
+    device = inference.process_device("cuda")
     model = distributed.convert_sync_batchnorm(small_simclr().to(device), device)
     # DDP even at world size 1 (wrap_ddp would skip it): this is the 1-GPU DDP run.
     ddp = DistributedDataParallel(model, device_ids=[device.index])

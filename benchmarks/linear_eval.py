@@ -39,8 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
-from simclr_cli import allocator
-from simclr_cli import evaluate as ev
+from simclr_cli import allocator, inference, metrics, probe
 from simclr_cli.augment import to_uint8_transform
 from simclr_cli.data import build_dataset, normalization
 from simclr_cli.model import build_simclr, model_spec
@@ -124,7 +123,7 @@ def reference_protocol(
 
 def whole_split_accuracy(head: nn.Module, model: nn.Module, test, device: torch.device) -> float:
     """Accuracy of a head on raw h over EVERY test image (not timed)."""
-    h, y = ev.extract_features(model, test, 512, device)
+    h, y = inference.extract_features(model, test, 512, device)
     with torch.no_grad():
         return (head(h.to(device)).argmax(1).cpu() == y).float().mean().item()
 
@@ -134,14 +133,14 @@ def our_protocol(
 ) -> dict:
     """simclr-cli's ``--protocol features`` path, phase by phase (what evaluate_frozen runs)."""
     start = time.perf_counter()
-    train_h, train_y = ev.extract_features(model, train, 512, device, workers=workers)
-    test_h, test_y = ev.extract_features(model, test, 512, device, workers=workers)
+    train_h, train_y = inference.extract_features(model, train, 512, device, workers=workers)
+    test_h, test_y = inference.extract_features(model, test, 512, device, workers=workers)
     extracted = time.perf_counter()
     train_h, train_y = train_h.to(device), train_y.to(device)
-    logits, details = ev.probe_features(train_h, train_y, test_h, 10, "lbfgs", seed)
-    top1 = ev.topk_accuracy(logits, test_y, ks=(1,))[1]
+    logits, details = probe.probe_features(train_h, train_y, test_h, 10, seed, solver="lbfgs")
+    top1 = metrics.topk_accuracy(logits, test_y, ks=(1,))[1]
     probed = time.perf_counter()
-    knn = ev.knn_accuracy(train_h, train_y, test_h, test_y, 200, 0.1, 10)
+    knn = metrics.knn_accuracy(train_h, train_y, test_h, test_y, metrics.KNN_K, num_classes=10)
     if device.type == "cuda":
         torch.cuda.synchronize()
     done = time.perf_counter()
@@ -169,7 +168,7 @@ def reference_transform(size: int, mean: list | None, std: list | None) -> trans
 def frozen_model(args: argparse.Namespace) -> tuple[nn.Module, int, list | None, list | None]:
     """The encoder both protocols share: a checkpoint, or a seeded random ResNet-18."""
     if args.checkpoint:
-        model, payload, _ = ev.load_frozen_model(args.checkpoint, Path("."))
+        model, payload, _ = inference.load_frozen_model(args.checkpoint, Path("."))
         spec = payload["model"]
         return model, spec.get("image_size") or args.image_size, spec["mean"], spec["std"]
     mean, std = normalization("shapes")

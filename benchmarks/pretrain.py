@@ -50,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from simclr_cli import allocator
 from simclr_cli.config import PretrainConfig
 from simclr_cli.data import ShapesDataset
+from simclr_cli.inference import PRECISION_DTYPES, autocast_context
 from simclr_cli.loss import nt_xent
 from simclr_cli.model import build_simclr, build_spec
 from simclr_cli.train import run_pretrain
@@ -81,11 +82,8 @@ LABELS = {
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast for the peers' forward passes, or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    """bf16/fp16 autocast for the peers' forward passes, or nothing for fp32 (as simclr-cli's)."""
+    return autocast_context(device, PRECISION_DTYPES[precision])
 
 
 def step_flops(step: Callable[[], None]) -> int:

@@ -44,10 +44,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from simclr_cli import data, evaluate
+from simclr_cli import data
 from simclr_cli.augment import to_uint8_transform
 from simclr_cli.checkpoint import load_checkpoint, load_model
 from simclr_cli.config import PretrainConfig
+from simclr_cli.linear_eval import evaluate_frozen, pixel_baseline, random_encoder
 from simclr_cli.model import SimCLR, build_encoder, model_spec
 from simclr_cli.train import run_pretrain
 
@@ -85,12 +86,12 @@ def probe(model: nn.Module, splits: tuple[Dataset, Dataset, int]) -> dict[str, f
     """Linear top-1 and kNN top-1 of a frozen model's ``h`` (the ``linear-eval`` protocol)."""
     train, test, num_classes = splits
     model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    result = evaluate.evaluate_frozen(model, train, test, num_classes, torch.device("cpu"))
+    result = evaluate_frozen(model, train, test, num_classes, torch.device("cpu"))
     return {"linear": result["top1"], "knn": result["knn_top1"], "knn_k": result["knn"]["k"]}
 
 
 def probe_pixels(splits: tuple[Dataset, Dataset, int]) -> dict[str, float]:
-    metrics = evaluate.pixel_baseline(*splits)
+    metrics = pixel_baseline(*splits)
     return {"linear": metrics["top1"], "knn": metrics["knn_top1"], "knn_k": metrics["knn_k"]}
 
 
@@ -274,7 +275,7 @@ def main() -> None:
             start = time.perf_counter()
             if not args.skip_baselines:
                 record("random (default init)", 0, seed, start,
-                       probe(evaluate.random_encoder(spec, seed), splits))  # fmt: skip
+                       probe(random_encoder(spec, seed), splits))  # fmt: skip
             for epochs in epochs_list:
                 if not args.skip_ours:
                     start = time.perf_counter()

@@ -167,17 +167,15 @@ def run_export(cfg: Any) -> dict[str, Any]:
         ExportError: the exported model did not reproduce the checkpoint (no file is left).
         CheckpointError: with one-line messages.
     """
-    from simclr_cli.checkpoint import load_checkpoint, load_model
-    from simclr_cli.hub import resolve_checkpoint
+    from simclr_cli.inference import load_frozen_model
 
     out = Path(cfg.out).expanduser()
     meta_path = meta_path_for(out)
     _check_free(out, meta_path, cfg.overwrite)
     _require_packages(cfg.format)
-    path = resolve_checkpoint(cfg.checkpoint, cfg.cache_dir)
-    payload = load_checkpoint(path)
+    model, payload, path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
     size = int(cfg.image_size or payload["model"].get("image_size") or 224)
-    reference = make_reference(load_model(payload).eval(), size)
+    reference = make_reference(model, size)
     meta = build_meta(payload["model"], cfg, path, size)
     error = write_verified(payload, cfg, out, meta, reference)
     return {

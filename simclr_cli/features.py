@@ -20,8 +20,9 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from simclr_cli import allocator, fileio
 from simclr_cli.errors import DatasetError
-from simclr_cli.evaluate import (
+from simclr_cli.inference import (
     build_loader,
+    checkpoint_image_size,
     checkpoint_transform,
     class_names,
     iter_features,
@@ -183,11 +184,9 @@ def build_meta(
 ) -> dict[str, Any]:
     """What the exported rows are: model, layer, preprocessing, data, order, class names (label
     ``i`` is ``classes[i]``; None when the dataset has none) and unreadable files skipped."""
-    from simclr_cli.data import default_image_size
-
     spec = payload["model"]
     mean, std = spec.get("mean"), spec.get("std")
-    image_size = cfg.image_size or spec.get("image_size") or default_image_size(cfg.dataset_kind)
+    image_size = checkpoint_image_size(payload, cfg.image_size, cfg.dataset_kind)
     order = "dataset order: row i is item i of the split"
     if split == "all" and paths is None:
         order += f" ({', '.join(ALL_SPLITS.get(cfg.dataset_kind, ('train', 'test')))} in turn)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from simclr_cli import evaluate
+from simclr_cli import inference, metrics
 from simclr_cli.augment import to_uint8_transform
 from simclr_cli.config import PretrainConfig
 from simclr_cli.data import build_dataset
@@ -23,7 +23,7 @@ LABELLED_KINDS = ("cifar10", "cifar100", "stl10", "shapes")
 
 def knn_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset]:
     """Labelled bank (train split) and queries (test split) for the kNN monitor, as uint8 crops
-    (the model normalises them in :func:`~simclr_cli.evaluate.encode`)."""
+    (the model normalises them in :func:`~simclr_cli.inference.encode`)."""
     transform = to_uint8_transform(cfg.resolved_image_size)
     # A run limited to N training images gets a monitor of at most N bank and N query images.
     bank_size = min(KNN_BANK_IMAGES, cfg.limit or KNN_BANK_IMAGES)
@@ -37,7 +37,7 @@ def knn_eval(
     net: SimCLR, bank: Dataset, queries: Dataset, cfg: PretrainConfig, device: torch.device
 ) -> tuple[float, int]:
     """Weighted kNN top-1 accuracy of the encoder's ``h`` and the k it used (``--knn-k``, else
-    chosen from the bank by :func:`~simclr_cli.evaluate.knn_k_for`; temperature 0.1).
+    chosen from the bank by :func:`~simclr_cli.metrics.knn_k_for`; temperature 0.1).
 
     Reference: Wu et al. 2018 (arXiv:1805.01978), section 3.4, as the SimCLR/MoCo monitors.
     """
@@ -45,10 +45,10 @@ def knn_eval(
     net.eval()
     try:
         options = (cfg.batch_size, device, "encoder", cfg.workers, cfg.resolved_precision)
-        bank_h, bank_y = evaluate.extract_features(net, bank, *options)
-        query_h, query_y = evaluate.extract_features(net, queries, *options)
+        bank_h, bank_y = inference.extract_features(net, bank, *options)
+        query_h, query_y = inference.extract_features(net, queries, *options)
     finally:
         net.train(was_training)
-    k = evaluate.knn_k_for(bank_y, cfg.knn_k)
-    accuracy = evaluate.knn_accuracy(bank_h, bank_y, query_h, query_y, k, evaluate.KNN_TEMPERATURE)
+    k = metrics.knn_k_for(bank_y, cfg.knn_k)
+    accuracy = metrics.knn_accuracy(bank_h, bank_y, query_h, query_y, k, metrics.KNN_TEMPERATURE)
     return accuracy, k

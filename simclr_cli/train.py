@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from simclr_cli import allocator, checkpoint, distributed, optim
+from simclr_cli import allocator, checkpoint, distributed, inference, optim
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import phase
 from simclr_cli.errors import OutputExistsError
@@ -141,7 +141,7 @@ def select_device(cfg: PretrainConfig) -> torch.device:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed shapes: autotune once
-    return distributed.process_device(cfg.resolved_device)
+    return inference.process_device(cfg.resolved_device)
 
 
 def prepare_model(net: SimCLR, cfg: PretrainConfig, device: torch.device) -> nn.Module:

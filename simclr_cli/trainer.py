@@ -11,7 +11,6 @@ read (and checked finite) once per ``--log-every`` window. fp16's GradScaler is 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import signal
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from simclr_cli import checkpoint, distributed, fileio, signals
+from simclr_cli import checkpoint, distributed, fileio, inference, signals
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import StepProgress, get_console, phase
 from simclr_cli.errors import Interrupted, TrainingError
@@ -47,17 +46,6 @@ def seed_everything(seed: int) -> None:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A well-mixed seed for the randomness of one optimizer step on one rank."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def autocast_context(
-    cfg: PretrainConfig, device: torch.device
-) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass: bf16/fp16 autocast, or nothing for fp32."""
-    precision = cfg.resolved_precision
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +200,8 @@ class Trainer:
         self.model.train()
         window = Window()
         start = time.perf_counter()
-        autocast = autocast_context(self.cfg, self.device)
+        dtype = inference.PRECISION_DTYPES[self.cfg.resolved_precision]
+        autocast = inference.autocast_context(self.device, dtype)
         for batch in self.batches():
             views = self.views(batch)
             with autocast:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from simclr_cli import allocator, evaluate, features, train
+from simclr_cli import allocator, features, linear_eval, train
 from simclr_cli.allocator import user_tuned_malloc
 
 # A 64 MiB buffer is over glibc's largest mmap threshold (32 MiB), so by default every
@@ -124,7 +124,7 @@ def test_the_heavy_commands_keep_freed_memory_on_the_cpu_only(
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: kept.append(True) or True)
     monkeypatch.setattr(train, "select_device", lambda cfg: device)
     monkeypatch.setattr(train, "resume_checkpoint_path", stop)
-    for module in (evaluate, features):
+    for module in (linear_eval, features):
         monkeypatch.setattr(module, "load_frozen_model", lambda *a: (None, None, None))
         monkeypatch.setattr(module, "resolve_device", lambda name: device)
         monkeypatch.setattr(module, "checkpoint_transform", stop)
@@ -138,7 +138,7 @@ def test_the_heavy_commands_keep_freed_memory_on_the_cpu_only(
         out=".",
         overwrite=False,
     )
-    for run in (train.pretrain, evaluate.run_linear_eval, features.export_features):
+    for run in (train.pretrain, linear_eval.run_linear_eval, features.export_features):
         with pytest.raises(Stop):
             run(cfg)  # type: ignore[operator]
     assert kept == ([True] * 3 if device_type == "cpu" else [])

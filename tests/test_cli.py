@@ -210,7 +210,7 @@ def test_runtime_error_is_one_line_exit_1(
 def test_an_unwritable_out_is_one_line_exit_1(
     command: str, workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_evaluate import save_native_checkpoint
+    from eval_fixtures import save_native_checkpoint
 
     # --out under a regular file: the folder cannot be created (the same as a read-only or
     # missing mount, without needing a non-root user).
@@ -361,10 +361,10 @@ def test_pretrain_view_options_reach_the_config(
 def test_linear_eval_baseline_flag_reaches_the_config(
     monkeypatch: pytest.MonkeyPatch, workdir: Path, a_file: Path
 ) -> None:
-    from simclr_cli import evaluate
+    from simclr_cli import linear_eval
 
     seen: list = []
-    monkeypatch.setattr(evaluate, "run_linear_eval", lambda cfg: seen.append(cfg) or {"top1": 1})
+    monkeypatch.setattr(linear_eval, "run_linear_eval", lambda cfg: seen.append(cfg) or {"top1": 1})
     argv = ["linear-eval", "--checkpoint", str(a_file), "--dataset", "shapes"]
     assert run([*argv, "--baseline", "random", "--baseline", "pixels"]) == 0
     assert run(argv) == 0

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from eval_fixtures import save_native_checkpoint
 from release_fixtures import make_release_checkpoint
-from test_evaluate import save_native_checkpoint
 
 from simclr_cli import export as ex
 from simclr_cli.checkpoint import load_checkpoint, load_model

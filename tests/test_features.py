@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_evaluate import save_native_checkpoint, write_folder
+from eval_fixtures import save_native_checkpoint, write_folder
 
 from simclr_cli import features as feat
 from simclr_cli.config import FeaturesConfig

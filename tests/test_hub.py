@@ -601,7 +601,7 @@ def test_release_names_feed_linear_eval_and_features(
     """`--checkpoint NAME` downloads on first use, then linear-eval and features run on shapes."""
     from transform_oracle import eval_transform
 
-    from simclr_cli import evaluate, features
+    from simclr_cli import features, linear_eval
     from simclr_cli.config import FeaturesConfig, LinearEvalConfig
     from simclr_cli.data import ShapesDataset
 
@@ -610,7 +610,9 @@ def test_release_names_feed_linear_eval_and_features(
     cache = tmp_path / "cache"
     common = {"dataset": "shapes", "image_size": 32, "device": "cpu", "workers": 0}
     common |= {"cache_dir": cache, "batch_size": 8, "checkpoint": "r18"}
-    result = evaluate.run_linear_eval(LinearEvalConfig(**common, limit=20, out=tmp_path / "eval"))
+    result = linear_eval.run_linear_eval(
+        LinearEvalConfig(**common, limit=20, out=tmp_path / "eval")
+    )
     assert result["test_images"] == 20 and 0.0 <= result["top1"] <= 1.0
     assert (tmp_path / "eval" / "linear_eval.json").is_file()
     features.export_features(FeaturesConfig(**common, limit=4, out=tmp_path / "features"))

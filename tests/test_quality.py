@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from simclr_cli.config import LinearEvalConfig, PretrainConfig
-from simclr_cli.evaluate import run_linear_eval
+from simclr_cli.linear_eval import run_linear_eval
 from simclr_cli.train import run_pretrain
 
 # About a minute on two idle cores; the hang guard is far above that (pyproject's 900 s was hit

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eval_fixtures import save_native_checkpoint, write_folder
 from PIL import Image
-from test_evaluate import save_native_checkpoint, write_folder
 
 from simclr_cli.cli import run
 from simclr_cli.config import FeaturesConfig, ReportConfig

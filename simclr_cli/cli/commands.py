@@ -302,7 +302,7 @@ def linear_eval(
 ) -> None:
     """Linear evaluation: a classifier on frozen encoder features (top-1/top-5, kNN)."""
     cfg = build(LinearEvalConfig, **locals())
-    from simclr_cli.evaluate import run_linear_eval
+    from simclr_cli.linear_eval import run_linear_eval
 
     result = run_linear_eval(cfg)
     print_summary("Linear evaluation", result)

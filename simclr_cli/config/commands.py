@@ -22,6 +22,7 @@ from simclr_cli.config.fields import (
     resolve_device,
     resolve_precision,
 )
+from simclr_cli.metrics import KNN_TEMPERATURE
 
 
 class _EvalCommon(FrozenModel):
@@ -63,7 +64,7 @@ class LinearEvalConfig(_EvalCommon):
     out: OutFolder | None = None
     overwrite: bool = False
     knn_k: int | None = Field(default=None, ge=1)
-    knn_temperature: float = Field(default=0.1, gt=0)
+    knn_temperature: float = Field(default=KNN_TEMPERATURE, gt=0)
     baseline: tuple[Literal["random", "pixels"], ...] = ()
 
     @field_validator("train_dir", "test_dir")

@@ -61,19 +61,15 @@ def cuda_available() -> bool:
 
 
 def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if cuda_available() else "cpu"
-    return device
+    from simclr_cli.inference import resolve_device_name  # imported late: it loads torch
+
+    return resolve_device_name(device, cuda_available())
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    if precision != "auto":
-        return precision
-    if device == "cuda":
-        import torch
+    from simclr_cli.inference import resolve_precision as resolve  # imported late: torch
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return resolve(precision, device)
 
 
 def check_device(device: str, precision: str) -> None:

@@ -17,7 +17,7 @@ One file per job:
 How a pretraining run uses it (the training module's side)::
 
     def pretrain(cfg):                      # module-level, runs in every process
-        device = process_device(cfg.resolved_device)
+        device = inference.process_device(cfg.resolved_device)
         model = build_simclr(...).to(device)
         if cfg.resolved_sync_bn:
             model = convert_sync_batchnorm(model, device)   # before DDP
@@ -57,7 +57,6 @@ from simclr_cli.distributed.ranks import (
     broadcast_object,
     is_initialized,
     is_main,
-    process_device,
     rank,
     world_size,
     wrap_ddp,
@@ -82,7 +81,6 @@ __all__ = [
     "launch",
     "launcher_world_size",
     "plan_launch",
-    "process_device",
     "rank",
     "world_size",
     "wrap_ddp",

@@ -84,19 +84,12 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def process_device(resolved_device: str) -> torch.device:
-    """Return this process's device: ``cuda:<local rank>`` on CUDA, else the CPU."""
-    if resolved_device == "cuda":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(resolved_device)
-
-
 def wrap_ddp(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Wrap ``model`` in DistributedDataParallel when there are several processes.
 
     Args:
         model: the model, already on ``device`` (and already converted to global BN if wanted).
-        device: this process's device (see :func:`process_device`).
+        device: this process's device (see :func:`simclr_cli.inference.process_device`).
 
     Returns:
         ``DistributedDataParallel(model)``, or ``model`` itself in a single process.

@@ -231,7 +231,7 @@ class _PathImages(torch.utils.data.Dataset):
 def encode_dataset(model: Any, dataset: Any, cfg: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     """h and labels of every item, with a progress bar."""
     from simclr_cli.console import make_progress
-    from simclr_cli.evaluate import build_loader, iter_features, resolve_device
+    from simclr_cli.inference import build_loader, iter_features, resolve_device
 
     device = resolve_device(cfg.resolved_device)
     loader = build_loader(dataset, cfg.batch_size, device)

@@ -1,0 +1,38 @@
+"""A simclr-cli checkpoint and image folders, built locally for the tests of everything that
+reads a trained encoder (linear evaluation, features, export, report, the CLI)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def save_native_checkpoint(path, kind="pretrain", stem="imagenet", image_size=32, seed=0, **spec):
+    """A simclr-cli checkpoint of a randomly initialised ResNet-18 (what run_linear_eval reads)."""
+    from simclr_cli.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
+    from simclr_cli.data import normalization
+    from simclr_cli.model import build_simclr, model_spec
+
+    mean, std = normalization("shapes")
+    spec = model_spec("resnet18", stem, image_size=image_size, mean=mean, std=std, **spec)
+    torch.manual_seed(seed)
+    model = build_simclr(spec)
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "model": spec,
+        "dataset": "shapes", "epoch": 1, "global_step": 1, "config": {}, "metrics": {},
+        "state_dict": model.state_dict(), "optimizer": None, "scaler": None, "rng": {},
+        "converted_from": None,
+    }  # fmt: skip
+    save_checkpoint(payload, path)
+    return model
+
+
+def write_folder(root, classes, per_class, size=12):
+    """Image folders: ``classes`` None -> flat unlabelled folder; colour depends on the class."""
+    from PIL import Image
+
+    for c, name in enumerate(classes or [None]):
+        folder = root / name if name else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            colour = (40 * c + 3 * i, 255 - 50 * c, 7 * i)
+            Image.new("RGB", (size, size), colour).save(folder / f"img{i:02d}.png")
