@@ -45,11 +45,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from simclr_cli import data
-from simclr_cli.augment import to_uint8_transform
 from simclr_cli.checkpoint import load_checkpoint, load_model
 from simclr_cli.config import PretrainConfig
 from simclr_cli.linear_eval import evaluate_frozen, pixel_baseline, random_encoder
 from simclr_cli.model import SimCLR, build_encoder, model_spec
+from simclr_cli.preprocess import to_uint8_transform
 from simclr_cli.train import run_pretrain
 
 # simclr-cli's side: the quickstart recipe (README), with the dataset, size, stem, batch,

@@ -23,10 +23,10 @@ import torch
 import torchvision.transforms.functional as F
 from PIL import Image
 from torch import Tensor, nn
-from torchvision import transforms
 
 from simclr_cli import augment_ops as ops
 from simclr_cli.errors import UsageError
+from simclr_cli.preprocess import ToRGB
 
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -300,7 +300,7 @@ class SimCLRAugment(_ViewPipeline):
 
     def apply(self, image: Image.Image | Tensor, params: dict[str, Any]) -> Tensor:
         """Make the view described by ``params`` (from :meth:`sample_params`)."""
-        image = _ToRGB()(image)
+        image = ToRGB()(image)
         top, left, h, w = params["crop"]
         size = [self.recipe.image_size] * 2
         image = F.resized_crop(image, top, left, h, w, size, antialias=True)
@@ -385,7 +385,7 @@ class BatchedSimCLRAugment(_ViewPipeline, nn.Module):
     parameters image by image). Crop and flip are one ``grid_sample`` (bilinear, edge
     clamped), the other steps are per-image masks and factors, so nothing is drawn once for
     the whole batch. Inputs larger than ``image_size`` are resampled without antialiasing;
-    feed images already at ``image_size`` (see :func:`to_uint8_transform`).
+    feed images already at ``image_size`` (see :func:`~simclr_cli.preprocess.to_uint8_transform`).
 
     Reference: SimCLR (Chen et al. 2020), appendix A. Options: see :class:`_ViewPipeline`.
     """
@@ -458,70 +458,3 @@ class BatchedSimCLRAugment(_ViewPipeline, nn.Module):
         """One random view per image: (B, 1|3, H, W) uint8 or [0, 1] float -> (B, 3, S, S)."""
         params = self.sample_params(x.shape[0], x.shape[2], x.shape[3], generator, x.device)
         return self.apply(x, params)
-
-
-# --------------------------------------------------------------------------------------------
-# fixed transforms
-
-
-class _ToRGB:
-    """PIL image -> 8-bit RGB PIL image; (1, H, W) tensor -> (3, H, W); other tensors as given."""
-
-    def __call__(self, image: Any) -> Any:
-        if isinstance(image, Image.Image) and image.mode != "RGB":
-            from simclr_cli.data import to_rgb  # 16-bit grayscale is rescaled, not clipped
-
-            return to_rgb(image)
-        if isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 1:
-            return image.expand(3, -1, -1)  # grayscale: the encoder takes 3 channels
-        return image
-
-
-class _ToUint8:
-    """PIL image or tensor -> uint8 (C, H, W) tensor."""
-
-    def __call__(self, image: Any) -> Tensor:
-        if isinstance(image, Image.Image):
-            return F.pil_to_tensor(image)
-        return F.convert_image_dtype(image, torch.uint8)
-
-
-def normalize_uint8(
-    images: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-) -> Tensor:
-    """The batched second half of the test-time transform: uint8 -> float in [0, 1], normalised.
-
-    ``normalize_uint8(stack([to_uint8_transform(s)(im) ...]), mean, std)`` equals resizing,
-    centre cropping and normalising each image as float32 (``tests/transform_oracle.py``), but the
-    per-image work in the loader is only the uint8 crop, and the batch crosses to the GPU as
-    uint8 (a quarter of the bytes).
-
-    Args:
-        images: (B, 3, S, S) uint8.
-        mean, std: per-channel normalisation, or None for [0, 1] floats.
-
-    Returns:
-        (B, 3, S, S) float32 on the device of ``images``.
-    """
-    x = images.float().div_(255.0)
-    if mean is not None and std is not None:
-        view = (1, -1, 1, 1)
-        x.sub_(torch.tensor(mean, device=x.device).view(view))
-        x.div_(torch.tensor(std, device=x.device).view(view))
-    return x
-
-
-def to_uint8_transform(image_size: int) -> Callable[[Any], Tensor]:
-    """Fixed-size uint8 (3, S, S) tensors for :class:`BatchedSimCLRAugment` on the device.
-
-    Resizes the shorter side to ``image_size`` and centre crops, so batches stack and the
-    random crop happens later, per image, on the device.
-    """
-    return transforms.Compose(
-        [
-            _ToRGB(),
-            transforms.Resize(image_size, antialias=True),
-            transforms.CenterCrop(image_size),
-            _ToUint8(),
-        ]
-    )

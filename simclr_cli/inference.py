@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from simclr_cli.augment import normalize_uint8, to_uint8_transform
 from simclr_cli.data import ignore_stop_signals
 from simclr_cli.errors import DatasetError, UsageError
+from simclr_cli.preprocess import normalize_uint8, to_uint8_transform
 
 LAYERS = ("encoder", "projection")
 # The autocast dtype of each resolved ``--precision`` (fp32: no autocast).
@@ -194,7 +194,7 @@ def encode(model: nn.Module, x: Tensor, layer: str, dtype: torch.dtype | None) -
 
     Args:
         model: a SimCLR module with ``.encoder``, ``.projector``, ``.mean`` and ``.std``.
-        x: (B, 3, H, W) images: uint8 (from :func:`~simclr_cli.augment.to_uint8_transform`;
+        x: (B, 3, H, W) images: uint8 (from :func:`~simclr_cli.preprocess.to_uint8_transform`;
             scaled and normalised here with the model's ``mean``/``std``) or float (already
             transformed); made channels-last (faster convolutions with cuDNN and oneDNN: 1.3-1.9x
             for a ResNet-18 at 32 px on a 2-core CPU).

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from simclr_cli import distributed, resident
-from simclr_cli.augment import BatchedSimCLRAugment, SimCLRAugment, TwoViews, to_uint8_transform
+from simclr_cli.augment import BatchedSimCLRAugment, SimCLRAugment, TwoViews
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import get_console
 from simclr_cli.data import (
@@ -27,6 +27,7 @@ from simclr_cli.data import (
     skipped_files,
 )
 from simclr_cli.errors import DatasetError, plural
+from simclr_cli.preprocess import to_uint8_transform
 
 
 @dataclass

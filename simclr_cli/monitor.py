@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import Dataset
 
 from simclr_cli import inference, metrics
-from simclr_cli.augment import to_uint8_transform
 from simclr_cli.config import PretrainConfig
 from simclr_cli.data import build_dataset
 from simclr_cli.model import SimCLR
+from simclr_cli.preprocess import to_uint8_transform
 
 # Labelled subsets the kNN monitor embeds: a bank from the train split, queries from the test split.
 KNN_BANK_IMAGES = 10_000

@@ -23,13 +23,12 @@ from simclr_cli.augment import (
     TwoViews,
     blur_kernel_size,
     jitter_ranges,
-    normalize_uint8,
-    to_uint8_transform,
 )
 from simclr_cli.augment_ops import shift_hue as _shift_hue
 from simclr_cli.augment_ops import update_chosen as _update_chosen
 from simclr_cli.data import ShapesDataset
 from simclr_cli.errors import UsageError
+from simclr_cli.preprocess import normalize_uint8, to_uint8_transform
 
 SIZE = 16  # tiny images keep thousands of draws fast
 

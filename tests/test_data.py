@@ -141,7 +141,7 @@ def test_shapes_normalisation_constants_match_the_data() -> None:
 def test_shapes_work_in_dataloader_workers() -> None:
     from torch.utils.data import DataLoader
 
-    from simclr_cli.augment import to_uint8_transform
+    from simclr_cli.preprocess import to_uint8_transform
 
     dataset = ShapesDataset(size=8, image_size=16, transform=to_uint8_transform(16))
     loader = DataLoader(dataset, batch_size=4, num_workers=2)

@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from simclr_cli import resident
-from simclr_cli.augment import to_uint8_transform
 from simclr_cli.data import ShapesDataset
 from simclr_cli.errors import DatasetError
 from simclr_cli.loader import ResumableSampler
+from simclr_cli.preprocess import to_uint8_transform
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)

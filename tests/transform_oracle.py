@@ -1,5 +1,5 @@
 """The test-time transform written per image with torchvision: the oracle that the loaders'
-uint8 crops, normalised per batch on the device (:func:`simclr_cli.augment.normalize_uint8`),
+uint8 crops, normalised per batch on the device (:func:`simclr_cli.preprocess.normalize_uint8`),
 must reproduce."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms
 
-from simclr_cli.augment import _ToRGB
+from simclr_cli.preprocess import ToRGB
 
 
 class _ToFloat:
@@ -32,7 +32,7 @@ def eval_transform(
 ) -> Callable[[Any], Tensor]:
     """Test-time transform: resize the shorter side, centre crop, float tensor, normalise."""
     steps: list[Callable] = [
-        _ToRGB(),
+        ToRGB(),
         transforms.Resize(image_size, antialias=True),
         transforms.CenterCrop(image_size),
         _ToFloat(),

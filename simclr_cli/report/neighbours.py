@@ -150,8 +150,8 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
     """Gallery: the first ``--max-images`` training images; queries: the test split. A folder
     has no test split: its queries come from the gallery itself (leaving each one out)."""
-    from simclr_cli.augment import to_uint8_transform
     from simclr_cli.data import build_dataset, dataset_kind
+    from simclr_cli.preprocess import to_uint8_transform
 
     name = str((run.config or {}).get("dataset") or "")
     if not name:
@@ -187,9 +187,9 @@ def _from_features(root: Path, cfg: Any, size: int) -> tuple[_Split, _Split, str
 
 def _feature_split(folder: Path, size: int, data_dir: Path) -> _Split:
     """One ``simclr features`` folder: its arrays and the images its rows came from."""
-    from simclr_cli.augment import to_uint8_transform
     from simclr_cli.data import build_dataset, dataset_kind
     from simclr_cli.features import ALL_SPLITS
+    from simclr_cli.preprocess import to_uint8_transform
 
     meta = read_json(folder / "meta.json", []) or {}
     if meta.get("layer") not in (None, "encoder"):
