@@ -15,6 +15,7 @@ from typing import Any
 from simclr_cli import checkpoint, distributed
 from simclr_cli.config import RESUME_LAUNCH_GROUP, RESUME_MAY_CHANGE, PretrainConfig, flag_name
 from simclr_cli.errors import CheckpointError, DistributedError
+from simclr_cli.registry import RUN_CHECKPOINT
 
 
 def resume_checkpoint_path(cfg: PretrainConfig) -> Path | None:
@@ -26,7 +27,7 @@ def resume_checkpoint_path(cfg: PretrainConfig) -> Path | None:
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
-        last = cfg.resolved_out / "checkpoint_last.pt"
+        last = cfg.resolved_out / RUN_CHECKPOINT
         return last if last.exists() else None
     return Path(cfg.resume).expanduser()
 

@@ -39,6 +39,7 @@ from simclr_cli.loss import NTXentLoss
 from simclr_cli.memory import check_memory
 from simclr_cli.model import SimCLR, build_simclr, build_spec
 from simclr_cli.optim import build_schedule
+from simclr_cli.registry import RUN_CHECKPOINT
 from simclr_cli.resume import (
     check_resume_compatible,
     check_same_start,
@@ -82,7 +83,7 @@ def check_run_dir(cfg: PretrainConfig) -> None:
     Raises:
         OutputExistsError: the run folder has ``checkpoint_last.pt`` and ``--resume`` is unset.
     """
-    last = cfg.resolved_out / "checkpoint_last.pt"
+    last = cfg.resolved_out / RUN_CHECKPOINT
     if cfg.resume is None and last.exists():
         raise OutputExistsError(
             f"{cfg.resolved_out} already holds a run ({last.name}); continue it with "

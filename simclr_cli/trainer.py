@@ -33,6 +33,7 @@ from simclr_cli.loader import PretrainData
 from simclr_cli.model import SimCLR
 from simclr_cli.monitor import LABELLED_KINDS, knn_datasets, knn_eval
 from simclr_cli.optim import Schedule, last_step
+from simclr_cli.registry import RUN_CHECKPOINT
 from simclr_cli.runlog import RunLog, resolved_config
 
 
@@ -152,7 +153,7 @@ class Trainer:
         if not self.main:
             return None
         payload = self.payload()
-        last = self.out / "checkpoint_last.pt"
+        last = self.out / RUN_CHECKPOINT
         checkpoint.save_checkpoint(payload, last)
         due = self.epoch % self.cfg.checkpoint_every == 0 or final
         if self.epoch_complete() and self.epoch > 0 and due:
@@ -356,7 +357,7 @@ class Trainer:
         """The one-screen result of the run, and the command to run next."""
         images_per_s = self.images_seen / self.train_time if self.train_time else math.nan
         epoch_images = self.data.steps_per_epoch * self.cfg.batch_size
-        ckpt = checkpoint_path or self.out / "checkpoint_last.pt"
+        ckpt = checkpoint_path or self.out / RUN_CHECKPOINT
         return {
             "out": str(self.out),
             "checkpoint": str(ckpt),

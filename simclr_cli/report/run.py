@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from simclr_cli.errors import DatasetError
+from simclr_cli.registry import RUN_CHECKPOINT
 
 
 @dataclass
@@ -34,7 +35,7 @@ def read_run(root: Path) -> RunFiles:
     run.config = read_json(root / "config.json", run.notes)
     run.records = read_metrics(root / "metrics.jsonl", run.notes)
     run.linear_eval = read_json(root / "linear_eval.json", run.notes, missing_note=False)
-    last = root / "checkpoint_last.pt"
+    last = root / RUN_CHECKPOINT
     run.checkpoint = last if last.is_file() else None
     if run.config is None and not run.records and run.linear_eval is None and not run.checkpoint:
         raise DatasetError(
