@@ -643,7 +643,7 @@ def test_without_hard_links_the_epoch_checkpoint_is_a_copy(
 def test_a_step_that_cannot_fit_in_memory_is_refused_with_a_batch_that_fits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(train, "available_memory", lambda: 4 * 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda: 4 * 2**30)
     cfg = PretrainConfig(stem="cifar", image_size=224, batch_size=256, device="cpu", out=tmp_path)
     with pytest.raises(TrainingError) as caught:
         train.run_pretrain(cfg)
