@@ -91,9 +91,10 @@ def _global_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def convert_sync_batchnorm(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Replace every batch-norm layer with one that uses global batch statistics.
 
-    Call it before :func:`wrap_ddp`. On CUDA this is ``nn.SyncBatchNorm.convert_sync_batchnorm``;
-    on CPU every ``_BatchNorm`` becomes a :class:`GlobalBatchNorm` sharing the original
-    parameters and buffers (so a state dict loads into either).
+    Call it before :func:`~simclr_cli.distributed.ranks.wrap_ddp`. On CUDA this is
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``; on CPU every ``_BatchNorm`` becomes a
+    :class:`GlobalBatchNorm` sharing the original parameters and buffers (so a state dict loads
+    into either).
 
     Args:
         model: the model, modified in place where possible.
