@@ -23,10 +23,11 @@ class GlobalBatchNorm(_BatchNorm):
     Drop-in for ``nn.BatchNorm1d/2d/3d`` (same parameters and buffers: ``weight``, ``bias``,
     ``running_mean``, ``running_var``, ``num_batches_tracked``, so state dicts are
     interchangeable). In training, each rank computes its per-channel mean, sum of squared
-    deviations and count; these (3, C) statistics are gathered with :func:`gather_with_grad` and
-    merged exactly (the parallel-variance formula, which avoids the cancellation of
-    sum-of-squares minus squared mean), so gradients flow through the collective. With one
-    process, or in eval mode, it is plain batch norm.
+    deviations and count; these (3, C) statistics are gathered with
+    :func:`~simclr_cli.distributed.gather.gather_with_grad` and merged exactly (the
+    parallel-variance formula, which avoids the cancellation of sum-of-squares minus squared
+    mean), so gradients flow through the collective. With one process, or in eval mode, it is
+    plain batch norm.
 
     Reference: Chen et al., SimCLR (ICML 2020), Sec. 2.2 "Global BN"; Chan, Golub & LeVeque,
     "Updating formulae and a pairwise algorithm for computing sample variances" (1979).
