@@ -398,8 +398,9 @@ def skipped_files(dataset: Dataset) -> int:
 def labels_of(dataset: Dataset) -> list[int]:
     """Return the label of every item (``-1`` for unlabelled ones), without loading images.
 
-    Understands the datasets of this module, torchvision CIFAR/STL-10, and ``Subset`` and
-    ``ConcatDataset`` of those; any other dataset is read item by item.
+    Understands the datasets of this module and of :mod:`simclr_cli.shapes`, torchvision
+    CIFAR/STL-10, and ``Subset`` and ``ConcatDataset`` of those; any other dataset is read item
+    by item.
     """
     if isinstance(dataset, Subset):
         inner = labels_of(dataset.dataset)

@@ -78,7 +78,7 @@ def evaluate_frozen(
         protocol: ``"features"`` (logistic regression on extracted features) or ``"augment"``
             (the paper's SGD on re-augmented crops; needs ``train_views``).
         knn_k: neighbours of the kNN vote; ``None`` chooses it from the train labels
-            (:func:`knn_k_for`).
+            (:func:`~simclr_cli.metrics.knn_k_for`).
 
     Returns:
         Metrics over the WHOLE test split: top1, top5, per_class, confusion_matrix, knn_top1,

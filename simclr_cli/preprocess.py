@@ -65,10 +65,11 @@ def normalize_uint8(
 
 
 def to_uint8_transform(image_size: int) -> Callable[[Any], Tensor]:
-    """Fixed-size uint8 (3, S, S) tensors for :class:`BatchedSimCLRAugment` on the device.
+    """Fixed-size uint8 (3, S, S) tensors for the batched augmentation on the device.
 
     Resizes the shorter side to ``image_size`` and centre crops, so batches stack and the
-    random crop happens later, per image, on the device.
+    random crop happens later, per image, on the device
+    (:class:`~simclr_cli.augment.BatchedSimCLRAugment`).
     """
     return transforms.Compose(
         [

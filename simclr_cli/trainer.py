@@ -71,7 +71,7 @@ class Window:
 
 
 class Trainer:
-    """Holds the built pieces of a run and runs its epochs (see :func:`pretrain`)."""
+    """Holds a run's built pieces and runs its epochs (see :func:`simclr_cli.train.pretrain`)."""
 
     def __init__(
         self,

@@ -177,7 +177,7 @@ def test_incomplete_spec_raises_checkpoint_error() -> None:
 
 @pytest.mark.parametrize("module", ["model", "loss", "optim"])
 def test_method_modules_do_not_import_torch_distributed_at_load(module: str) -> None:
-    # distributed.py is the one place that knows torch.distributed; loss.py reaches it lazily.
+    # distributed/ is the one place that knows torch.distributed; loss.py reaches it lazily.
     tree = ast.parse((Path(simclr_cli.__file__).parent / f"{module}.py").read_text())
     names = [a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names]
     names += [

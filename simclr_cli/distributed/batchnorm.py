@@ -23,10 +23,11 @@ class GlobalBatchNorm(_BatchNorm):
     Drop-in for ``nn.BatchNorm1d/2d/3d`` (same parameters and buffers: ``weight``, ``bias``,
     ``running_mean``, ``running_var``, ``num_batches_tracked``, so state dicts are
     interchangeable). In training, each rank computes its per-channel mean, sum of squared
-    deviations and count; these (3, C) statistics are gathered with :func:`gather_with_grad` and
-    merged exactly (the parallel-variance formula, which avoids the cancellation of
-    sum-of-squares minus squared mean), so gradients flow through the collective. With one
-    process, or in eval mode, it is plain batch norm.
+    deviations and count; these (3, C) statistics are gathered with
+    :func:`~simclr_cli.distributed.gather.gather_with_grad` and merged exactly (the
+    parallel-variance formula, which avoids the cancellation of sum-of-squares minus squared
+    mean), so gradients flow through the collective. With one process, or in eval mode, it is
+    plain batch norm.
 
     Reference: Chen et al., SimCLR (ICML 2020), Sec. 2.2 "Global BN"; Chan, Golub & LeVeque,
     "Updating formulae and a pairwise algorithm for computing sample variances" (1979).
@@ -91,9 +92,10 @@ def _global_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def convert_sync_batchnorm(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Replace every batch-norm layer with one that uses global batch statistics.
 
-    Call it before :func:`wrap_ddp`. On CUDA this is ``nn.SyncBatchNorm.convert_sync_batchnorm``;
-    on CPU every ``_BatchNorm`` becomes a :class:`GlobalBatchNorm` sharing the original
-    parameters and buffers (so a state dict loads into either).
+    Call it before :func:`~simclr_cli.distributed.ranks.wrap_ddp`. On CUDA this is
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``; on CPU every ``_BatchNorm`` becomes a
+    :class:`GlobalBatchNorm` sharing the original parameters and buffers (so a state dict loads
+    into either).
 
     Args:
         model: the model, modified in place where possible.
