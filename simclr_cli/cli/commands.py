@@ -34,8 +34,11 @@ from simclr_cli.config import (
     PretrainConfig,
     ReportConfig,
 )
+from simclr_cli.metrics import KNN_K
 
 P = PretrainConfig
+
+KNN_K_HELP = f"kNN neighbours; auto: {KNN_K}, at most 1/10 of the smallest class."
 
 
 @app.command(
@@ -194,7 +197,7 @@ def pretrain(
     ] = None,
     knn_k: Annotated[
         int | None,
-        flag(P, "knn_k", "kNN neighbours; auto: 200, at most 1/10 of the smallest class."),
+        flag(P, "knn_k", KNN_K_HELP),
     ] = None,
     log_every: Annotated[int | None, flag(P, "log_every", "Log metrics every N steps.")] = None,
     gpus: Annotated[
@@ -277,7 +280,7 @@ def linear_eval(
     ] = None,
     knn_k: Annotated[
         int | None,
-        flag(E, "knn_k", "kNN neighbours; auto: 200, at most 1/10 of the smallest class."),
+        flag(E, "knn_k", KNN_K_HELP),
     ] = None,
     baseline: Annotated[
         list[str] | None,
