@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +31,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from simclr_cli import fileio
 from simclr_cli.errors import ExportError, OutputExistsError, import_extra
 
 # Images in the fixed verification batch; more than one, so the batch dimension is exercised.
@@ -203,10 +203,8 @@ def write_verified(
         error = verify(cfg.format, cfg.part, tmp, payload["model"], reference)
         meta["verified"] = {"batch": VERIFY_BATCH, "max_abs_error": error, "tolerance": TOLERANCE}
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _fsync(tmp)
-        _fsync(tmp_meta)
-        os.replace(tmp, out)
-        os.replace(tmp_meta, meta_path)
+        fileio.commit(tmp, out)  # fsync, rename, fsync the folder: simclr_cli.fileio
+        fileio.commit(tmp_meta, meta_path)
     return error
 
 
@@ -450,20 +448,9 @@ def _new_folders(folder: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _staged(final: Path) -> Iterator[Path]:
     """A temporary path beside ``final``, removed on the way out unless renamed into place."""
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = fileio.temp_path(final)  # the package's temporary name and the umask's mode
     try:
         yield tmp
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-
-
-def _fsync(path: Path) -> None:
-    """Flush ``path`` to disk and give it the usual permissions (mkstemp makes it owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())

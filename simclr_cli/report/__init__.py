@@ -16,13 +16,13 @@ computes neighbours and the PCA map, :mod:`~simclr_cli.report.plots` draws the f
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from simclr_cli import fileio
 from simclr_cli.console import get_console
 from simclr_cli.errors import import_extra
 from simclr_cli.report.neighbours import find_neighbours, neighbours_json
@@ -93,7 +93,7 @@ def write_outputs(
             (stage / name).write_text(text, encoding="utf-8")
         (stage / REPORT).write_text(page, encoding="utf-8")
         for name in [*pngs, *extra, REPORT]:
-            os.replace(stage / name, out / name)
+            fileio.commit(stage / name, out / name)  # fsync and rename: simclr_cli.fileio
             written.append(out / name)
     return written
 
