@@ -49,13 +49,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-# ----------------------------------------------------------------------------------------------
-# stopping on signals (one mechanism for the package: simclr_cli.signals)
-
-StopRequest = signals.StopRequest
-stop_on_signals = signals.stop_requests
-
-
 @dataclass
 class Window:
     """Loss and throughput since the last log line; the loss sum stays on the device."""
@@ -181,7 +174,8 @@ class Trainer:
         )
         checkpoint_path: Path | None = None
         try:
-            with stop_on_signals() as stop, self.progress() as progress:
+            # SIGINT/SIGTERM finish the step and save: the one mechanism, simclr_cli.signals
+            with signals.stop_requests() as stop, self.progress() as progress:
                 while not self.finished():
                     self.run_epoch(stop, progress)
                     if self.stopping(stop, force=True) and not self.finished():
@@ -196,7 +190,7 @@ class Trainer:
         """Whether the run has reached its last step."""
         return self.global_step >= last_step(self.cfg, self.schedule)
 
-    def run_epoch(self, stop: StopRequest, progress: Any) -> None:
+    def run_epoch(self, stop: signals.StopRequest, progress: Any) -> None:
         """Train over this rank's shard of the current epoch (from where a resume left off)."""
         self.model.train()
         window = Window()
@@ -291,7 +285,7 @@ class Trainer:
             **{"img/s": f"{images_per_s:.0f}"},
         )
 
-    def stopping(self, stop: StopRequest, force: bool = False) -> bool:
+    def stopping(self, stop: signals.StopRequest, force: bool = False) -> bool:
         """Whether every rank should stop now; ranks agree at log steps (a collective)."""
         if self.world_size == 1:
             return stop.requested
@@ -300,7 +294,7 @@ class Trainer:
         flag = torch.tensor(float(stop.requested), device=self.device)
         return distributed.all_reduce_mean(flag).item() > 0
 
-    def interrupt_message(self, stop: StopRequest) -> str:
+    def interrupt_message(self, stop: signals.StopRequest) -> str:
         """One line: what happened and the command that continues the run."""
         name = signal.Signals(stop.signum).name if stop.signum else "a signal"
         return (
