@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from simclr_cli import fileio
 from simclr_cli.errors import ExportError, OutputExistsError, import_extra
+from simclr_cli.model import build_layer, head_layers
 
 # Images in the fixed verification batch; more than one, so the batch dimension is exercised.
 VERIFY_BATCH = 4
@@ -68,15 +69,13 @@ def plain_encoder(spec: Mapping[str, Any]) -> nn.Module:
 
 def plain_projector(spec: Mapping[str, Any]) -> nn.Sequential:
     """The projection head as a plain ``torch.nn.Sequential`` (same keys as the checkpoint's)."""
-    f, hidden, out = _head_dims(spec)
-    if spec["head"] == "v1":
-        bias = bool(spec.get("head_bias", True))
-        return nn.Sequential(nn.Linear(f, hidden, bias), nn.ReLU(), nn.Linear(hidden, out, bias))
-    return nn.Sequential(
-        nn.Linear(f, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
-        nn.Linear(hidden, out, bias=False), nn.BatchNorm1d(out),
-    )  # fmt: skip
+    modules = []
+    for layer in _head_layers(spec):
+        module = build_layer(layer)
+        if isinstance(module, nn.ReLU):
+            module = nn.ReLU()  # what the load snippet writes
+        modules.append(module)
+    return nn.Sequential(*modules)
 
 
 def plain_module(spec: Mapping[str, Any], part: str) -> nn.Module:
@@ -88,9 +87,10 @@ def plain_module(spec: Mapping[str, Any], part: str) -> nn.Module:
     return nn.ModuleDict({"encoder": plain_encoder(spec), "projector": plain_projector(spec)})
 
 
-def _head_dims(spec: Mapping[str, Any]) -> tuple[int, int, int]:
+def _head_layers(spec: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     feature = int(spec["feature_dim"])
-    return feature, int(spec.get("hidden_dim") or feature), int(spec["projection_dim"])
+    hidden, out = int(spec.get("hidden_dim") or feature), int(spec["projection_dim"])
+    return head_layers(feature, hidden, out, spec["head"], bool(spec.get("head_bias", True)))
 
 
 def load_snippet(spec: Mapping[str, Any], part: str, filename: str, fmt: str) -> str:
@@ -118,20 +118,15 @@ def load_snippet(spec: Mapping[str, Any], part: str, filename: str, fmt: str) ->
 
 
 def _head_code(spec: Mapping[str, Any]) -> str:
-    f, hidden, out = _head_dims(spec)
-    nn_ = "torch.nn."
-    if spec["head"] == "v1":
-        bias = bool(spec.get("head_bias", True))
-        return (
-            f"{nn_}Sequential({nn_}Linear({f}, {hidden}, bias={bias}), {nn_}ReLU(), "
-            f"{nn_}Linear({hidden}, {out}, bias={bias}))"
-        )
-    layers = [
-        f"{nn_}Linear({f}, {hidden}, bias=False)", f"{nn_}BatchNorm1d({hidden})", f"{nn_}ReLU()",
-        f"{nn_}Linear({hidden}, {hidden}, bias=False)", f"{nn_}BatchNorm1d({hidden})",
-        f"{nn_}ReLU()", f"{nn_}Linear({hidden}, {out}, bias=False)", f"{nn_}BatchNorm1d({out})",
-    ]  # fmt: skip
-    return f"{nn_}Sequential({', '.join(layers)})"
+    """``torch.nn.Sequential(...)`` source of the head (a last batch norm without a shift
+    loads as a plain one: the shift is a stored zero)."""
+    code = {
+        "linear": lambda a, b, bias: f"torch.nn.Linear({a}, {b}, bias={bias})",
+        "bn": lambda dim, shift: f"torch.nn.BatchNorm1d({dim})",
+        "relu": lambda: "torch.nn.ReLU()",
+    }
+    layers = [code[layer[0]](*layer[1:]) for layer in _head_layers(spec)]
+    return f"torch.nn.Sequential({', '.join(layers)})"
 
 
 # -- tensors of a part -----------------------------------------------------------------------

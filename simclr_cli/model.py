@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from simclr_cli.config import PretrainConfig
 
 STEMS = ("auto", *archs.STEMS)
-HEADS = ("v1", "v2")
+HEADS = ("v1", "v1-bn", "v2")
+# Linear layers of the batch-normed heads (the TF code's ``num_proj_layers``).
+HEAD_DEPTHS = {"v1-bn": 2, "v2": 3}
 
 SPEC_KEYS = (
     "arch",
@@ -113,18 +115,71 @@ def _resnet_encoder(arch: str, stem: str, zero_init_residual: bool) -> tuple[nn.
     return resnet, feature_dim
 
 
-class ProjectionHead(nn.Sequential):
-    """The projection head ``g`` that maps ``h`` to ``z``.
+# One row per layer of a head: ("linear", in, out, bias), ("bn", dim, shift), ("relu",).
+HeadLayer = tuple[Any, ...]
 
-    ``v1`` is Linear-ReLU-Linear (SimCLR). ``v2`` is three linear layers, each followed by batch
-    norm, with ReLU between them (SimCLRv2); its last batch norm has a fixed zero shift, as the
-    reference implementation (``center=False``).
+
+def head_layers(
+    in_dim: int, hidden_dim: int, out_dim: int, version: str = "v1", bias: bool = True
+) -> list[HeadLayer]:
+    """The layers of a projection head, as plain data (the model and ``simclr export`` build
+    their modules from it).
+
+    ``v1`` is Linear-ReLU-Linear, as the paper's text and Spijkervet/SimCLR write it. ``v1-bn``
+    and ``v2`` are the heads of the SimCLR TF code: every linear layer without bias and followed
+    by batch norm, ReLU between them, and the last batch norm without a shift (``center=False``);
+    ``v1-bn`` has the two layers of SimCLR (lightly's ``SimCLRProjectionHead`` is the same, with a
+    trained last shift), ``v2`` the three of SimCLRv2.
+
+    Args:
+        in_dim: width of ``h``.
+        hidden_dim: width of the hidden layer(s).
+        out_dim: width of ``z`` (``--projection-dim``).
+        version: one of :data:`HEADS`.
+        bias: biases in the v1 linear layers (batch-normed layers never have them).
 
     References:
         v1: Chen et al. 2020 (arXiv:2002.05709), section 2.1 (projection head g).
-        v2: Chen et al., "Big Self-Supervised Models are Strong Semi-Supervised Learners",
-        NeurIPS 2020 (arXiv:2006.10029), section 2.
+        v1-bn, v2: google-research/simclr ``projection_head`` (``use_bn=True``); Chen et al.,
+        "Big Self-Supervised Models are Strong Semi-Supervised Learners", NeurIPS 2020
+        (arXiv:2006.10029), section 2.
     """
+    if version not in HEADS:
+        raise UsageError("--head", version, f"choose one of {', '.join(HEADS)}")
+    for option, value in (("--hidden-dim", hidden_dim), ("--projection-dim", out_dim)):
+        if value < 1:
+            raise UsageError(option, value, "use a positive integer")
+    if version == "v1":
+        return [
+            ("linear", in_dim, hidden_dim, bias),
+            ("relu",),
+            ("linear", hidden_dim, out_dim, bias),
+        ]
+    widths = [in_dim] + [hidden_dim] * (HEAD_DEPTHS[version] - 1) + [out_dim]
+    layers: list[HeadLayer] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        last = i == len(widths) - 2
+        layers += [("linear", a, b, False), ("bn", b, not last)]
+        if not last:
+            layers.append(("relu",))
+    return layers
+
+
+def build_layer(layer: HeadLayer) -> nn.Module:
+    """The module of one :func:`head_layers` row."""
+    kind = layer[0]
+    if kind == "linear":
+        return nn.Linear(layer[1], layer[2], bias=layer[3])
+    if kind == "bn":
+        norm = nn.BatchNorm1d(layer[1])
+        if not layer[2]:
+            norm.bias.requires_grad_(False)  # zero shift, not trained (center=False)
+        return norm
+    return nn.ReLU(inplace=True)
+
+
+class ProjectionHead(nn.Sequential):
+    """The projection head ``g`` that maps ``h`` to ``z``: the layers of :func:`head_layers`."""
 
     def __init__(
         self,
@@ -137,40 +192,13 @@ class ProjectionHead(nn.Sequential):
         """Create the head.
 
         Args:
-            in_dim: width of ``h``.
-            hidden_dim: width of the hidden layer(s).
-            out_dim: width of ``z`` (``--projection-dim``).
-            version: ``"v1"`` or ``"v2"``.
-            bias: biases in the v1 linear layers (v2 layers never have them; batch norm shifts).
+            in_dim, hidden_dim, out_dim, version, bias: see :func:`head_layers`.
 
         Raises:
             UsageError: for an unknown version or a non-positive width.
         """
-        if version not in HEADS:
-            raise UsageError("--head", version, "choose v1 or v2")
-        for option, value in (("--hidden-dim", hidden_dim), ("--projection-dim", out_dim)):
-            if value < 1:
-                raise UsageError(option, value, "use a positive integer")
-        if version == "v1":
-            layers: list[nn.Module] = [
-                nn.Linear(in_dim, hidden_dim, bias=bias),
-                nn.ReLU(inplace=True),
-                nn.Linear(hidden_dim, out_dim, bias=bias),
-            ]
-        else:
-            out_bn = nn.BatchNorm1d(out_dim)
-            out_bn.bias.requires_grad_(False)  # zero shift, not trained (center=False in v2)
-            layers = [
-                nn.Linear(in_dim, hidden_dim, bias=False),
-                nn.BatchNorm1d(hidden_dim),
-                nn.ReLU(inplace=True),
-                nn.Linear(hidden_dim, hidden_dim, bias=False),
-                nn.BatchNorm1d(hidden_dim),
-                nn.ReLU(inplace=True),
-                nn.Linear(hidden_dim, out_dim, bias=False),
-                out_bn,
-            ]
-        super().__init__(*layers)
+        layers = head_layers(in_dim, hidden_dim, out_dim, version, bias)
+        super().__init__(*(build_layer(layer) for layer in layers))
 
 
 class SimCLR(nn.Module):
@@ -199,7 +227,7 @@ class SimCLR(nn.Module):
             encoder: maps ``(B, 3, H, W)`` to ``(B, feature_dim)``.
             feature_dim: width of ``h``.
             projection_dim: width of ``z``.
-            head: ``"v1"`` or ``"v2"``.
+            head: one of :data:`HEADS`.
             hidden_dim: hidden width of the head; ``None`` means ``feature_dim`` (the paper).
             head_bias: biases in the v1 head (``False`` for Spijkervet/SimCLR checkpoints).
             mean, std: the per-channel input normalisation the encoder was trained with (None:
@@ -240,7 +268,7 @@ def model_spec(
     Args:
         arch: one of :data:`ARCHS`.
         stem: ``"cifar"``, ``"imagenet"``, or ``"auto"`` (then ``image_size`` is required).
-        head: ``"v1"`` or ``"v2"``.
+        head: one of :data:`HEADS`.
         projection_dim: width of ``z``.
         hidden_dim: hidden width of the head; ``None`` means the feature width.
         head_bias: biases in the v1 head.
@@ -257,7 +285,7 @@ def model_spec(
     if arch not in ARCHS:
         raise UsageError("--arch", arch, f"choose one of {', '.join(ARCHS)}")
     if head not in HEADS:
-        raise UsageError("--head", head, "choose v1 or v2")
+        raise UsageError("--head", head, f"choose one of {', '.join(HEADS)}")
     if stem == "auto" and image_size is None:
         raise UsageError("--stem", stem, "give --image-size or choose cifar or imagenet")
     feature_dim = FEATURE_DIMS[arch]

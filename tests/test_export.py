@@ -17,6 +17,7 @@ from simclr_cli import export as ex
 from simclr_cli.checkpoint import load_checkpoint, load_model
 from simclr_cli.cli import run
 from simclr_cli.config import ExportConfig
+from simclr_cli.model import build_simclr, model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 COMBINATIONS = [
@@ -281,3 +282,19 @@ def test_snippet_of_a_v1_head_without_bias_matches_the_release_layout() -> None:
     assert "torch.nn.Linear(2048, 64, bias=False)" in snippet
     head = ex.plain_projector(spec)
     assert [k for k, _ in head.state_dict().items()] == ["0.weight", "2.weight"]
+
+
+@pytest.mark.parametrize("head", ["v1", "v1-bn", "v2"])
+def test_every_head_kind_loads_into_its_snippet_and_plain_module(head: str) -> None:
+    spec = model_spec("resnet18", "cifar", head=head, hidden_dim=32, projection_dim=8)
+    trained = build_simclr(spec).projector.state_dict()
+    plain = ex.plain_projector(spec)
+    plain.load_state_dict(trained, strict=True)
+    namespace: dict = {}
+    code = ex.load_snippet(spec, "projector", "head.pt", "torchvision").splitlines()
+    exec("\n".join(line for line in code if "load" not in line), namespace)  # build only
+    namespace["head"].load_state_dict(trained, strict=True)
+    x = torch.randn(4, 512)
+    build = build_simclr(spec).projector
+    build.load_state_dict(trained)
+    assert torch.allclose(plain.eval()(x), build.eval()(x), atol=1e-6)

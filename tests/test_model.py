@@ -20,6 +20,7 @@ from simclr_cli.model import (
     SimCLR,
     build_encoder,
     build_simclr,
+    head_layers,
     model_spec,
     resolve_stem,
 )
@@ -109,6 +110,31 @@ def test_v2_head_has_three_layers_with_batch_norm() -> None:
     assert all(m.bias is None for m in linears) and len(norms) == 3
     assert not norms[-1].bias.requires_grad and torch.all(norms[-1].bias == 0)
     assert head(torch.randn(5, 16)).shape == (5, 4)
+
+
+def test_v1_bn_head_is_the_tf_codes_two_layer_head() -> None:
+    # google-research/simclr projection_head with 2 layers: Linear-BN-ReLU-Linear-BN, no
+    # biases, the hidden BN with a shift and the last one without (center=False)
+    head = ProjectionHead(16, 12, 4, version="v1-bn")
+    kinds = [type(m) for m in head]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d]
+    assert [(m.in_features, m.out_features, m.bias) for m in (head[0], head[3])] == [
+        (16, 12, None),
+        (12, 4, None),
+    ]
+    assert head[1].bias.requires_grad and not head[4].bias.requires_grad
+    z = head.train()(torch.randn(6, 16))
+    # the last BN without a shift: every z column has mean 0 over the batch
+    assert torch.allclose(z.mean(0), torch.zeros(4), atol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["v1", "v1-bn", "v2"])
+def test_head_layers_describe_the_module(version: str) -> None:
+    layers = head_layers(16, 12, 4, version)
+    head = ProjectionHead(16, 12, 4, version=version)
+    assert len(head) == len(layers)
+    kinds = {"linear": nn.Linear, "bn": nn.BatchNorm1d, "relu": nn.ReLU}
+    assert [type(m) for m in head] == [kinds[layer[0]] for layer in layers]
 
 
 def test_hidden_dim_defaults_to_feature_dim() -> None:

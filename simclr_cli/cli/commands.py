@@ -67,7 +67,10 @@ def pretrain(
         str | None, flag(P, "stem", "auto (cifar for <= 64 px), cifar or imagenet.")
     ] = None,
     head: Annotated[
-        str | None, flag(P, "head", "Projection head: v1 (2 layers) or v2 (3, with BN).")
+        str | None,
+        flag(
+            P, "head", "Projection head: v1 (Linear-ReLU-Linear), v1-bn (2 layers with BN), v2 (3)."
+        ),
     ] = None,
     projection_dim: Annotated[
         int | None, flag(P, "projection_dim", "Output dim of the head z.")

@@ -82,7 +82,7 @@ class PretrainConfig(FrozenModel):
     # model
     arch: Literal[ARCHS] = "resnet18"  # type: ignore[valid-type]
     stem: Literal["auto", "cifar", "imagenet"] = "auto"
-    head: Literal["v1", "v2"] = "v1"
+    head: Literal["v1", "v1-bn", "v2"] = "v1"
     projection_dim: int = Field(default=128, ge=1)
     hidden_dim: int | None = Field(default=None, ge=1)
     # Off: torchvision's initialisation, which trains faster in short runs (benchmarks/
