@@ -7,10 +7,10 @@ writes files. Nothing is lost: checkpoints are atomic and hold everything a resu
 SIGINT/SIGTERM finishes the current step and writes one, and a non-finite loss stops the run
 without overwriting the last good checkpoint.
 
-Randomness is a pure function of ``(seed, step, rank)``: the sampler's order depends on
-``(seed, epoch)`` and the generators are reseeded before every step, so a run resumed at any
-step draws the same order and augmentations as an uninterrupted one (exactly so with
-``--workers 0`` or ``--augment-on device``; DataLoader worker processes keep their own streams).
+Randomness is a pure function of the seed (:mod:`simclr_cli.seeding`): the sampler's order
+depends on ``(seed, epoch)``, views made on the host on ``(seed, epoch, image)`` and views made
+on the device on ``(seed, step, rank)``, so a run resumed at any step draws the same order and
+augmentations as an uninterrupted one, with any ``--workers``.
 ``--data-on device`` (:mod:`simclr_cli.resident`) replaces the DataLoader by batches gathered
 from the whole set held on the device, in the same order, so it trains the same weights.
 
@@ -46,7 +46,8 @@ from simclr_cli.resume import (
     continue_run_config,
     resume_checkpoint_path,
 )
-from simclr_cli.trainer import Trainer, seed_everything
+from simclr_cli.seeding import seed_everything
+from simclr_cli.trainer import Trainer
 
 # ----------------------------------------------------------------------------------------------
 # entry points

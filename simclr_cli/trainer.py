@@ -1,8 +1,9 @@
 """The pretraining loop: one :class:`Trainer` holds a run's built pieces and runs its epochs.
 
-Randomness is a pure function of ``(seed, step, rank)``: the sampler's order depends on
-``(seed, epoch)`` and the generators are reseeded before every step, so a run resumed at any
-step draws the same order and augmentations as an uninterrupted one.
+Randomness is a pure function of the seed (:mod:`simclr_cli.seeding`): the sampler's order
+depends on ``(seed, epoch)``, host views on ``(seed, epoch, image)``, and the generators are
+reseeded before every step from ``(seed, step, rank)`` (the device views), so a run resumed at
+any step draws the same order and augmentations as an uninterrupted one.
 
 Host syncs: the step itself never reads a device value; the loss is summed on the device and
 read (and checked finite) once per ``--log-every`` window. fp16's GradScaler is the exception
@@ -12,7 +13,6 @@ read (and checked finite) once per ``--log-every`` window. fp16's GradScaler is 
 from __future__ import annotations
 
 import math
-import random
 import signal
 import time
 from collections.abc import Iterator
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -35,18 +34,7 @@ from simclr_cli.monitor import LABELLED_KINDS, knn_datasets, knn_eval
 from simclr_cli.optim import Schedule, last_step
 from simclr_cli.registry import RUN_CHECKPOINT
 from simclr_cli.runlog import RunLog, resolved_config
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and every GPU) from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """A well-mixed seed for the randomness of one optimizer step on one rank."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+from simclr_cli.seeding import seed_everything, step_seed
 
 
 @dataclass
