@@ -95,12 +95,18 @@ def check_run_dir(cfg: PretrainConfig) -> None:
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run pretraining in this process (one rank of the launch).
 
-    Phases: device, resume checkpoint, data, model, loss, optimizer, schedule, restore, loop.
-
     Returns:
         A summary dict: ``out``, ``checkpoint``, ``epochs``, ``global_step``, ``final_loss``,
-        ``time_s``, ``images_per_s``, ``seconds_per_epoch``, ``knn_accuracy``,
-        ``next_commands`` (linear evaluation, export, report), ``resumed_from``.
+        ``time_s``, ``images_per_s``, ``seconds_per_epoch``, ``knn_accuracy``, ``data_on``,
+        ``augment_on``, ``next_commands`` (linear evaluation, export, report), ``resumed_from``.
+    """
+    return build_trainer(cfg).fit()
+
+
+def build_trainer(cfg: PretrainConfig) -> Trainer:
+    """Everything this process trains with, restored from the run's checkpoint on a resume.
+
+    Phases: device, resume checkpoint, data, model, loss, optimizer, schedule, restore.
     """
     device = select_device(cfg)
     allocator.configure_for(device.type)  # in each process: spawned ranks are fresh interpreters
@@ -130,7 +136,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if payload is not None:
         trainer.restore(payload)
     trainer.resumed_from = str(resume_path) if resume_path else None
-    return trainer.fit()
+    return trainer
 
 
 # ----------------------------------------------------------------------------------------------

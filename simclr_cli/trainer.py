@@ -81,6 +81,7 @@ class Trainer:
         self.knn_sets: tuple[Dataset, Dataset] | None = None
         self.log = RunLog(self.out, self.main)
         self.console = get_console()
+        self.autocast_dtype = inference.PRECISION_DTYPES[cfg.resolved_precision]  # None: fp32
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -183,12 +184,8 @@ class Trainer:
         self.model.train()
         window = Window()
         start = time.perf_counter()
-        dtype = inference.PRECISION_DTYPES[self.cfg.resolved_precision]
-        autocast = inference.autocast_context(self.device, dtype)
         for batch in self.batches():
-            views = self.views(batch)
-            with autocast:
-                loss = self.step(views)
+            loss = self.step(self.views(batch))
             window.add(loss)
             self.global_step += 1
             self.images_seen += self.cfg.batch_size
@@ -220,7 +217,10 @@ class Trainer:
         """Both views of the batch as ONE tensor ``[x_i; x_j]``: (2n, C, S, S) on the device."""
         if self.data.device_augment is None:
             (x_i, x_j), _ = batch
-            x = torch.cat([x_i, x_j]).to(self.device, non_blocking=True)
+            # Each (pinned) view crosses on its own and they are joined on the device: a host
+            # torch.cat would make a new, unpinned tensor, copied again and uploaded blocking.
+            views = [x.to(self.device, non_blocking=True) for x in (x_i, x_j)]
+            x = torch.cat(views)
         else:
             images, _ = batch  # (n, C, S, S) uint8
             images = images.to(self.device, non_blocking=True)
@@ -231,14 +231,18 @@ class Trainer:
         return x
 
     def step(self, views: Tensor) -> Tensor:
-        """One optimizer step on ``views`` (2n, C, S, S); returns the detached loss (no sync)."""
+        """One optimizer step on ``views`` (2n, C, S, S); returns the detached loss (no sync).
+
+        Only the forward pass and the loss run under autocast (PyTorch's AMP recipe): autograd
+        would replay autocast in the backward pass, and the loss's float32 logits would get a
+        half-precision backward.
+        """
         lr = self.schedule(self.global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        _, z = self.model(views)  # z: (2n, projection_dim), rows [z_i; z_j]
-        z_i, z_j = z.chunk(2)
-        loss = self.criterion(z_i, z_j)
+        with inference.autocast_context(self.device, self.autocast_dtype):
+            loss = self.loss(views)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -247,6 +251,12 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
         return loss.detach()
+
+    def loss(self, views: Tensor) -> Tensor:
+        """NT-Xent of the model's projections of ``views`` (2n, C, S, S)."""
+        _, z = self.model(views)  # z: (2n, projection_dim), rows [z_i; z_j]
+        z_i, z_j = z.chunk(2)
+        return self.criterion(z_i, z_j)
 
     def flush(self, window: Window, progress: Any) -> None:
         """Log the window: the one host sync of the loop; stops the run on a non-finite loss."""
