@@ -162,11 +162,13 @@ def prepare_model(net: SimCLR, cfg: PretrainConfig, device: torch.device) -> nn.
     if cfg.resolved_channels_last:
         net.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on GPUs and oneDNN
     model: nn.Module = net
-    if cfg.resolved_sync_bn and distributed.world_size() > 1:
+    global_bn = cfg.resolved_sync_bn and distributed.world_size() > 1
+    if global_bn:
         model = distributed.convert_sync_batchnorm(model, device)  # apply global BN before DDP
         assert model is net, "conversion replaces BN children in place, sharing parameters"
     if distributed.world_size() > 1:
-        model = distributed.wrap_ddp(model, device)
+        # Global BN keeps the running statistics equal on every rank: no broadcast per forward.
+        model = distributed.wrap_ddp(model, device, broadcast_buffers=not global_bn)
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]  # an nn.Module at run time
     return model

@@ -239,6 +239,28 @@ def test_device_path_step_reads_nothing_on_the_host(
     assert calls == ["views", "step"] * 3
 
 
+@pytest.mark.parametrize(("sync_bn", "broadcast"), [(True, False), (False, True)])
+def test_ddp_broadcasts_buffers_only_without_global_batch_norm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_bn: bool, broadcast: bool
+) -> None:
+    """Global batch norm computes the same running statistics on every rank; plain batch norm
+    needs rank 0's broadcast to keep them equal."""
+    from simclr_cli import distributed
+
+    handed: dict[str, Any] = {}
+
+    def ddp(module: nn.Module, **kwargs: Any) -> nn.Module:
+        handed.update(kwargs)
+        return module
+
+    monkeypatch.setattr(distributed.ranks, "DistributedDataParallel", ddp)
+    monkeypatch.setattr(distributed.ranks, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    cfg = config(tmp_path, sync_bn=sync_bn)
+    train.prepare_model(tiny_simclr({}), cfg, torch.device("cpu"))
+    assert handed["broadcast_buffers"] is broadcast
+
+
 def test_resume_refuses_a_different_global_batch(tiny: None, tmp_path: Path) -> None:
     train.run_pretrain(config(tmp_path, max_steps=1))
     with pytest.raises(CheckpointError, match="--batch-size 12"):
