@@ -141,7 +141,7 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
     """
     size = cfg.resolved_image_size
     device_augment = None
-    on_device = cfg.augment_on == "device"
+    on_device = cfg.resolved_augment_on == "device"
     if on_device:
         device_augment = BatchedSimCLRAugment(size, **view_options(cfg)).to(device)
     # Host views are made by SeededViews around the dataset, which yields PIL images.
@@ -162,7 +162,7 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         )
     sampler = ResumableSampler(dataset, distributed.world_size(), distributed.rank(), cfg.seed)
     nbytes = resident.decoded_bytes(size_of_dataset, size)
-    placement = resident.choose_placement(cfg.data_on, cfg.augment_on, device, nbytes)
+    placement = resident.choose_placement(cfg.data_on, cfg.resolved_augment_on, device, nbytes)
     loader: DataLoader | resident.ResidentLoader
     if placement.data_on == "device":
         if distributed.is_main():  # decoding the whole set takes a moment: say what happens

@@ -123,10 +123,12 @@ class Trainer:
         )
 
     def run_config(self) -> dict[str, Any]:
-        """:func:`resolved_config` plus where the data lives (``--data-on`` resolved, and why)."""
+        """:func:`resolved_config` plus where the data lives (``--data-on`` resolved, and why)
+        and why the views are made where they are."""
         config = resolved_config(self.cfg, self.schedule)
         placement = self.data.placement
         config["resolved"].update(data_on=placement.data_on, data_on_reason=placement.reason)
+        config["resolved"]["augment_on_reason"] = self.cfg.augment_on_reason
         return config
 
     def save(self, final: bool = False) -> Path | None:
@@ -363,6 +365,7 @@ class Trainer:
             else math.nan,
             "knn_accuracy": self.metrics.get("knn_accuracy"),
             "data_on": f"{self.data.placement.data_on} ({self.data.placement.reason})",
+            "augment_on": f"{self.cfg.resolved_augment_on} ({self.cfg.augment_on_reason})",
             "resumed_from": self.resumed_from,
             "next_commands": [
                 f"simclr linear-eval --checkpoint {ckpt} --dataset {self.cfg.dataset}",

@@ -95,7 +95,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["pretrain", "--jitter-strength", "-1"], "--jitter-strength"),
     (["pretrain", "--augment-on", "tpu"], "--augment-on"),
     (["pretrain", "--data-on", "gpu"], "--data-on"),
-    (["pretrain", "--data-on", "device"], "add --augment-on device"),
+    (["pretrain", "--augment-on", "cpu", "--data-on", "device"], "add --augment-on device"),
     (["pretrain", "--crop-scale", "0"], "--crop-scale"),
     (["pretrain", "--crop-scale", "0.5,0.2"], "--crop-scale"),
     (["pretrain", "--crop-scale", "big"], "--crop-scale"),

@@ -142,7 +142,13 @@ def pretrain(
         ),
     ] = None,
     augment_on: Annotated[
-        str | None, flag(P, "augment_on", "cpu (DataLoader workers) or device (batched).")
+        str | None,
+        flag(
+            P,
+            "augment_on",
+            "cpu: per image in DataLoader workers; device: batched on the training device; "
+            "auto: device on CUDA (or with --data-on device), else cpu.",
+        ),
     ] = None,
     data_on: Annotated[
         str | None,
@@ -150,7 +156,7 @@ def pretrain(
             P,
             "data_on",
             "device: hold the decoded set as one uint8 tensor on the training device (no "
-            "DataLoader; needs --augment-on device); host: a DataLoader; auto: device on a "
+            "DataLoader; views made on the device); host: a DataLoader; auto: device on a "
             "GPU when the set takes <= 25% of its free memory.",
         ),
     ] = None,
