@@ -175,7 +175,8 @@ def prepare_model(net: SimCLR, cfg: PretrainConfig, device: torch.device) -> nn.
 
 
 def build_scaler(cfg: PretrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
-    """A gradient scaler for fp16 (its narrow range underflows small gradients); None otherwise."""
-    if cfg.resolved_precision == "fp16" and device.type == "cuda":
-        return torch.amp.GradScaler("cuda")
+    """A gradient scaler for fp16 (its narrow range underflows small gradients), on any device
+    (``GradScaler("cpu")`` too); None for bf16 and fp32, whose range needs none."""
+    if cfg.resolved_precision == "fp16":
+        return torch.amp.GradScaler(device.type)
     return None

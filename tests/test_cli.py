@@ -131,6 +131,8 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["features", "--checkpoint", "FILE", "--out", ""], "--out"),
     (["features", "--checkpoint", "FILE", "--out", "FILE"], "--out"),
     (["linear-eval", "--checkpoint", "FILE", "--dataset", "shapes", "--out", "FILE"], "--out"),
+    # evaluation runs in float32 on the CPU; only pretraining's fp16 runs there (with a scaler)
+    (["features", "--checkpoint", "FILE", "--out", "f", "--precision", "fp16"], "fp16 needs a GPU"),
     (["download", "not-a-model"], "NAME"),
     (["download", "ftp://example.org/x.pt"], "NAME"),
     (["download", "resnet50-stl10", "--from-file", "missing.tar"], "--from-file"),

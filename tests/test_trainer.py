@@ -106,3 +106,130 @@ def test_each_view_crosses_to_the_device_before_they_are_joined(
     # Not torch.cat on the host and one copy of the result: that is a new, unpinned tensor.
     assert Recorded.calls == [("to", True), ("to", True), ("cat", 2)]
     assert torch.equal(x.as_subclass(torch.Tensor), torch.cat([x_i, x_j]))
+
+
+# ----------------------------------------------------------------------------------------------
+# mixed precision: bf16, and fp16 with its grad scaler, on the CPU
+
+
+def parameters(trainer: Any) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in trainer.net.named_parameters()}
+
+
+def first_views(trainer: Any) -> torch.Tensor:
+    return trainer.views(next(trainer.batches()))
+
+
+def step_or_skip(trainer: Any, views: torch.Tensor) -> torch.Tensor:
+    """``trainer.step(views)``; a kernel this CPU or torch build lacks in the autocast dtype
+    skips the case that needs it (and says which), not the others."""
+    try:
+        return trainer.step(views)
+    except (RuntimeError, NotImplementedError) as error:
+        if "not implemented for" in str(error):
+            pytest.skip(f"{trainer.cfg.resolved_precision} on this CPU: {error}")
+        raise
+
+
+class InfGradientLoss(NTXentLoss):
+    """NT-Xent whose backward sends an inf gradient into ``z_i``: the loss stays finite, as in
+    an fp16 step whose backward overflows."""
+
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
+        return super().forward(InfGradient.apply(z_i), z_j)
+
+
+class InfGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor) -> torch.Tensor:
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad + torch.inf
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "adam"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_mixed_precision_step_trains_the_float32_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str, optimizer: str
+) -> None:
+    monkeypatch.setattr(train, "build_simclr", tiny_simclr)
+    trainer = train.build_trainer(config(tmp_path, precision=precision, optimizer=optimizer))
+    if precision == "fp16":
+        assert isinstance(trainer.scaler, torch.amp.GradScaler) and trainer.scaler.is_enabled()
+    else:
+        assert trainer.scaler is None  # bf16 has float32's range: nothing to scale
+    before = parameters(trainer)
+    loss = step_or_skip(trainer, first_views(trainer))
+
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    after = parameters(trainer)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the step was taken
+    if trainer.scaler is not None:
+        assert trainer.scaler.get_scale() == 2.0**16  # no overflow: the scale stays
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "adam"])
+def test_the_scaler_skips_a_step_with_an_inf_gradient_and_halves_its_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
+) -> None:
+    monkeypatch.setattr(train, "build_simclr", tiny_simclr)
+    trainer = train.build_trainer(config(tmp_path, precision="fp16", optimizer=optimizer))
+    views = first_views(trainer)
+    before, scale = parameters(trainer), trainer.scaler.get_scale()
+    trainer.criterion = InfGradientLoss(trainer.cfg.temperature)
+    loss = step_or_skip(trainer, views)
+
+    assert torch.isfinite(loss)
+    after = parameters(trainer)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the step was skipped
+    assert not trainer.optimizer.state  # and left no momentum or Adam moments behind
+    assert trainer.scaler.get_scale() == scale / 2
+    trainer.criterion = NTXentLoss(trainer.cfg.temperature)
+    step_or_skip(trainer, views)  # the next finite step trains at the lower scale
+    assert any(not torch.equal(before[k], p) for k, p in parameters(trainer).items())
+    assert trainer.scaler.get_scale() == scale / 2
+
+
+class InfGradientAt(NTXentLoss):
+    """NT-Xent whose ``at``-th call (in this process) sends an inf gradient back."""
+
+    calls = 0
+    at = 0
+
+    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        if type(self).calls == self.at:
+            z_i = InfGradient.apply(z_i)
+        return super().forward(z_i, z_j)
+
+
+def test_a_resumed_fp16_run_continues_with_the_scalers_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_train import STEPS_PER_EPOCH, assert_same_weights
+
+    from simclr_cli.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(train, "build_simclr", tiny_simclr)
+
+    def inf_gradient_at(step: int) -> None:
+        monkeypatch.setattr(train, "NTXentLoss", type("Inf", (InfGradientAt,), {"at": step}))
+
+    options = {"precision": "fp16", "optimizer": "lars"}
+    inf_gradient_at(2)
+    train.run_pretrain(config(tmp_path / "a", **options))
+    inf_gradient_at(2)
+    stop = STEPS_PER_EPOCH + 2  # inside the second epoch
+    train.run_pretrain(config(tmp_path / "b", max_steps=stop, **options))
+    inf_gradient_at(0)  # the resumed part has none, as the uninterrupted run's last steps
+    train.run_pretrain(config(tmp_path / "b", resume="auto", **options))
+
+    a = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
+    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
+    # The halved scale of step 2 came through the checkpoint (a fresh scaler starts at 2^16).
+    assert a["scaler"] == b["scaler"] and b["scaler"]["scale"] == 2.0**15
+    assert_same_weights(a["state_dict"], b["state_dict"])

@@ -21,7 +21,7 @@ from simclr_cli.config.fields import (
     DatasetName,
     FrozenModel,
     OutFolder,
-    check_device,
+    check_cuda,
     cuda_available,
     dataset_kind,
     default_data_dir,
@@ -177,7 +177,9 @@ class PretrainConfig(FrozenModel):
                 f"--gpus {self.gpus} needs a CUDA device and none is visible; drop --gpus to "
                 "train on the CPU (--processes N for several CPU processes)"
             )
-        check_device(self.device, self.precision)
+        # Every precision trains on the CPU too: fp16 with GradScaler("cpu") is slower than
+        # fp32 there, but runs a GPU's fp16 path (the scaler, its checkpoint state) anywhere.
+        check_cuda(self.device)
         if self.data_on == "device" and self.resolved_augment_on != "device":
             raise ValueError(
                 "--data-on device makes both views on the device: add --augment-on device, "
