@@ -164,7 +164,12 @@ def pretrain(
     seed: Annotated[int | None, flag(P, "seed", "Random seed.")] = None,
     device: Annotated[str | None, shared_option(P, "device")] = None,
     precision: Annotated[
-        str | None, flag(P, "precision", "auto (bf16/fp16 on GPU), fp32, bf16, fp16.")
+        str | None,
+        flag(
+            P,
+            "precision",
+            "auto (bf16 on GPUs with native bf16, else fp16; fp32 on CPU), fp32, bf16, fp16.",
+        ),
     ] = None,
     channels_last: Annotated[
         bool | None,
