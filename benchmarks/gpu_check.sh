@@ -4,48 +4,67 @@
 #   bash benchmarks/gpu_check.sh OUTDIR        # from any working directory; OUTDIR is created
 #   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh OUTDIR   # dry run of the script on a CPU
 #
-# Prints one summary line per check (PASS / FAIL / SKIP / INFO / TARGET) and writes them to
-# OUTDIR/summary.txt; OUTDIR/log.txt holds every check's full output, OUTDIR/pretrain_bench.json
-# the benchmark's figures. Exit status 0 when no check failed. All checks together get
-# GPU_CHECK_BUDGET seconds (default 450): each has its own time limit, cut to what is left of
-# the budget, and checks that find less than 20 s left are skipped, so the whole run stays under
-# 8 minutes. PYTHON overrides the interpreter.
+# Prints one summary line per check (PASS / FAIL / SKIP, then any TARGET and FIGURE lines), writes
+# them to OUTDIR/summary.txt; OUTDIR/log.txt holds every check's full output,
+# OUTDIR/pretrain_bench.json the benchmark's figures. Exit status 0 when no check failed. All
+# checks together get GPU_CHECK_BUDGET seconds (default 450 on a GPU, 1500 on the CPU dry run):
+# each has its own time limit, cut to what is left of the budget, and checks that find less than
+# 20 s left are skipped, so the whole run stays under 8 minutes on a GPU. The checks that only a
+# GPU can pass come first; the end-to-end runs and the benchmarks, which a CPU also runs, last.
+# PYTHON overrides the interpreter.
 #
 # Dependencies. A GPU machine with PyTorch may lack pydantic, pydantic-core, annotated-types,
-# typing-inspection and platformdirs. Bring them as wheels (the device's Python is 3.12, x86-64):
-#   here, in the repository root (the wheels then travel with the working tree, 2.8 MiB):
+# typing-inspection, platformdirs and a typing-extensions new enough for pydantic-core (4.14 or
+# later). Without pydantic and platformdirs, and without a wheels folder, the script stops at
+# once with one line. Bring them as wheels (the device's Python is 3.12, x86-64):
+#   here, in the repository root (the wheels then travel with the working tree, about 3 MiB):
 #     echo /.whl/ >> .git/info/exclude
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #       --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic-core==2.50.5 \
-#       annotated-types==0.8.0 typing-inspection==0.4.5 platformdirs==4.14.9
+#       annotated-types==0.8.0 typing-inspection==0.4.5 platformdirs==4.14.9 \
+#       typing-extensions==4.16.0
 #   there (the device tool: carry [".whl"]), as the command:
-#     python3 -m pip install -q --no-index --no-deps --find-links .whl --target /tmp/site \
-#       pydantic pydantic-core annotated-types typing-inspection platformdirs \
-#       && export PYTHONPATH=/tmp/site && bash benchmarks/gpu_check.sh "$OUT"
-#   (typer, rich, numpy, pillow, torchvision and typing-extensions are in its image; if
-#   pydantic is missing and a .whl folder (or $WHEELS) exists, this script installs from it.)
+#     bash benchmarks/gpu_check.sh "$OUT"
+#   (a .whl folder in the repository root, or $WHEELS, is installed into a temporary folder
+#   first; typer, rich, numpy, pillow and torchvision are in the GPU image.)
 #
 # Checks, in this order (the later ones are skipped first when time runs out):
-#   env             GPU, torch, CUDA and dependency versions
-#   pretrain-device simclr pretrain --dataset shapes --stem cifar --batch-size 512 --epochs 2
-#                   --precision bf16 --augment-on device --data-on device: exit 0, data on the
-#                   device in config.json, finite weights; images/s from metrics.jsonl
+#   env             GPU, native bf16, torch, CUDA and dependency versions
+#   gpus-1          --gpus 1 runs 5 steps (the defaults: --augment-on/--data-on auto);
+#                   says where auto put the views and the data
 #   sync-debug      steps 2.. of short runs under torch.cuda.set_sync_debug_mode("error"):
 #                   device path bf16 and fp32 must not sync; the host path is reported
-#   bench-pretrain  benchmarks/pretrain.py --device cuda --steps 15 --warmup 3: Spijkervet-style,
-#                   lightly-style, simclr-cli host and device paths, bf16 and fp32 (TARGET lines)
-#   bench-linear    benchmarks/linear_eval.py on CUDA (target: >= 20x the Spijkervet protocol)
-#   linear-eval     simclr linear-eval of that run on CUDA
-#   features        simclr features of that run on CUDA
+#   precision       bf16 and fp16 (GradScaler) steps of the real Trainer (ResNet-18, LARS):
+#                   finite losses, weights moved, the gradient reaching z equal to float32's
+#                   (backward outside autocast); what --precision auto picks here
+#   two-procs       two processes on ONE device (gloo moves CUDA tensors; NCCL refuses two
+#                   ranks per GPU): a SimCLR step with SyncBatchNorm and with simclr-cli's
+#                   own all-reduce batch norm, gather_with_grad and its backward, DDP and
+#                   LARS, each against one process on the whole batch (float32, no TF32)
+#   bn-bench        SyncBatchNorm against the own all-reduce batch norm in 2 processes on
+#                   the GPU (NCCL if it accepts them, else gloo): ms and host syncs per
+#                   forward+backward of a ResNet-18, bf16; SyncBatchNorm stays the default
+#   compile         --compile for 10 steps on the device path
+#   pretrain-device simclr pretrain --dataset shapes --stem cifar --batch-size 512 --epochs 2
+#                   --precision bf16 with the defaults (the dry run names --augment-on
+#                   device --data-on device): exit 0, data and views on the device in
+#                   config.json, finite weights; images/s from metrics.jsonl
 #   resume          the same run stopped by --max-steps mid-epoch, then --resume auto: reaches
 #                   the same step; max |weight diff| to the uninterrupted run (0 = exact)
-#   pretrain-host   the same run with --data-on host (DataLoader, --augment-on cpu, 8 workers)
+#   pretrain-host   the same run with --data-on host --augment-on cpu (8 workers)
+#   linear-eval     simclr linear-eval of that run
+#   features        simclr features of that run
 #   gpus-2          --gpus 2 on a one-GPU machine fails with exit 2 and ONE line naming --gpus
-#   gpus-1          --gpus 1 runs
-#   sync-bn         SyncBatchNorm in a world-size-1 NCCL group equals BatchNorm
-#   nccl-step       two NCCL processes on one GPU (or a 1-GPU DDP run) match one process
-#   compile         --compile for 10 steps on the device path
+#   bench-pretrain  benchmarks/pretrain.py --device cuda --steps 15 --warmup 3: Spijkervet-style,
+#                   lightly-style, simclr-cli host and device paths, bf16 and fp32 (TARGET lines)
+#   bench-linear    benchmarks/linear_eval.py (target: >= 20x the Spijkervet protocol)
+#
+# The CPU dry run (GPU_CHECK_DEVICE=cpu) on the 2-core development machine, beside another
+# engineer's benchmark: no check failed, 295 s in all. Seconds per check (SKIP: needs CUDA):
+#   env 2, gpus-1 1 (SKIP), sync-debug 2 (SKIP), precision 16, two-procs 18, bn-bench 2 (SKIP),
+#   compile 1 (SKIP), pretrain-device 11, resume 41, pretrain-host 27, linear-eval 18,
+#   features 8, gpus-2 4, bench-pretrain 77, bench-linear 67.
 set -uo pipefail
 OUTDIR="${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,7 +80,7 @@ if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export GPU_CHECK_DEVICE="${GPU_CHECK_DEVICE:-cuda}"
-BUDGET="${GPU_CHECK_BUDGET:-450}"
+BUDGET="${GPU_CHECK_BUDGET:-$([ "$GPU_CHECK_DEVICE" = cuda ] && echo 450 || echo 1500)}"
 # A CPU dry run is slower than a GPU at everything: its time limits are scaled by this factor.
 SLOW="${GPU_CHECK_SLOW:-$([ "$GPU_CHECK_DEVICE" = cuda ] && echo 1 || echo 6)}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/simclr-gpu-check.XXXXXX")"
@@ -70,10 +89,18 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 WHEELS="${WHEELS:-$ROOT/.whl}"
-if ! "$PY" -c "import pydantic, platformdirs" 2>/dev/null && [ -d "$WHEELS" ]; then
+DEPS_IMPORT="import pydantic, platformdirs"
+if ! "$PY" -c "$DEPS_IMPORT" 2>/dev/null && [ -d "$WHEELS" ]; then
   "$PY" -m pip install -q --no-index --no-deps --find-links "$WHEELS" --target "$WORK/site" \
-    pydantic pydantic-core annotated-types typing-inspection platformdirs >> "$LOG" 2>&1
-  export PYTHONPATH="$PYTHONPATH:$WORK/site"
+    pydantic pydantic-core annotated-types typing-inspection typing-extensions platformdirs \
+    >> "$LOG" 2>&1
+  export PYTHONPATH="$WORK/site:$PYTHONPATH"  # before the image's older typing-extensions
+fi
+if ! "$PY" -c "$DEPS_IMPORT" 2>/dev/null; then
+  # One line, at once: every check needs them, and nothing can be installed from the network.
+  say_missing="gpu_check: $PY cannot import pydantic and platformdirs, and $WHEELS has no wheels for them; bring them as this script's header says (pip download ... -d .whl, then carry .whl) or pip install pydantic platformdirs"
+  echo "$say_missing" | tee -a "$SUMMARY" >&2
+  exit 2
 fi
 
 # Spawned workers re-import the main module, so the checks live in a file, not on stdin.
@@ -83,12 +110,14 @@ prints ``RESULT <one line>`` (exit 0: pass; 77: skipped; anything else: fail).""
 
 from __future__ import annotations
 
-import copy
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,6 +141,9 @@ RUN = (
           "--precision", "fp32", "--workers", "0"]
 )  # fmt: skip
 RUN_STEPS = 2 * (10_000 // 512) if CUDA else 8  # shapes has 10,000 training images
+# On CUDA the defaults (--augment-on auto, --data-on auto) must pick the device path by
+# themselves; on the CPU auto keeps the DataLoader, so the dry run names the device path.
+DEVICE_PATH = [] if CUDA else ["--augment-on", "device", "--data-on", "device"]
 
 
 def result(text: str, code: int = 0) -> None:
@@ -154,8 +186,15 @@ def images_per_s(out: Path) -> float:
     return rates[len(rates) // 2] if rates else float("nan")
 
 
-# ---------------------------------------------------------------------------------------------
-# end to end through the CLI
+def exact_fp32() -> None:
+    # TF32 convolutions/matmuls differ at 1e-3; the comparisons need plain float32.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys(), (sorted(a), sorted(b))
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
 def check_env() -> None:
@@ -165,68 +204,15 @@ def check_env() -> None:
     if CUDA and not torch.cuda.is_available():
         result("no CUDA device visible", 1)
     count = torch.cuda.device_count() if CUDA else 0
+    native = torch.cuda.is_bf16_supported(including_emulation=False) if CUDA else False
     result(
-        f"{gpu} x{count}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-        f"pydantic {pydantic.__version__}, python {sys.version.split()[0]}"
+        f"{gpu} x{count}, native bf16 {native}, torch {torch.__version__}, CUDA "
+        f"{torch.version.cuda}, pydantic {pydantic.__version__}, python {sys.version.split()[0]}"
     )
 
 
-def check_pretrain(data_on: str) -> None:
-    out = WORK / f"run-{data_on}"
-    augment = ["--augment-on", "device"] if data_on == "device" else ["--augment-on", "cpu"]
-    start = time.perf_counter()
-    must(pretrain(out, *augment, "--data-on", data_on), f"pretrain --data-on {data_on}")
-    wall = time.perf_counter() - start
-    resolved = json.loads((out / "config.json").read_text())["resolved"]
-    state, step = last_weights(out)
-    if resolved["data_on"] != data_on:
-        result(f"config.json says data_on {resolved['data_on']} ({resolved['data_on_reason']})", 1)
-    if not finite(state) or step != RUN_STEPS:
-        result(f"finite weights {finite(state)}, global_step {step} (want {RUN_STEPS})", 1)
-    result(
-        f"{step} steps in {wall:.0f} s wall, {images_per_s(out):.0f} images/s (median window), "
-        f"data_on {resolved['data_on']}: {resolved['data_on_reason']}"
-    )
-
-
-def check_linear_eval() -> None:
-    run = WORK / "run-device"
-    if not (run / "checkpoint_last.pt").exists():
-        result("no run-device checkpoint (pretrain-device failed)", 1)
-    proc = simclr("linear-eval", "--checkpoint", str(run), "--dataset", "shapes",
-                  "--device", DEVICE, *([] if CUDA else ["--limit", "200"]))  # fmt: skip
-    must(proc, "linear-eval")
-    lines = [ln for ln in proc.stdout.splitlines() if "accuracy" in ln.lower() or "top" in ln]
-    cells = [" ".join(ln.replace("│", " ").split()) for ln in lines[:3]]
-    result("; ".join(cells) or "exit 0")
-
-
-def check_features() -> None:
-    run = WORK / "run-device"
-    target = WORK / "features"
-    proc = simclr("features", "--checkpoint", str(run), "--dataset", "shapes", "--device",
-                  DEVICE, "--out", str(target), *([] if CUDA else ["--limit", "64"]))  # fmt: skip
-    must(proc, "features")
-    files = sorted(p.name for p in target.rglob("*") if p.is_file()) if target.is_dir() else []
-    result(f"wrote {', '.join(files) or target}")
-
-
-def check_resume() -> None:
-    straight = WORK / "run-device"
-    out = WORK / "run-resume"
-    stop = RUN_STEPS // 2 + 3  # inside the second epoch
-    args = ("--augment-on", "device", "--data-on", "device")
-    must(pretrain(out, *args, "--max-steps", str(stop)), "pretrain --max-steps")
-    must(pretrain(out, *args, "--resume", "auto"), "pretrain --resume auto")
-    a, step_a = last_weights(straight)
-    b, step_b = last_weights(out)
-    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-    if step_a != step_b or not finite(b):
-        result(f"resumed run ended at step {step_b}, uninterrupted at {step_a}", 1)
-    exact = (
-        "exact" if diff == 0 else "not bitwise (cuDNN autotuning / atomics; not --deterministic)"
-    )
-    result(f"stopped at {stop}, resumed to {step_b}: max |weight diff| {diff:.2e} ({exact})")
+# ---------------------------------------------------------------------------------------------
+# what only a GPU can show: --gpus 1, no host sync, bf16/fp16 steps, two processes, --compile
 
 
 def check_gpus(n: int) -> None:
@@ -235,19 +221,18 @@ def check_gpus(n: int) -> None:
         result("needs CUDA", SKIP)
     if n > 1 and visible >= n:
         result(f"{visible} GPUs visible: --gpus {n} would run", SKIP)
-    proc = pretrain(WORK / f"run-gpus{n}", "--gpus", str(n), "--max-steps", "5",
-                    "--augment-on", "device")  # fmt: skip
+    proc = pretrain(WORK / f"run-gpus{n}", "--gpus", str(n), "--max-steps", "5")
     if n == 1:
         must(proc, "--gpus 1")
-        result("--gpus 1 ran 5 steps")
+        config = json.loads((WORK / "run-gpus1" / "config.json").read_text())["resolved"]
+        result(
+            f"--gpus 1 ran 5 steps; auto chose views on {config['resolved_augment_on']} "
+            f"({config['augment_on_reason']}), data on {config['data_on']}"
+        )
     err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     if proc.returncode != 2 or len(err) != 1 or "--gpus" not in err[0]:
         result(f"exit {proc.returncode}, stderr {len(err)} lines: {err[-1:]}", 1)
     result(f"exit 2, one line: {err[0]}")
-
-
-# ---------------------------------------------------------------------------------------------
-# no host sync in the step
 
 
 def sync_debug_run(data_on: str, precision: str) -> str | None:
@@ -298,67 +283,79 @@ def check_sync_debug() -> None:
     result("; ".join(lines), 1 if failed else 0)
 
 
-# ---------------------------------------------------------------------------------------------
-# SyncBatchNorm and NCCL (the earlier checks)
+def precision_steps(precision: str, steps: int) -> str:
+    """``steps`` real Trainer steps (ResNet-18, LARS) in ``precision``; one line, or raises."""
+    from simclr_cli import train
+    from simclr_cli.config import PretrainConfig
+    from simclr_cli.loss import NTXentLoss, nt_xent
+
+    sizes = {"limit": 2048, "batch_size": 256} if CUDA else {"limit": 32, "batch_size": 8}
+    cfg = PretrainConfig(
+        dataset="shapes", stem="cifar", image_size=32 if CUDA else 16, epochs=1, device=DEVICE,
+        precision=precision, augment_on="device", data_on="device", workers=0, log_every=1000,
+        out=WORK / f"precision-{precision}", **sizes,
+    )  # fmt: skip
+    trainer = train.build_trainer(cfg)
+    seen: dict[str, Any] = {}
+
+    class GradAtZ(NTXentLoss):
+        def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
+            seen["z"] = (z_i.detach().clone(), z_j.detach().clone())
+            seen["scale"] = trainer.scaler.get_scale() if trainer.scaler is not None else 1.0
+            z_i.register_hook(lambda grad: seen.update(grad_i=grad.clone()))
+            return super().forward(z_i, z_j)
+
+    trainer.criterion = GradAtZ(cfg.temperature)
+    batches = trainer.batches()
+    before = trainer.net.encoder.conv1.weight.detach().clone()
+    times, losses = [], []
+    for _ in range(steps):
+        views = trainer.views(next(batches))
+        start = time.perf_counter()
+        losses.append(trainer.step(views).item())  # a host sync: the step is done
+        times.append(time.perf_counter() - start)
+        trainer.global_step += 1
+    moved = not torch.equal(before, trainer.net.encoder.conv1.weight)
+    # The gradient reaching z against float32's (of the loss times fp16's scale, as the step
+    # differentiates it): the backward pass must run outside autocast.
+    z_i, z_j = (z.clone().requires_grad_(True) for z in seen["z"])
+    (nt_xent(z_i, z_j, cfg.temperature) * seen["scale"]).backward()
+    got, want = seen["grad_i"].double(), z_i.grad.double()
+    error = ((got - want).norm() / want.norm()).item()
+    scale = f", scale {trainer.scaler.get_scale():g}" if trainer.scaler is not None else ""
+    text = (
+        f"{precision}: z {seen['z'][0].dtype}, losses {losses[0]:.3f}..{losses[-1]:.3f}"
+        f"{scale}, |grad z - fp32| {error:.1e}, {statistics.median(times) * 1e3:.0f} ms/step"
+    )
+    if not all(math.isfinite(loss) for loss in losses) or not moved or error > 1e-5:
+        raise AssertionError(f"{text} (weights moved: {moved})")
+    return text
 
 
-def exact_fp32() -> None:
-    # TF32 convolutions/matmuls differ at 1e-3; the comparisons need plain float32.
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+def check_precision() -> None:
+    from simclr_cli.inference import resolve_precision
+
+    exact_fp32()  # the z-gradient comparison is in float32
+    lines = []
+    for precision in ("bf16", "fp16"):
+        try:
+            lines.append(precision_steps(precision, 6 if CUDA else 2))
+        except AssertionError as err:
+            result(f"{'; '.join(lines)}; FAILED {err}", 1)
+    auto = resolve_precision("auto", DEVICE)
+    result(f"{'; '.join(lines)}; --precision auto here: {auto}")
 
 
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys(), (sorted(a), sorted(b))
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+# Two processes on ONE device: NCCL refuses two ranks per GPU, gloo moves CUDA tensors (through
+# the host), so gather_with_grad, its backward and global batch norm really cross processes.
 
 
-def run_bn(module: nn.Module, x: torch.Tensor, probe: torch.Tensor) -> dict[str, torch.Tensor]:
-    x = x.clone().requires_grad_(True)
-    y = module(x)
-    (y * probe).sum().backward()
-    return {
-        "y": y.detach(),
-        "x_grad": x.grad,
-        "weight_grad": module.weight.grad,
-        "bias_grad": module.bias.grad,
-        "running_mean": module.running_mean,
-        "running_var": module.running_var,
-    }
-
-
-def sync_bn_worker(cfg: Any) -> float:
-    from simclr_cli import distributed, inference
-
-    device = inference.process_device("cuda")
-    g = torch.Generator().manual_seed(0)
-    x = (torch.randn(64, 16, 8, 8, generator=g) * 3 + 1).to(device)
-    probe = torch.randn(64, 16, 8, 8, generator=g).to(device)
-    plain = nn.BatchNorm2d(16).to(device)
-    sync = distributed.convert_sync_batchnorm(copy.deepcopy(plain), device)
-    assert isinstance(sync, nn.SyncBatchNorm), type(sync)
-    assert distributed.world_size() == 1 and distributed.is_initialized()
-    return max_diff(run_bn(sync, x, probe), run_bn(plain, x, probe))
-
-
-def group_plan(world: int) -> Any:
+def group_plan(world: int, backend: str) -> Any:
     from simclr_cli import distributed
 
     port = distributed.find_free_port()
     mode = "spawn" if world > 1 else "env"
-    return distributed.LaunchPlan(mode, "nccl", world, world, 0, "127.0.0.1", port, "cli")
-
-
-def check_sync_bn() -> None:
-    from simclr_cli.distributed import launching
-
-    if not CUDA:
-        result("needs CUDA and NCCL", SKIP)
-    diff = launching._run_in_group(
-        sync_bn_worker, None, group_plan(1), 0, 0, timedelta(minutes=2)
-    )
-    text = f"SyncBatchNorm (NCCL, world size 1) vs BatchNorm: max |diff| = {diff:.2e}"
-    result(text, 0 if diff <= 1e-5 else 1)
+    return distributed.LaunchPlan(mode, backend, world, world, 0, "127.0.0.1", port, "cli")
 
 
 def small_simclr() -> nn.Module:
@@ -369,10 +366,20 @@ def small_simclr() -> nn.Module:
     return SimCLR(encoder, features, projection_dim=32, head="v2", hidden_dim=64)
 
 
-def views() -> tuple[torch.Tensor, torch.Tensor]:
+def global_bn(model: nn.Module, kind: str) -> nn.Module:
+    """torch's SyncBatchNorm (``torch``, the CUDA default) or simclr-cli's own (``own``)."""
+    from simclr_cli import distributed
+
+    if kind == "torch":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return distributed.to_global_batchnorm(model)
+
+
+def views(rows: slice, device: torch.device, size: int = 16) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
-    shape = (GLOBAL_PAIRS, 3, 16, 16)
-    return torch.rand(shape, generator=g), torch.rand(shape, generator=g)
+    shape = (GLOBAL_PAIRS, 3, size, size)
+    x_i, x_j = torch.rand(shape, generator=g), torch.rand(shape, generator=g)
+    return torch.cat([x_i[rows], x_j[rows]]).to(device)
 
 
 def simclr_step(model: nn.Module, bare: nn.Module, rows: slice) -> dict[str, Any]:
@@ -381,9 +388,8 @@ def simclr_step(model: nn.Module, bare: nn.Module, rows: slice) -> dict[str, Any
     from simclr_cli.optim import LARS, param_groups
 
     device = next(bare.parameters()).device
-    x_i, x_j = (v[rows].to(device) for v in views())
     optimizer = LARS(param_groups(bare, 1e-6), lr=1.0, weight_decay=1e-6)
-    _, z = model(torch.cat([x_i, x_j]))
+    _, z = model(views(rows, device))
     loss = nt_xent(*z.chunk(2), temperature=0.5)
     loss.backward()
     grads = {k: p.grad.detach().cpu() for k, p in bare.named_parameters() if p.grad is not None}
@@ -393,54 +399,191 @@ def simclr_step(model: nn.Module, bare: nn.Module, rows: slice) -> dict[str, Any
 
 
 def step_worker(cfg: Any) -> None:
-    from torch.nn.parallel import DistributedDataParallel
-
     from simclr_cli import distributed, inference
 
     exact_fp32()
-    device = inference.process_device("cuda")
-    model = distributed.convert_sync_batchnorm(small_simclr().to(device), device)
-    # DDP even at world size 1 (wrap_ddp would skip it): this is the 1-GPU DDP run.
-    ddp = DistributedDataParallel(model, device_ids=[device.index])
+    device = inference.process_device(DEVICE)
+    model = global_bn(small_simclr().to(device), cfg.bn)
+    ddp = distributed.wrap_ddp(model, device, broadcast_buffers=False)
     n = GLOBAL_PAIRS // distributed.world_size()
     rows = slice(distributed.rank() * n, (distributed.rank() + 1) * n)
-    out = simclr_step(ddp, ddp.module, rows)
+    out = simclr_step(ddp, model, rows)
     assert not any(k.startswith("module.") for k in out["w"])
-    torch.save(out, Path(cfg.out) / f"step_rank{distributed.rank()}.pt")
+    torch.save(out, WORK / f"step-{cfg.bn}-rank{distributed.rank()}.pt")
 
 
-def compare_step(world: int, reference: dict[str, Any], how: str) -> None:
-    got = torch.load(WORK / "step_rank0.pt", weights_only=True)
-    loss_diff = (got["loss"] - reference["loss"]).abs().item()
-    grad_diff = max_diff(got["grads"], reference["grads"])
-    weight_diff = max_diff(got["w"], reference["w"])
-    worst = max(loss_diff, grad_diff, weight_diff)
-    text = f"{how} vs 1 process: |loss diff| {loss_diff:.2e}, max |grad diff| {grad_diff:.2e}, "
-    text += f"max |weight diff after LARS| {weight_diff:.2e}"
-    result(text, 0 if worst <= GPU_TOL else 1)
+def check_two_procs() -> None:
+    from simclr_cli.distributed import launching
+
+    exact_fp32()
+    device = torch.device(DEVICE)
+    model = small_simclr().to(device)
+    reference = simclr_step(model, model, slice(None))  # one process, plain BN, whole batch
+    kinds = ("torch", "own") if CUDA else ("own",)  # SyncBatchNorm refuses CPU tensors
+    lines, worst = [], 0.0
+    for kind in kinds:
+        cfg = SimpleNamespace(bn=kind)
+        launching._spawn(step_worker, cfg, group_plan(2, "gloo"), timedelta(seconds=120 * SLOW))
+        got = torch.load(WORK / f"step-{kind}-rank0.pt", weights_only=True)
+        diffs = (
+            (got["loss"] - reference["loss"]).abs().item(),
+            max_diff(got["grads"], reference["grads"]),
+            max_diff(got["w"], reference["w"]),
+        )
+        worst = max(worst, *diffs)
+        name = "SyncBatchNorm" if kind == "torch" else "own all-reduce BN"
+        lines.append(
+            f"{name}: |loss|/grad/weight diff {diffs[0]:.1e}/{diffs[1]:.1e}/{diffs[2]:.1e}"
+        )
+    how = "2 gloo processes on one GPU" if CUDA else "2 gloo processes (SyncBatchNorm: CUDA only)"
+    result(f"{how} vs 1 process, whole batch: {'; '.join(lines)}", 0 if worst <= GPU_TOL else 1)
 
 
-def check_nccl_step() -> None:
+def count_syncs(step: Any) -> int:
+    """Host syncs of one call of ``step`` (torch's sync debug mode, as warnings)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def bn_bench_worker(cfg: Any) -> None:
+    """Forward, NT-Xent and backward of a ResNet-18 (bf16 autocast, 128 images per rank and
+    view at 32 px) with one global-BN implementation: ms per step and host syncs per step.
+    No DDP: its gradient all-reduce through gloo would hide the batch norm's cost."""
+    from simclr_cli import distributed, inference
+    from simclr_cli.loss import nt_xent
+
+    device = inference.process_device("cuda")
+    model = global_bn(small_simclr().to(device), cfg.bn).to(memory_format=torch.channels_last)
+    x = torch.rand(256, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, z = model(x)
+            loss = nt_xent(*z.chunk(2), temperature=0.5)
+        loss.backward()
+
+    for _ in range(3):
+        step()
+    syncs = count_syncs(step)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if distributed.rank() == 0:
+        out = {"ms": statistics.median(times) * 1e3, "syncs": syncs, "backend": cfg.backend}
+        (WORK / f"bn-bench-{cfg.bn}.json").write_text(json.dumps(out))
+
+
+def check_bn_bench() -> None:
     from simclr_cli.distributed import launching
     from simclr_cli.errors import DistributedError
 
     if not CUDA:
-        result("needs CUDA and NCCL", SKIP)
-    exact_fp32()
-    model = small_simclr().cuda()
-    reference = simclr_step(model, model, slice(None))
-    cfg = SimpleNamespace(out=str(WORK))
-    try:
-        launching._spawn(step_worker, cfg, group_plan(2), timedelta(seconds=90))
-        compare_step(2, reference, "2 NCCL processes on one GPU")
-    except DistributedError as err:
-        print(f"2 NCCL processes on one GPU refused ({err}); running 1-GPU DDP instead")
-    launching._run_in_group(step_worker, cfg, group_plan(1), 0, 0, timedelta(minutes=2))
-    compare_step(1, reference, "1-GPU DDP (2 NCCL ranks on one GPU refused)")
+        result("needs CUDA (SyncBatchNorm refuses CPU tensors)", SKIP)
+    figures = {}
+    for kind in ("torch", "own"):
+        for backend in ("nccl", "gloo"):  # NCCL where it accepts two ranks on one GPU
+            cfg = SimpleNamespace(bn=kind, backend=backend)
+            try:
+                launching._spawn(
+                    bn_bench_worker, cfg, group_plan(2, backend), timedelta(seconds=60)
+                )
+                break
+            except DistributedError as err:
+                print(f"{backend} refused ({err}); trying the next backend", flush=True)
+        figures[kind] = json.loads((WORK / f"bn-bench-{kind}.json").read_text())
+    sync, own = figures["torch"], figures["own"]
+    print(f"FIGURE SyncBatchNorm {sync['ms']:.1f} ms/step, {sync['syncs']} host syncs "
+          f"({sync['backend']}); own all-reduce BN {own['ms']:.1f} ms/step, {own['syncs']} "
+          f"host syncs ({own['backend']})")  # fmt: skip
+    result(
+        f"2 processes on one GPU ({sync['backend']}): SyncBatchNorm {sync['ms']:.1f} ms, "
+        f"{sync['syncs']} syncs; own BN {own['ms']:.1f} ms, {own['syncs']} syncs per step "
+        "(numerics: two-procs)"
+    )
+
+
+def check_compile() -> None:
+    if not CUDA:
+        result("skipped on the CPU dry run (inductor needs minutes there)", SKIP)
+    out = WORK / "run-compile"
+    proc = pretrain(out, "--compile", "--max-steps", "10", *DEVICE_PATH)
+    must(proc, "pretrain --compile")
+    state, step = last_weights(out)
+    result(f"{step} compiled steps, weights finite {finite(state)}", 0 if finite(state) else 1)
 
 
 # ---------------------------------------------------------------------------------------------
-# benchmarks and --compile
+# end to end through the CLI, and the benchmarks
+
+
+def check_pretrain(data_on: str) -> None:
+    out = WORK / f"run-{data_on}"
+    paths = DEVICE_PATH if data_on == "device" else ["--augment-on", "cpu", "--data-on", "host"]
+    start = time.perf_counter()
+    must(pretrain(out, *paths), f"pretrain --data-on {data_on}")
+    wall = time.perf_counter() - start
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    state, step = last_weights(out)
+    if resolved["data_on"] != data_on:
+        result(f"config.json says data_on {resolved['data_on']} ({resolved['data_on_reason']})", 1)
+    if not finite(state) or step != RUN_STEPS:
+        result(f"finite weights {finite(state)}, global_step {step} (want {RUN_STEPS})", 1)
+    result(
+        f"{step} steps in {wall:.0f} s wall, {images_per_s(out):.0f} images/s (median window), "
+        f"data_on {resolved['data_on']}: {resolved['data_on_reason']}; views on "
+        f"{resolved['resolved_augment_on']}: {resolved['augment_on_reason']}"
+    )
+
+
+def check_resume() -> None:
+    straight = WORK / "run-device"
+    out = WORK / "run-resume"
+    stop = RUN_STEPS // 2 + 3  # inside the second epoch
+    must(pretrain(out, *DEVICE_PATH, "--max-steps", str(stop)), "pretrain --max-steps")
+    must(pretrain(out, *DEVICE_PATH, "--resume", "auto"), "pretrain --resume auto")
+    a, step_a = last_weights(straight)
+    b, step_b = last_weights(out)
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    if step_a != step_b or not finite(b):
+        result(f"resumed run ended at step {step_b}, uninterrupted at {step_a}", 1)
+    exact = (
+        "exact" if diff == 0 else "not bitwise (cuDNN autotuning / atomics; not --deterministic)"
+    )
+    result(f"stopped at {stop}, resumed to {step_b}: max |weight diff| {diff:.2e} ({exact})")
+
+
+def check_linear_eval() -> None:
+    run = WORK / "run-device"
+    if not (run / "checkpoint_last.pt").exists():
+        result("no run-device checkpoint (pretrain-device failed)", 1)
+    proc = simclr("linear-eval", "--checkpoint", str(run), "--dataset", "shapes",
+                  "--device", DEVICE, *([] if CUDA else ["--limit", "200"]))  # fmt: skip
+    must(proc, "linear-eval")
+    lines = [ln for ln in proc.stdout.splitlines() if "accuracy" in ln.lower() or "top" in ln]
+    cells = [" ".join(ln.replace("│", " ").split()) for ln in lines[:3]]
+    result("; ".join(cells) or "exit 0")
+
+
+def check_features() -> None:
+    run = WORK / "run-device"
+    target = WORK / "features"
+    proc = simclr("features", "--checkpoint", str(run), "--dataset", "shapes", "--device",
+                  DEVICE, "--out", str(target), *([] if CUDA else ["--limit", "64"]))  # fmt: skip
+    must(proc, "features")
+    files = sorted(p.name for p in target.rglob("*") if p.is_file()) if target.is_dir() else []
+    result(f"wrote {', '.join(files) or target}")
 
 
 def check_bench_pretrain(out_json: str) -> None:
@@ -488,32 +631,22 @@ def check_bench_linear() -> None:
     result(f"whole protocol {speed}; " + "; ".join(" ".join(t.split()[:4]) for t in top1))
 
 
-def check_compile() -> None:
-    if not CUDA:
-        result("skipped on the CPU dry run (inductor needs minutes there)", SKIP)
-    out = WORK / "run-compile"
-    proc = pretrain(out, "--compile", "--max-steps", "10", "--augment-on", "device",
-                    "--data-on", "device")  # fmt: skip
-    must(proc, "pretrain --compile")
-    state, step = last_weights(out)
-    result(f"{step} compiled steps, weights finite {finite(state)}", 0 if finite(state) else 1)
-
-
 CHECKS = {
     "env": check_env,
+    "gpus-1": lambda: check_gpus(1),
+    "sync-debug": check_sync_debug,
+    "precision": check_precision,
+    "two-procs": check_two_procs,
+    "bn-bench": check_bn_bench,
+    "compile": check_compile,
     "pretrain-device": lambda: check_pretrain("device"),
-    "linear-eval": check_linear_eval,
-    "features": check_features,
     "resume": check_resume,
     "pretrain-host": lambda: check_pretrain("host"),
-    "sync-debug": check_sync_debug,
+    "linear-eval": check_linear_eval,
+    "features": check_features,
     "gpus-2": lambda: check_gpus(2),
-    "gpus-1": lambda: check_gpus(1),
-    "sync-bn": check_sync_bn,
-    "nccl-step": check_nccl_step,
     "bench-pretrain": lambda: check_bench_pretrain(sys.argv[3]),
     "bench-linear": check_bench_linear,
-    "compile": check_compile,
 }
 
 if __name__ == "__main__":
@@ -554,20 +687,23 @@ check() {
 # before the first check starts, so editing the script during a run cannot derail it.
 run_all() {
   say "gpu_check on $GPU_CHECK_DEVICE, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  # What only a GPU can show comes first; each of these skips at once on the CPU dry run.
   check env 60
-  check pretrain-device 150
+  check gpus-1 90
   check sync-debug 150
-  check bench-pretrain 300
-  check bench-linear 240
-  check linear-eval 120
-  check features 90
+  check precision 120
+  check two-procs 150
+  check bn-bench 150
+  check compile 240
+  # End to end through the CLI, then the benchmarks.
+  check pretrain-device 150
   check resume 200
   check pretrain-host 150
+  check linear-eval 120
+  check features 90
   check gpus-2 60
-  check gpus-1 90
-  check sync-bn 90
-  check nccl-step 150
-  check compile 240
+  check bench-pretrain 300
+  check bench-linear 240
   say "gpu_check: $([ $FAILED = 0 ] && echo 'no check failed' || echo 'some checks FAILED') in $((SECONDS - START)) s"
   return $FAILED
 }

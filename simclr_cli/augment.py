@@ -341,13 +341,19 @@ _JITTER_FUNCTIONS: tuple[Callable[[Any, float], Any], ...] = (
 
 
 class TwoViews:
-    """Apply a random transform twice to the same image: ``image -> (view_1, view_2)``."""
+    """Apply a random transform twice to the same image: ``image -> (view_1, view_2)``.
 
-    def __init__(self, transform: Callable[[Any], Any]) -> None:
+    With a ``generator``, both views are drawn from it, one after the other (the transform must
+    then accept one, as :class:`SimCLRAugment` does); without, from torch's global generator.
+    """
+
+    def __init__(self, transform: Callable[..., Any]) -> None:
         self.transform = transform
 
-    def __call__(self, image: Any) -> tuple[Any, Any]:
-        return self.transform(image), self.transform(image)
+    def __call__(self, image: Any, generator: torch.Generator | None = None) -> tuple[Any, Any]:
+        if generator is None:
+            return self.transform(image), self.transform(image)
+        return self.transform(image, generator), self.transform(image, generator)
 
 
 # --------------------------------------------------------------------------------------------

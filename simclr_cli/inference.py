@@ -52,13 +52,16 @@ def resolve_device_name(device: str, cuda_available: bool) -> str:
 def resolve_precision(precision: str, device: str) -> str:
     """The precision a ``--precision`` request means on ``device`` (``"cuda"``, ``"cpu"``).
 
-    ``"auto"`` is bf16 on a GPU that supports it, else fp16 on a GPU, and fp32 on the CPU; an
-    explicit request as given (the config has already refused fp16 on the CPU).
+    ``"auto"`` is bf16 on a GPU with native bf16 arithmetic (compute capability 8.0 and
+    later), else fp16 on a GPU (with a grad scaler in training), and fp32 on the CPU; an
+    explicit request as given. A GPU that only emulates bf16 (V100, T4: ``is_bf16_supported()``
+    counts emulation) would leave cuDNN's fast kernels for it.
     """
     if precision != "auto":
         return precision
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16" if native else "fp16"
     return "fp32"
 
 

@@ -3,19 +3,27 @@
 A host DataLoader (views made in its workers, or uint8 crops for ``--augment-on device``) or,
 with ``--data-on device``, the whole set decoded once onto the device
 (:mod:`simclr_cli.resident`); both follow the sampler's order.
+
+Views made on the host are a pure function of ``(seed, epoch, image index)``
+(:class:`SeededViews`): each image's two views come from a generator of its own, so ranks draw
+different views (they hold different images), and a resume draws the views of the
+uninterrupted run whatever ``--workers`` and the number of processes are. The DataLoader's
+worker seeds come from ``(seed, rank)`` (:func:`~simclr_cli.seeding.loader_seed`); torch seeds
+each worker's ``random`` and NumPy from them too.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from simclr_cli import distributed, resident
+from simclr_cli import distributed, resident, seeding
 from simclr_cli.augment import BatchedSimCLRAugment, SimCLRAugment, TwoViews
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import get_console
@@ -65,6 +73,11 @@ class ResumableSampler(Sampler[int]):
         )
         self.skip = 0
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose permutation :meth:`__iter__` yields."""
+        return int(self.inner.epoch)
+
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Select the permutation of ``epoch`` and skip its first ``skip`` indices on this rank."""
         self.inner.set_epoch(epoch)
@@ -77,31 +90,62 @@ class ResumableSampler(Sampler[int]):
         return len(self.inner) - self.skip
 
 
+class EpochKeys(Sampler[tuple[int, int]]):
+    """The indices of a :class:`ResumableSampler` as ``(index, epoch)`` keys for
+    :class:`SeededViews`, which draws each image's views from its key."""
+
+    def __init__(self, sampler: ResumableSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch  # read once: DataLoader iterates the sampler ahead of use
+        return ((index, epoch) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededViews(Dataset):
+    """``dataset[index]``'s image as two views drawn from a generator of its own.
+
+    The generator is seeded from ``(seed, epoch, index)`` (:func:`~simclr_cli.seeding.view_seed`),
+    so the views depend on nothing else: not on the worker that makes them, the worker's or
+    the rank's random stream, nor on where a resumed run started.
+
+    Args:
+        dataset: yields ``(PIL image or tensor, label)``.
+        views: both views of an image for one generator (:class:`~simclr_cli.augment.TwoViews`).
+        seed: the run's ``--seed``.
+    """
+
+    def __init__(self, dataset: Dataset, views: TwoViews, seed: int) -> None:
+        self.dataset, self.views, self.seed = dataset, views, seed
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[tuple[Tensor, Tensor], Any]:
+        index, epoch = key
+        image, label = self.dataset[index]
+        generator = torch.Generator().manual_seed(seeding.view_seed(self.seed, epoch, index))
+        return self.views(image, generator), label
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]  # every dataset here is Sized
+
+
 def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainData:
     """The pretraining loader of this process (labels are loaded but not used by the loss).
 
-    ``--augment-on cpu``: DataLoader workers produce the two views per image (PIL/tensor ops).
+    ``--augment-on cpu``: DataLoader workers produce the two views per image (PIL/tensor ops),
+    each image's from its own ``(seed, epoch, index)`` generator (:class:`SeededViews`).
     ``--augment-on device``: workers only decode to fixed-size uint8 tensors; both views are
     made on the training device for the whole batch at once.
     """
     size = cfg.resolved_image_size
-    stats = normalization(cfg.dataset_kind)
-    mean, std = (list(stats[0]), list(stats[1])) if stats is not None else (None, None)
-    views = {
-        "jitter_strength": cfg.resolved_jitter_strength,
-        "blur": cfg.resolved_blur,
-        "mean": mean,
-        "std": std,
-        "crop_scale": cfg.crop_scale,
-        "flip": cfg.flip,
-    }
     device_augment = None
-    transform: Callable[[Any], Any]
-    if cfg.augment_on == "device":
-        transform = to_uint8_transform(size)
-        device_augment = BatchedSimCLRAugment(size, **views).to(device)
-    else:
-        transform = TwoViews(SimCLRAugment(size, **views))
+    on_device = cfg.resolved_augment_on == "device"
+    if on_device:
+        device_augment = BatchedSimCLRAugment(size, **view_options(cfg)).to(device)
+    # Host views are made by SeededViews around the dataset, which yields PIL images.
+    transform = to_uint8_transform(size) if on_device else None
     dataset = build_dataset(
         cfg.dataset, pretrain_split(cfg.dataset_kind), cfg.data_dir, transform, limit=cfg.limit
     )
@@ -110,7 +154,6 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         get_console().print(
             f"[yellow]skipped {plural(skipped, 'unreadable image file')} in {cfg.dataset}"
         )
-    per_process = cfg.per_process_batch_size
     size_of_dataset = len(dataset)  # type: ignore[arg-type]  # every dataset here is Sized
     if size_of_dataset < cfg.batch_size:
         raise DatasetError(
@@ -119,25 +162,53 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         )
     sampler = ResumableSampler(dataset, distributed.world_size(), distributed.rank(), cfg.seed)
     nbytes = resident.decoded_bytes(size_of_dataset, size)
-    placement = resident.choose_placement(cfg.data_on, cfg.augment_on, device, nbytes)
+    placement = resident.choose_placement(cfg.data_on, cfg.resolved_augment_on, device, nbytes)
     loader: DataLoader | resident.ResidentLoader
     if placement.data_on == "device":
         if distributed.is_main():  # decoding the whole set takes a moment: say what happens
             get_console().print(f"decoding the training set once: {placement.reason}")
         loader = resident_loader(dataset, size_of_dataset, sampler, cfg, device)
+    elif on_device:
+        loader = host_loader(dataset, sampler, cfg, device)
     else:
-        loader = DataLoader(
-            dataset,
-            batch_size=per_process,
-            sampler=sampler,
-            num_workers=cfg.workers,
-            pin_memory=device.type == "cuda",
-            drop_last=True,  # full batches only: NT-Xent's negatives and BN statistics comparable
-            persistent_workers=cfg.workers > 0,
-            worker_init_fn=ignore_stop_signals,
-        )
-    steps = len(sampler.inner) // per_process
+        views = SeededViews(dataset, TwoViews(SimCLRAugment(size, **view_options(cfg))), cfg.seed)
+        loader = host_loader(views, EpochKeys(sampler), cfg, device)
+    steps = len(sampler.inner) // cfg.per_process_batch_size
     return PretrainData(loader, sampler, steps, device_augment, placement)
+
+
+def view_options(cfg: PretrainConfig) -> dict[str, Any]:
+    """The options of both view pipelines (:class:`~simclr_cli.augment.ViewRecipe`, mean/std)."""
+    stats = normalization(cfg.dataset_kind)
+    mean, std = (list(stats[0]), list(stats[1])) if stats is not None else (None, None)
+    return {
+        "jitter_strength": cfg.resolved_jitter_strength,
+        "blur": cfg.resolved_blur,
+        "mean": mean,
+        "std": std,
+        "crop_scale": cfg.crop_scale,
+        "flip": cfg.flip,
+    }
+
+
+def host_loader(
+    dataset: Dataset, sampler: Sampler[Any], cfg: PretrainConfig, device: torch.device
+) -> DataLoader:
+    """A DataLoader of full batches in the sampler's order, its workers seeded per rank."""
+    generator = torch.Generator().manual_seed(seeding.loader_seed(cfg.seed, distributed.rank()))
+    return DataLoader(
+        dataset,
+        batch_size=cfg.per_process_batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,  # full batches only: NT-Xent's negatives and BN statistics comparable
+        persistent_workers=cfg.workers > 0,
+        worker_init_fn=ignore_stop_signals,
+        # Worker seeds (torch, random, NumPy) come from this generator, not from the global one,
+        # which is in the same state on every rank: otherwise all ranks' workers draw alike.
+        generator=generator,
+    )
 
 
 def resident_loader(

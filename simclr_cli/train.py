@@ -7,10 +7,10 @@ writes files. Nothing is lost: checkpoints are atomic and hold everything a resu
 SIGINT/SIGTERM finishes the current step and writes one, and a non-finite loss stops the run
 without overwriting the last good checkpoint.
 
-Randomness is a pure function of ``(seed, step, rank)``: the sampler's order depends on
-``(seed, epoch)`` and the generators are reseeded before every step, so a run resumed at any
-step draws the same order and augmentations as an uninterrupted one (exactly so with
-``--workers 0`` or ``--augment-on device``; DataLoader worker processes keep their own streams).
+Randomness is a pure function of the seed (:mod:`simclr_cli.seeding`): the sampler's order
+depends on ``(seed, epoch)``, views made on the host on ``(seed, epoch, image)`` and views made
+on the device on ``(seed, step, rank)``, so a run resumed at any step draws the same order and
+augmentations as an uninterrupted one, with any ``--workers``.
 ``--data-on device`` (:mod:`simclr_cli.resident`) replaces the DataLoader by batches gathered
 from the whole set held on the device, in the same order, so it trains the same weights.
 
@@ -46,7 +46,8 @@ from simclr_cli.resume import (
     continue_run_config,
     resume_checkpoint_path,
 )
-from simclr_cli.trainer import Trainer, seed_everything
+from simclr_cli.seeding import seed_everything
+from simclr_cli.trainer import Trainer
 
 # ----------------------------------------------------------------------------------------------
 # entry points
@@ -94,12 +95,18 @@ def check_run_dir(cfg: PretrainConfig) -> None:
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run pretraining in this process (one rank of the launch).
 
-    Phases: device, resume checkpoint, data, model, loss, optimizer, schedule, restore, loop.
-
     Returns:
         A summary dict: ``out``, ``checkpoint``, ``epochs``, ``global_step``, ``final_loss``,
-        ``time_s``, ``images_per_s``, ``seconds_per_epoch``, ``knn_accuracy``,
-        ``next_commands`` (linear evaluation, export, report), ``resumed_from``.
+        ``time_s``, ``images_per_s``, ``seconds_per_epoch``, ``knn_accuracy``, ``data_on``,
+        ``augment_on``, ``next_commands`` (linear evaluation, export, report), ``resumed_from``.
+    """
+    return build_trainer(cfg).fit()
+
+
+def build_trainer(cfg: PretrainConfig) -> Trainer:
+    """Everything this process trains with, restored from the run's checkpoint on a resume.
+
+    Phases: device, resume checkpoint, data, model, loss, optimizer, schedule, restore.
     """
     device = select_device(cfg)
     allocator.configure_for(device.type)  # in each process: spawned ranks are fresh interpreters
@@ -129,7 +136,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if payload is not None:
         trainer.restore(payload)
     trainer.resumed_from = str(resume_path) if resume_path else None
-    return trainer.fit()
+    return trainer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,18 +162,21 @@ def prepare_model(net: SimCLR, cfg: PretrainConfig, device: torch.device) -> nn.
     if cfg.resolved_channels_last:
         net.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on GPUs and oneDNN
     model: nn.Module = net
-    if cfg.resolved_sync_bn and distributed.world_size() > 1:
+    global_bn = cfg.resolved_sync_bn and distributed.world_size() > 1
+    if global_bn:
         model = distributed.convert_sync_batchnorm(model, device)  # apply global BN before DDP
         assert model is net, "conversion replaces BN children in place, sharing parameters"
     if distributed.world_size() > 1:
-        model = distributed.wrap_ddp(model, device)
+        # Global BN keeps the running statistics equal on every rank: no broadcast per forward.
+        model = distributed.wrap_ddp(model, device, broadcast_buffers=not global_bn)
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]  # an nn.Module at run time
     return model
 
 
 def build_scaler(cfg: PretrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
-    """A gradient scaler for fp16 (its narrow range underflows small gradients); None otherwise."""
-    if cfg.resolved_precision == "fp16" and device.type == "cuda":
-        return torch.amp.GradScaler("cuda")
+    """A gradient scaler for fp16 (its narrow range underflows small gradients), on any device
+    (``GradScaler("cpu")`` too); None for bf16 and fp32, whose range needs none."""
+    if cfg.resolved_precision == "fp16":
+        return torch.amp.GradScaler(device.type)
     return None

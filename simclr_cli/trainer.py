@@ -1,8 +1,9 @@
 """The pretraining loop: one :class:`Trainer` holds a run's built pieces and runs its epochs.
 
-Randomness is a pure function of ``(seed, step, rank)``: the sampler's order depends on
-``(seed, epoch)`` and the generators are reseeded before every step, so a run resumed at any
-step draws the same order and augmentations as an uninterrupted one.
+Randomness is a pure function of the seed (:mod:`simclr_cli.seeding`): the sampler's order
+depends on ``(seed, epoch)``, host views on ``(seed, epoch, image)``, and the generators are
+reseeded before every step from ``(seed, step, rank)`` (the device views), so a run resumed at
+any step draws the same order and augmentations as an uninterrupted one.
 
 Host syncs: the step itself never reads a device value; the loss is summed on the device and
 read (and checked finite) once per ``--log-every`` window. fp16's GradScaler is the exception
@@ -12,7 +13,6 @@ read (and checked finite) once per ``--log-every`` window. fp16's GradScaler is 
 from __future__ import annotations
 
 import math
-import random
 import signal
 import time
 from collections.abc import Iterator
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -35,18 +34,7 @@ from simclr_cli.monitor import LABELLED_KINDS, knn_datasets, knn_eval
 from simclr_cli.optim import Schedule, last_step
 from simclr_cli.registry import RUN_CHECKPOINT
 from simclr_cli.runlog import RunLog, resolved_config
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and every GPU) from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """A well-mixed seed for the randomness of one optimizer step on one rank."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+from simclr_cli.seeding import seed_everything, step_seed
 
 
 @dataclass
@@ -93,6 +81,7 @@ class Trainer:
         self.knn_sets: tuple[Dataset, Dataset] | None = None
         self.log = RunLog(self.out, self.main)
         self.console = get_console()
+        self.autocast_dtype = inference.PRECISION_DTYPES[cfg.resolved_precision]  # None: fp32
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -134,10 +123,12 @@ class Trainer:
         )
 
     def run_config(self) -> dict[str, Any]:
-        """:func:`resolved_config` plus where the data lives (``--data-on`` resolved, and why)."""
+        """:func:`resolved_config` plus where the data lives (``--data-on`` resolved, and why)
+        and why the views are made where they are."""
         config = resolved_config(self.cfg, self.schedule)
         placement = self.data.placement
         config["resolved"].update(data_on=placement.data_on, data_on_reason=placement.reason)
+        config["resolved"]["augment_on_reason"] = self.cfg.augment_on_reason
         return config
 
     def save(self, final: bool = False) -> Path | None:
@@ -195,12 +186,8 @@ class Trainer:
         self.model.train()
         window = Window()
         start = time.perf_counter()
-        dtype = inference.PRECISION_DTYPES[self.cfg.resolved_precision]
-        autocast = inference.autocast_context(self.device, dtype)
         for batch in self.batches():
-            views = self.views(batch)
-            with autocast:
-                loss = self.step(views)
+            loss = self.step(self.views(batch))
             window.add(loss)
             self.global_step += 1
             self.images_seen += self.cfg.batch_size
@@ -232,7 +219,10 @@ class Trainer:
         """Both views of the batch as ONE tensor ``[x_i; x_j]``: (2n, C, S, S) on the device."""
         if self.data.device_augment is None:
             (x_i, x_j), _ = batch
-            x = torch.cat([x_i, x_j]).to(self.device, non_blocking=True)
+            # Each (pinned) view crosses on its own and they are joined on the device: a host
+            # torch.cat would make a new, unpinned tensor, copied again and uploaded blocking.
+            views = [x.to(self.device, non_blocking=True) for x in (x_i, x_j)]
+            x = torch.cat(views)
         else:
             images, _ = batch  # (n, C, S, S) uint8
             images = images.to(self.device, non_blocking=True)
@@ -243,14 +233,18 @@ class Trainer:
         return x
 
     def step(self, views: Tensor) -> Tensor:
-        """One optimizer step on ``views`` (2n, C, S, S); returns the detached loss (no sync)."""
+        """One optimizer step on ``views`` (2n, C, S, S); returns the detached loss (no sync).
+
+        Only the forward pass and the loss run under autocast (PyTorch's AMP recipe): autograd
+        would replay autocast in the backward pass, and the loss's float32 logits would get a
+        half-precision backward.
+        """
         lr = self.schedule(self.global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        _, z = self.model(views)  # z: (2n, projection_dim), rows [z_i; z_j]
-        z_i, z_j = z.chunk(2)
-        loss = self.criterion(z_i, z_j)
+        with inference.autocast_context(self.device, self.autocast_dtype):
+            loss = self.loss(views)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -259,6 +253,12 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
         return loss.detach()
+
+    def loss(self, views: Tensor) -> Tensor:
+        """NT-Xent of the model's projections of ``views`` (2n, C, S, S)."""
+        _, z = self.model(views)  # z: (2n, projection_dim), rows [z_i; z_j]
+        z_i, z_j = z.chunk(2)
+        return self.criterion(z_i, z_j)
 
     def flush(self, window: Window, progress: Any) -> None:
         """Log the window: the one host sync of the loop; stops the run on a non-finite loss."""
@@ -365,6 +365,7 @@ class Trainer:
             else math.nan,
             "knn_accuracy": self.metrics.get("knn_accuracy"),
             "data_on": f"{self.data.placement.data_on} ({self.data.placement.reason})",
+            "augment_on": f"{self.cfg.resolved_augment_on} ({self.cfg.augment_on_reason})",
             "resumed_from": self.resumed_from,
             "next_commands": [
                 f"simclr linear-eval --checkpoint {ckpt} --dataset {self.cfg.dataset}",

@@ -95,7 +95,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["pretrain", "--jitter-strength", "-1"], "--jitter-strength"),
     (["pretrain", "--augment-on", "tpu"], "--augment-on"),
     (["pretrain", "--data-on", "gpu"], "--data-on"),
-    (["pretrain", "--data-on", "device"], "add --augment-on device"),
+    (["pretrain", "--augment-on", "cpu", "--data-on", "device"], "add --augment-on device"),
     (["pretrain", "--crop-scale", "0"], "--crop-scale"),
     (["pretrain", "--crop-scale", "0.5,0.2"], "--crop-scale"),
     (["pretrain", "--crop-scale", "big"], "--crop-scale"),
@@ -131,6 +131,8 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["features", "--checkpoint", "FILE", "--out", ""], "--out"),
     (["features", "--checkpoint", "FILE", "--out", "FILE"], "--out"),
     (["linear-eval", "--checkpoint", "FILE", "--dataset", "shapes", "--out", "FILE"], "--out"),
+    # evaluation runs in float32 on the CPU; only pretraining's fp16 runs there (with a scaler)
+    (["features", "--checkpoint", "FILE", "--out", "f", "--precision", "fp16"], "fp16 needs a GPU"),
     (["download", "not-a-model"], "NAME"),
     (["download", "ftp://example.org/x.pt"], "NAME"),
     (["download", "resnet50-stl10", "--from-file", "missing.tar"], "--from-file"),

@@ -119,6 +119,23 @@ def test_precision_resolves_per_device():
     assert ev.autocast_dtype(torch.device("cuda"), "fp16") is torch.float16
 
 
+@pytest.mark.parametrize(
+    ("native", "emulated", "want"), [(True, True, "bf16"), (False, True, "fp16")]
+)
+def test_auto_precision_takes_bf16_only_where_the_gpu_computes_it_natively(
+    monkeypatch, native, emulated, want
+):
+    """An A100 has native bf16; a V100 or T4 only emulates it (is_bf16_supported() says True)."""
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return emulated if including_emulation else native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert ev.resolve_precision("auto", "cuda") == want
+    assert ev.autocast_dtype(torch.device("cuda")) is ev.PRECISION_DTYPES[want]
+    assert ev.resolve_precision("auto", "cpu") == "fp32"
+
+
 def test_autocast_context_is_off_for_full_precision():
     x = torch.randn(2, 3)
     with ev.autocast_context(torch.device("cpu"), torch.bfloat16):

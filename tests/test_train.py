@@ -239,6 +239,99 @@ def test_device_path_step_reads_nothing_on_the_host(
     assert calls == ["views", "step"] * 3
 
 
+@pytest.mark.parametrize(("sync_bn", "broadcast"), [(True, False), (False, True)])
+def test_ddp_broadcasts_buffers_only_without_global_batch_norm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_bn: bool, broadcast: bool
+) -> None:
+    """Global batch norm computes the same running statistics on every rank; plain batch norm
+    needs rank 0's broadcast to keep them equal."""
+    from simclr_cli import distributed
+
+    handed: dict[str, Any] = {}
+
+    def ddp(module: nn.Module, **kwargs: Any) -> nn.Module:
+        handed.update(kwargs)
+        return module
+
+    monkeypatch.setattr(distributed.ranks, "DistributedDataParallel", ddp)
+    monkeypatch.setattr(distributed.ranks, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    cfg = config(tmp_path, sync_bn=sync_bn)
+    train.prepare_model(tiny_simclr({}), cfg, torch.device("cpu"))
+    assert handed["broadcast_buffers"] is broadcast
+
+
+# ----------------------------------------------------------------------------------------------
+# where the views are made (--augment-on)
+
+
+def test_augment_on_auto_makes_the_views_on_the_device_on_cuda_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from simclr_cli.config import fields
+
+    cpu = PretrainConfig(device="cpu", out=Path("x"))
+    assert cpu.augment_on == "auto" and cpu.resolved_augment_on == "cpu"
+    assert cpu.augment_on_reason.startswith("auto: off CUDA")
+    resident = PretrainConfig(device="cpu", data_on="device", out=Path("x"))
+    assert resident.resolved_augment_on == "device"  # what --data-on device needs
+    given = PretrainConfig(device="cpu", augment_on="device", out=Path("x"))
+    assert (given.resolved_augment_on, given.augment_on_reason) == ("device", "--augment-on device")
+    monkeypatch.setattr(fields, "cuda_available", lambda: True)
+    gpu = PretrainConfig(device="cuda", out=Path("x"))
+    assert gpu.resolved_augment_on == "device" and "GPU" in gpu.augment_on_reason
+    assert (
+        PretrainConfig(device="cuda", augment_on="cpu", out=Path("x")).resolved_augment_on == "cpu"
+    )
+
+
+def test_the_summary_and_config_json_say_where_the_views_are_made(
+    tiny: None, tmp_path: Path
+) -> None:
+    summary = train.run_pretrain(config(tmp_path, max_steps=1))
+    assert (
+        summary["augment_on"]
+        == "cpu (auto: off CUDA, per image in DataLoader workers beside the step)"
+    )
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["augment_on"] == "auto" and saved["resolved"]["resolved_augment_on"] == "cpu"
+    assert saved["resolved"]["augment_on_reason"].startswith("auto: off CUDA")
+
+
+def forget_augment_on(checkpoint_path: Path) -> None:
+    """Make a run look written by a version before ``--augment-on auto`` (default ``cpu``, no
+    resolved value recorded)."""
+    from simclr_cli.checkpoint import save_checkpoint
+
+    payload = load_checkpoint(checkpoint_path)
+    payload["config"]["augment_on"] = "cpu"
+    for key in ("resolved_augment_on", "augment_on_reason"):
+        del payload["config"]["resolved"][key]
+    save_checkpoint(payload, checkpoint_path)
+
+
+@pytest.mark.parametrize("given", [{}, {"augment_on": "cpu"}])
+def test_a_run_from_before_augment_on_auto_resumes_unchanged(
+    tiny: None, tmp_path: Path, given: dict[str, str]
+) -> None:
+    train.run_pretrain(config(tmp_path, max_steps=1))
+    forget_augment_on(tmp_path / "checkpoint_last.pt")
+    summary = train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", max_steps=2, **given))
+    assert summary["global_step"] == 2 and summary["augment_on"] == "cpu (--augment-on cpu)"
+
+
+def test_a_resume_may_name_what_auto_resolved_to_but_nothing_else(
+    tiny: None, tmp_path: Path
+) -> None:
+    train.run_pretrain(config(tmp_path, max_steps=1))  # auto: cpu here
+    summary = train.run_pretrain(
+        PretrainConfig(out=tmp_path, resume="auto", max_steps=2, augment_on="cpu")
+    )
+    assert summary["global_step"] == 2
+    with pytest.raises(CheckpointError, match=r"--augment-on auto \(cpu\) \(given: device\)"):
+        train.run_pretrain(PretrainConfig(out=tmp_path, resume="auto", augment_on="device"))
+
+
 def test_resume_refuses_a_different_global_batch(tiny: None, tmp_path: Path) -> None:
     train.run_pretrain(config(tmp_path, max_steps=1))
     with pytest.raises(CheckpointError, match="--batch-size 12"):

@@ -145,7 +145,13 @@ def pretrain(
         ),
     ] = None,
     augment_on: Annotated[
-        str | None, flag(P, "augment_on", "cpu (DataLoader workers) or device (batched).")
+        str | None,
+        flag(
+            P,
+            "augment_on",
+            "cpu: per image in DataLoader workers; device: batched on the training device; "
+            "auto: device on CUDA (or with --data-on device), else cpu.",
+        ),
     ] = None,
     data_on: Annotated[
         str | None,
@@ -153,7 +159,7 @@ def pretrain(
             P,
             "data_on",
             "device: hold the decoded set as one uint8 tensor on the training device (no "
-            "DataLoader; needs --augment-on device); host: a DataLoader; auto: device on a "
+            "DataLoader; views made on the device); host: a DataLoader; auto: device on a "
             "GPU when the set takes <= 25% of its free memory.",
         ),
     ] = None,
@@ -161,7 +167,12 @@ def pretrain(
     seed: Annotated[int | None, flag(P, "seed", "Random seed.")] = None,
     device: Annotated[str | None, shared_option(P, "device")] = None,
     precision: Annotated[
-        str | None, flag(P, "precision", "auto (bf16/fp16 on GPU), fp32, bf16, fp16.")
+        str | None,
+        flag(
+            P,
+            "precision",
+            "auto (bf16 on GPUs with native bf16, else fp16; fp32 on CPU), fp32, bf16, fp16.",
+        ),
     ] = None,
     channels_last: Annotated[
         bool | None,

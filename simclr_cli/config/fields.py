@@ -72,9 +72,16 @@ def resolve_precision(precision: str, device: str) -> str:
     return resolve(precision, device)
 
 
-def check_device(device: str, precision: str) -> None:
+def check_cuda(device: str) -> None:
+    """Refuse ``--device cuda`` without a visible GPU."""
     if device == "cuda" and not cuda_available():
         raise ValueError("CUDA was requested but no GPU is visible; use --device cpu or auto")
+
+
+def check_device(device: str, precision: str) -> None:
+    """:func:`check_cuda`, and fp16 only on a GPU (the evaluation commands: their CPU path runs
+    in float32 whatever ``--precision`` says)."""
+    check_cuda(device)
     if precision == "fp16" and resolve_device(device) != "cuda":
         raise ValueError("fp16 needs a GPU; on the CPU use fp32 or bf16 (--precision)")
 

@@ -21,7 +21,7 @@ from simclr_cli.config.fields import (
     DatasetName,
     FrozenModel,
     OutFolder,
-    check_device,
+    check_cuda,
     cuda_available,
     dataset_kind,
     default_data_dir,
@@ -104,7 +104,7 @@ class PretrainConfig(FrozenModel):
     blur: bool | None = None
     crop_scale: CropScale = (0.08, 1.0)  # the paper's; = augment.CROP_SCALE
     flip: bool = True
-    augment_on: Literal["cpu", "device"] = "cpu"
+    augment_on: Literal["auto", "cpu", "device"] = "auto"
     data_on: Literal["auto", "host", "device"] = "auto"
     workers: int = Field(default_factory=default_workers, ge=0)
     # runtime
@@ -177,8 +177,10 @@ class PretrainConfig(FrozenModel):
                 f"--gpus {self.gpus} needs a CUDA device and none is visible; drop --gpus to "
                 "train on the CPU (--processes N for several CPU processes)"
             )
-        check_device(self.device, self.precision)
-        if self.data_on == "device" and self.augment_on != "device":
+        # Every precision trains on the CPU too: fp16 with GradScaler("cpu") is slower than
+        # fp32 there, but runs a GPU's fp16 path (the scaler, its checkpoint state) anywhere.
+        check_cuda(self.device)
+        if self.data_on == "device" and self.resolved_augment_on != "device":
             raise ValueError(
                 "--data-on device makes both views on the device: add --augment-on device, "
                 "or use --data-on host"
@@ -260,6 +262,17 @@ class PretrainConfig(FrozenModel):
     def resolved_channels_last(self) -> bool:
         return self.channels_last
 
+    @derived
+    def resolved_augment_on(self) -> str:
+        """``auto``: batched on the device on CUDA (or with ``--data-on device``), else per
+        image in DataLoader workers; see :func:`resolve_augment_on`."""
+        return resolve_augment_on(self.augment_on, self.resolved_device, self.data_on)[0]
+
+    @property
+    def augment_on_reason(self) -> str:
+        """Why the views are made where :attr:`resolved_augment_on` says (summary, config.json)."""
+        return resolve_augment_on(self.augment_on, self.resolved_device, self.data_on)[1]
+
     @property
     def procs_per_node(self) -> int:
         return self.gpus or self.processes
@@ -283,6 +296,27 @@ class PretrainConfig(FrozenModel):
     def resolved_out(self) -> Path:
         assert self.out is not None  # filled by _default_out
         return self.out
+
+
+def resolve_augment_on(requested: str, device: str, data_on: str) -> tuple[str, str]:
+    """Where ``--augment-on`` makes the views (``"cpu"`` or ``"device"``), and why.
+
+    ``auto`` makes them on a GPU with the batched pipeline: per-image PIL work in DataLoader
+    workers would starve it, and with the views on the device, ``--data-on auto`` can hold the
+    decoded set there too. Elsewhere the workers make them in parallel with the CPU step.
+
+    Args:
+        requested: ``auto``, ``cpu`` or ``device``.
+        device: the resolved device, ``cuda`` or ``cpu``.
+        data_on: ``--data-on`` (``device`` needs the views made on the device).
+    """
+    if requested != "auto":
+        return requested, f"--augment-on {requested}"
+    if device == "cuda":
+        return "device", "auto: batched on the GPU (PIL in DataLoader workers would starve it)"
+    if data_on == "device":
+        return "device", "auto: --data-on device makes the views on the device"
+    return "cpu", "auto: off CUDA, per image in DataLoader workers beside the step"
 
 
 def default_run_dir(dataset: str, arch: str) -> Path:

@@ -38,7 +38,11 @@ Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual R
 ICML 2020, Sec. 2.2 (large-batch training, global BN).
 """
 
-from simclr_cli.distributed.batchnorm import GlobalBatchNorm, convert_sync_batchnorm
+from simclr_cli.distributed.batchnorm import (
+    GlobalBatchNorm,
+    convert_sync_batchnorm,
+    to_global_batchnorm,
+)
 from simclr_cli.distributed.gather import gather_with_grad
 from simclr_cli.distributed.launching import DEFAULT_TIMEOUT, launch
 from simclr_cli.distributed.planning import (
@@ -82,6 +86,7 @@ __all__ = [
     "launcher_world_size",
     "plan_launch",
     "rank",
+    "to_global_batchnorm",
     "world_size",
     "wrap_ddp",
 ]

@@ -1,7 +1,9 @@
 """Global batch norm: batch statistics over the batches of all processes (SimCLR's "global BN").
 
 On CUDA this is torch's ``SyncBatchNorm``; torch's version only accepts CUDA tensors, so CPU
-processes (gloo) get :class:`GlobalBatchNorm`, which gathers the statistics itself.
+processes (gloo) get :class:`GlobalBatchNorm`, which gathers the statistics itself (and runs on
+CUDA too: ``benchmarks/gpu_check.sh`` measures it against ``SyncBatchNorm`` there, whose
+backward syncs the host in every layer).
 
 Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
 ICML 2020, Sec. 2.2 (global BN).
@@ -106,10 +108,16 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device | str) -> nn.M
     """
     if torch.device(device).type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _to_global_bn(model)
+    return to_global_batchnorm(model)
 
 
-def _to_global_bn(module: nn.Module) -> nn.Module:
+def to_global_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every batch-norm layer of ``module`` with a :class:`GlobalBatchNorm` sharing its
+    parameters and buffers, on any device (:func:`convert_sync_batchnorm` picks it on the CPU).
+
+    Returns:
+        The converted module (a bare BN layer is replaced, not modified).
+    """
     if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
         converted = GlobalBatchNorm(
             module.num_features,
@@ -127,5 +135,5 @@ def _to_global_bn(module: nn.Module) -> nn.Module:
         converted.train(module.training)
         return converted
     for name, child in module.named_children():
-        module.add_module(name, _to_global_bn(child))
+        module.add_module(name, to_global_batchnorm(child))
     return module

@@ -84,12 +84,17 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def wrap_ddp(model: nn.Module, device: torch.device | str) -> nn.Module:
+def wrap_ddp(
+    model: nn.Module, device: torch.device | str, broadcast_buffers: bool = True
+) -> nn.Module:
     """Wrap ``model`` in DistributedDataParallel when there are several processes.
 
     Args:
         model: the model, already on ``device`` (and already converted to global BN if wanted).
         device: this process's device (see :func:`simclr_cli.inference.process_device`).
+        broadcast_buffers: send rank 0's buffers (batch-norm running statistics) to every rank
+            before each forward, one collective per forward. Global batch norm computes the
+            same statistics on every rank, so it needs none: pass False.
 
     Returns:
         ``DistributedDataParallel(model)``, or ``model`` itself in a single process.
@@ -99,8 +104,10 @@ def wrap_ddp(model: nn.Module, device: torch.device | str) -> nn.Module:
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return DistributedDataParallel(model, device_ids=[index], output_device=index)
-    return DistributedDataParallel(model)
+        return DistributedDataParallel(
+            model, device_ids=[index], output_device=index, broadcast_buffers=broadcast_buffers
+        )
+    return DistributedDataParallel(model, broadcast_buffers=broadcast_buffers)
 
 
 def available_backends() -> list[str]:
