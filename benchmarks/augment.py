@@ -2,8 +2,9 @@
 
 Compares, on the same ``shapes`` images:
   reference   stock torchvision transforms per PIL image (the usual DataLoader-worker pipeline)
-  per-image   simclr_cli.augment.SimCLRAugment per PIL image
-  batched     simclr_cli.augment.BatchedSimCLRAugment on a uint8 batch (CPU, and CUDA if present)
+  per-image   simclr_cli.method.augment.SimCLRAugment per PIL image
+  batched     simclr_cli.method.augment.BatchedSimCLRAugment on a uint8 batch (CPU, and CUDA if
+  present)
 
 Usage: python benchmarks/augment.py [--size 32] [--batch 256] [--repeats 3] [--threads 1]
 Prints views/s for each and the ratio to the reference.
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from simclr_cli.augment import BatchedSimCLRAugment, SimCLRAugment, blur_kernel_size
-from simclr_cli.data import ShapesDataset
+from simclr_cli.data.datasets import ShapesDataset
+from simclr_cli.method.augment import BatchedSimCLRAugment, SimCLRAugment, blur_kernel_size
 
 
 def reference_pipeline(size: int, strength: float, blur: bool) -> transforms.Compose:

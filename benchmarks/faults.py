@@ -49,7 +49,7 @@ import torch
 torch.set_num_threads(1)
 sys.path[:0] = [{root!r}, {tests!r}]
 from test_train import tiny_simclr
-from simclr_cli import train
+from simclr_cli.training import pretrain as train
 from simclr_cli.cli import run
 train.build_simclr = tiny_simclr
 sys.exit(run(sys.argv[1:]))
@@ -144,8 +144,8 @@ def download_trial(
     kind: str, server: Server, files: dict[str, bytes], work: Path, rng: Any
 ) -> bool:
     """One download fault; True when the outcome is the promised one."""
-    from simclr_cli import hub, registry
     from simclr_cli.errors import SimCLRError
+    from simclr_cli.storage import hub, registry
 
     settings = hub.DownloadSettings(read_timeout=0.5, retries=3, backoff=0.01, chunk_size=4096)
     cache = work / f"cache-{rng.random():.6f}"
@@ -180,7 +180,7 @@ def release_files(work: Path) -> dict[str, bytes]:
     """A zip checkpoint (native, ~64 KiB of weights) and a ResNet-34 release file."""
     from release_fixtures import make_release_checkpoint
 
-    from simclr_cli.checkpoint import save_checkpoint
+    from simclr_cli.storage.checkpoint import save_checkpoint
 
     native = save_checkpoint(
         {"model": {"arch": "resnet18"}, "state_dict": {"w": torch.randn(16384)}}, work / "n.pt"

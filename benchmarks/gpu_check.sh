@@ -287,7 +287,7 @@ def precision_steps(precision: str, steps: int) -> str:
     """``steps`` real Trainer steps (ResNet-18, LARS) in ``precision``; one line, or raises."""
     from simclr_cli import train
     from simclr_cli.config import PretrainConfig
-    from simclr_cli.loss import NTXentLoss, nt_xent
+    from simclr_cli.method.loss import NTXentLoss, nt_xent
 
     sizes = {"limit": 2048, "batch_size": 256} if CUDA else {"limit": 32, "batch_size": 8}
     cfg = PretrainConfig(
@@ -333,7 +333,7 @@ def precision_steps(precision: str, steps: int) -> str:
 
 
 def check_precision() -> None:
-    from simclr_cli.inference import resolve_precision
+    from simclr_cli.evaluation.inference import resolve_precision
 
     exact_fp32()  # the z-gradient comparison is in float32
     lines = []
@@ -359,7 +359,7 @@ def group_plan(world: int, backend: str) -> Any:
 
 
 def small_simclr() -> nn.Module:
-    from simclr_cli.model import SimCLR, build_encoder
+    from simclr_cli.method.model import SimCLR, build_encoder
 
     torch.manual_seed(0)
     encoder, features = build_encoder("resnet18", "cifar")
@@ -384,8 +384,8 @@ def views(rows: slice, device: torch.device, size: int = 16) -> torch.Tensor:
 
 def simclr_step(model: nn.Module, bare: nn.Module, rows: slice) -> dict[str, Any]:
     from simclr_cli import distributed
-    from simclr_cli.loss import nt_xent
-    from simclr_cli.optim import LARS, param_groups
+    from simclr_cli.method.loss import nt_xent
+    from simclr_cli.method.optim import LARS, param_groups
 
     device = next(bare.parameters()).device
     optimizer = LARS(param_groups(bare, 1e-6), lr=1.0, weight_decay=1e-6)
@@ -457,7 +457,7 @@ def bn_bench_worker(cfg: Any) -> None:
     view at 32 px) with one global-BN implementation: ms per step and host syncs per step.
     No DDP: its gradient all-reduce through gloo would hide the batch norm's cost."""
     from simclr_cli import distributed, inference
-    from simclr_cli.loss import nt_xent
+    from simclr_cli.method.loss import nt_xent
 
     device = inference.process_device("cuda")
     model = global_bn(small_simclr().to(device), cfg.bn).to(memory_format=torch.channels_last)

@@ -39,10 +39,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
-from simclr_cli import allocator, inference, metrics, probe
-from simclr_cli.data import build_dataset, normalization
-from simclr_cli.model import build_simclr, model_spec
-from simclr_cli.preprocess import to_uint8_transform
+from simclr_cli import allocator
+from simclr_cli.data.datasets import build_dataset, normalization
+from simclr_cli.evaluation import inference, metrics, probe
+from simclr_cli.method.model import build_simclr, model_spec
+from simclr_cli.method.preprocess import to_uint8_transform
 
 from procmem import peak_rss_gib, run_fresh
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from simclr_cli.loss import nt_xent
+from simclr_cli.method.loss import nt_xent
 
 from procmem import proc_status
 

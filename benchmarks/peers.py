@@ -12,7 +12,7 @@
 
 Both are written out here (the GPU machine need not have ``lightly``); ``tests/test_peers.py``
 checks the lightly NT-Xent transcription against ``lightly.loss.NTXentLoss`` where lightly is
-installed, and both against simclr-cli's :func:`~simclr_cli.loss.nt_xent`.
+installed, and both against simclr-cli's :func:`~simclr_cli.method.loss.nt_xent`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from simclr_cli.model import build_encoder
+from simclr_cli.method.model import build_encoder
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

@@ -12,7 +12,8 @@ Each pipeline runs in its own process, so its peak memory is its own and process
 * ``lightly``: lightly's published CIFAR-10 recipe, transcribed (:mod:`peers`): torchvision PIL
   views in ``--peer-workers`` DataLoader workers (8, as the recipe), two encoder passes per
   step, lightly's NT-Xent, SGD.
-* ``ours-host``: :func:`simclr_cli.train.run_pretrain` with ``--data-on host`` (a DataLoader of
+* ``ours-host``: :func:`simclr_cli.training.pretrain.run_pretrain` with ``--data-on host`` (a
+DataLoader of
   ``--workers`` processes; views made ``--augment-on``), timed from the run's ``metrics.jsonl``.
 * ``ours-device``: the same with ``--data-on device --augment-on device`` (the decoded set is
   one uint8 tensor on the device; no DataLoader).
@@ -49,11 +50,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from simclr_cli import allocator
 from simclr_cli.config import PretrainConfig
-from simclr_cli.data import ShapesDataset
-from simclr_cli.inference import PRECISION_DTYPES, autocast_context
-from simclr_cli.loss import nt_xent
-from simclr_cli.model import build_simclr, build_spec
-from simclr_cli.train import run_pretrain
+from simclr_cli.data.datasets import ShapesDataset
+from simclr_cli.evaluation.inference import PRECISION_DTYPES, autocast_context
+from simclr_cli.method.loss import nt_xent
+from simclr_cli.method.model import build_simclr, build_spec
+from simclr_cli.training.pretrain import run_pretrain
 
 import peers
 from procmem import peak_rss_gib, run_fresh

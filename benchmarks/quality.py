@@ -66,15 +66,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from simclr_cli import data
-from simclr_cli.augment import BatchedSimCLRAugment
-from simclr_cli.checkpoint import load_checkpoint, load_model
 from simclr_cli.config import PretrainConfig
-from simclr_cli.linear_eval import evaluate_frozen, pixel_baseline, random_encoder
-from simclr_cli.model import ProjectionHead, SimCLR, build_encoder, model_spec
-from simclr_cli.optim import param_groups, warmup_cosine, warmup_steps_for
-from simclr_cli.preprocess import to_uint8_transform
-from simclr_cli.train import run_pretrain
+from simclr_cli.data import datasets as data
+from simclr_cli.evaluation.linear_eval import evaluate_frozen, pixel_baseline, random_encoder
+from simclr_cli.method.augment import BatchedSimCLRAugment
+from simclr_cli.method.model import ProjectionHead, SimCLR, build_encoder, model_spec
+from simclr_cli.method.optim import param_groups, warmup_cosine, warmup_steps_for
+from simclr_cli.method.preprocess import to_uint8_transform
+from simclr_cli.storage.checkpoint import load_checkpoint, load_model
+from simclr_cli.training.pretrain import run_pretrain
 
 # simclr-cli's settings: the quickstart recipe (README). Dataset, size, stem, batch, epochs, seed
 # and the arm's modifiers are filled in per run.

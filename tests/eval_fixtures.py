@@ -8,9 +8,9 @@ import torch
 
 def save_native_checkpoint(path, kind="pretrain", stem="imagenet", image_size=32, seed=0, **spec):
     """A simclr-cli checkpoint of a randomly initialised ResNet-18 (what run_linear_eval reads)."""
-    from simclr_cli.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
-    from simclr_cli.data import normalization
-    from simclr_cli.model import build_simclr, model_spec
+    from simclr_cli.data.datasets import normalization
+    from simclr_cli.method.model import build_simclr, model_spec
+    from simclr_cli.storage.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
 
     mean, std = normalization("shapes")
     spec = model_spec("resnet18", stem, image_size=image_size, mean=mean, std=std, **spec)

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from simclr_cli import allocator, features, linear_eval, train
+from simclr_cli import allocator
 from simclr_cli.allocator import user_tuned_malloc
+from simclr_cli.evaluation import features, linear_eval
+from simclr_cli.training import pretrain as train
 
 # A 64 MiB buffer is over glibc's largest mmap threshold (32 MiB), so by default every
 # allocation of it is a fresh mapping whose 16,384 pages fault in again when written.

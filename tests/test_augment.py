@@ -13,7 +13,9 @@ from PIL import Image
 from torchvision import transforms
 from transform_oracle import eval_transform
 
-from simclr_cli.augment import (
+from simclr_cli.data.datasets import ShapesDataset
+from simclr_cli.errors import UsageError
+from simclr_cli.method.augment import (
     P_BLUR,
     P_FLIP,
     P_GRAYSCALE,
@@ -24,11 +26,9 @@ from simclr_cli.augment import (
     blur_kernel_size,
     jitter_ranges,
 )
-from simclr_cli.augment_ops import shift_hue as _shift_hue
-from simclr_cli.augment_ops import update_chosen as _update_chosen
-from simclr_cli.data import ShapesDataset
-from simclr_cli.errors import UsageError
-from simclr_cli.preprocess import normalize_uint8, to_uint8_transform
+from simclr_cli.method.augment_ops import shift_hue as _shift_hue
+from simclr_cli.method.augment_ops import update_chosen as _update_chosen
+from simclr_cli.method.preprocess import normalize_uint8, to_uint8_transform
 
 SIZE = 16  # tiny images keep thousands of draws fast
 

@@ -14,8 +14,10 @@ import torchvision
 from release_fixtures import make_release_checkpoint, release_state_dict
 from torch import nn
 
-from simclr_cli import checkpoint
-from simclr_cli.checkpoint import (
+from simclr_cli.errors import CheckpointError
+from simclr_cli.method.model import build_simclr, model_spec
+from simclr_cli.storage import checkpoint
+from simclr_cli.storage.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     convert_release_state_dict,
@@ -24,8 +26,6 @@ from simclr_cli.checkpoint import (
     load_model,
     save_checkpoint,
 )
-from simclr_cli.errors import CheckpointError
-from simclr_cli.model import build_simclr, model_spec
 
 
 class _Marker:
@@ -387,7 +387,7 @@ def test_epoch_read_from_release_and_url_cache_names(name: str, epoch: int | Non
 _WRITER = """
 import sys
 import torch
-from simclr_cli.checkpoint import save_checkpoint
+from simclr_cli.storage.checkpoint import save_checkpoint
 
 i = 0
 while True:  # saves as fast as it can until killed

@@ -20,9 +20,9 @@ import pytest
 import torch
 from release_fixtures import make_release_checkpoint
 
-from simclr_cli import train
-from simclr_cli.checkpoint import load_checkpoint
 from simclr_cli.config import PretrainConfig
+from simclr_cli.storage.checkpoint import load_checkpoint
+from simclr_cli.training import pretrain as train
 
 LAYOUT = Path(__file__).parent / "data" / "checkpoint_layout.json"
 # Values that differ from run to run by nature: compared by type only.

@@ -240,7 +240,7 @@ def test_an_unwritable_out_is_one_line_exit_1(
 def test_a_full_disk_is_one_line_exit_1(
     monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from simclr_cli import train
+    from simclr_cli.training import pretrain as train
 
     def full(cfg):  # noqa: ANN001 - stands in for a run that fills the disk while saving
         raise OSError(errno.ENOSPC, "No space left on device", "runs/x/checkpoint_last.pt.tmp")
@@ -275,7 +275,7 @@ def test_os_error_lines() -> None:
 def test_an_os_error_that_is_a_bug_keeps_its_traceback(
     monkeypatch: pytest.MonkeyPatch, workdir: Path
 ) -> None:
-    from simclr_cli import train
+    from simclr_cli.training import pretrain as train
 
     def bug(cfg):  # noqa: ANN001 - an OSError no user can fix (a bad argument to a call)
         raise OSError(errno.EINVAL, "Invalid argument")
@@ -315,7 +315,7 @@ def test_debug_env_shows_traceback(a_file: Path, workdir: Path) -> None:
 def test_keyboard_interrupt_exits_130(
     monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from simclr_cli import info
+    from simclr_cli.cli import info
 
     def interrupted(cfg):  # noqa: ANN001 - stands in for a long-running command
         raise KeyboardInterrupt
@@ -328,8 +328,8 @@ def test_keyboard_interrupt_exits_130(
 def test_pretrain_receives_validated_config(
     monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from simclr_cli import train
     from simclr_cli.config import PretrainConfig
+    from simclr_cli.training import pretrain as train
 
     seen: list[PretrainConfig] = []
     monkeypatch.setattr(train, "run_pretrain", lambda cfg: seen.append(cfg) or {"loss": 1.0})
@@ -348,8 +348,9 @@ def test_pretrain_receives_validated_config(
 def test_pretrain_view_options_reach_the_config(
     monkeypatch: pytest.MonkeyPatch, workdir: Path
 ) -> None:
-    from simclr_cli import augment, train
     from simclr_cli.config import PretrainConfig
+    from simclr_cli.method import augment
+    from simclr_cli.training import pretrain as train
 
     seen: list = []
     monkeypatch.setattr(train, "run_pretrain", lambda cfg: seen.append(cfg) or {"loss": 1.0})
@@ -363,7 +364,7 @@ def test_pretrain_view_options_reach_the_config(
 def test_linear_eval_baseline_flag_reaches_the_config(
     monkeypatch: pytest.MonkeyPatch, workdir: Path, a_file: Path
 ) -> None:
-    from simclr_cli import linear_eval
+    from simclr_cli.evaluation import linear_eval
 
     seen: list = []
     monkeypatch.setattr(linear_eval, "run_linear_eval", lambda cfg: seen.append(cfg) or {"top1": 1})
@@ -410,7 +411,7 @@ def _info_loads_in_a_worker(
     dataset through one DataLoader worker, where ``get_item(index)`` runs."""
     from torch.utils.data import DataLoader, Dataset
 
-    from simclr_cli import info
+    from simclr_cli.cli import info
 
     class InWorker(Dataset):
         def __len__(self) -> int:
@@ -463,7 +464,7 @@ def test_a_killed_worker_is_one_line_naming_the_likely_cause(
 
 
 def test_other_runtime_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from simclr_cli import info
+    from simclr_cli.cli import info
 
     def bug(cfg):  # noqa: ANN001
         raise RuntimeError("shape mismatch in a matmul")
@@ -496,7 +497,7 @@ def test_lr_and_weight_decay_help_agree_with_the_defaults(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from simclr_cli.config import DEFAULT_WEIGHT_DECAY
-    from simclr_cli.optim import BASE_LRS
+    from simclr_cli.method.optim import BASE_LRS
 
     assert run(["pretrain", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.replace("│", " ").split())

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Subset
 
-from simclr_cli import data
-from simclr_cli.data import (
+from simclr_cli.data import datasets as data
+from simclr_cli.data.datasets import (
     DATASETS,
     ImageFolderDataset,
     ShapesDataset,
@@ -141,7 +141,7 @@ def test_shapes_normalisation_constants_match_the_data() -> None:
 def test_shapes_work_in_dataloader_workers() -> None:
     from torch.utils.data import DataLoader
 
-    from simclr_cli.preprocess import to_uint8_transform
+    from simclr_cli.method.preprocess import to_uint8_transform
 
     dataset = ShapesDataset(size=8, image_size=16, transform=to_uint8_transform(16))
     loader = DataLoader(dataset, batch_size=4, num_workers=2)

@@ -87,7 +87,7 @@ def ntxent_case() -> tuple[torch.Tensor, torch.Tensor]:
 
 def tiny_simclr() -> nn.Module:
     """A SimCLR model with a two-conv encoder; batch norm in the encoder and the v2 head."""
-    from simclr_cli.model import SimCLR
+    from simclr_cli.method.model import SimCLR
 
     torch.manual_seed(0)
     encoder = nn.Sequential(
@@ -105,8 +105,8 @@ def tiny_simclr() -> nn.Module:
 
 def train_step(model: nn.Module, optimizer_name: str, rows: slice) -> dict[str, Any]:
     """Loss, gradients and weights after one optimizer step on ``rows`` of the case."""
-    from simclr_cli.loss import nt_xent
-    from simclr_cli.optim import LARS, param_groups
+    from simclr_cli.method.loss import nt_xent
+    from simclr_cli.method.optim import LARS, param_groups
 
     x_i, x_j = ntxent_case()
     bare = getattr(model, "module", model)  # DDP's wrapped module, or the bare model

@@ -13,11 +13,11 @@ import torch
 from eval_fixtures import save_native_checkpoint
 from release_fixtures import make_release_checkpoint
 
-from simclr_cli import export as ex
-from simclr_cli.checkpoint import load_checkpoint, load_model
 from simclr_cli.cli import run
 from simclr_cli.config import ExportConfig
-from simclr_cli.model import build_simclr, model_spec
+from simclr_cli.method.model import build_simclr, model_spec
+from simclr_cli.storage import export as ex
+from simclr_cli.storage.checkpoint import load_checkpoint, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 COMBINATIONS = [
@@ -182,8 +182,8 @@ def test_a_spijkervet_release_file_exports(tmp_path) -> None:
 
 
 def test_a_cached_release_name_exports(tmp_path, capsys) -> None:
-    from simclr_cli import hub
     from simclr_cli.config import default_cache_dir
+    from simclr_cli.storage import hub
 
     source = tmp_path / "checkpoint_100.tar"
     make_release_checkpoint(source, layout="1.1")

@@ -31,11 +31,12 @@ from test_hub import (  # noqa: F401 (fixtures)
 from test_train import config, metric_steps, tiny  # noqa: F401 (tiny is a fixture)
 from test_train_process import cli_flags, options, start_child, wait_for
 
-from simclr_cli import fileio, hub, train
-from simclr_cli.checkpoint import load_checkpoint, save_checkpoint
 from simclr_cli.cli import run
 from simclr_cli.distributed import launching, plan_launch
 from simclr_cli.errors import CheckpointError, DownloadError
+from simclr_cli.storage import fileio, hub
+from simclr_cli.storage.checkpoint import load_checkpoint, save_checkpoint
+from simclr_cli.training import pretrain as train
 
 # A hang guard for a signalled child to exit, far above the seconds it takes on a busy machine.
 CHILD_EXIT_GUARD_S = 600
@@ -250,7 +251,7 @@ def test_an_oversized_image_is_skipped_without_pil_s_warning(
 ) -> None:
     from PIL import Image
 
-    from simclr_cli.data import ImageFolderDataset
+    from simclr_cli.data.datasets import ImageFolderDataset
 
     Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "small.png")

@@ -1,4 +1,5 @@
-"""Tests of simclr_cli.features: the exported arrays, their order and metadata, and that a
+"""Tests of simclr_cli.evaluation.features: the exported arrays, their order and metadata, and that
+a
 refused or failed export leaves nothing half-written."""
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import pytest
 import torch
 from eval_fixtures import save_native_checkpoint, write_folder
 
-from simclr_cli import features as feat
 from simclr_cli.config import FeaturesConfig
-from simclr_cli.data import ImageFolderDataset, build_dataset
+from simclr_cli.data.datasets import ImageFolderDataset, build_dataset
 from simclr_cli.errors import OutputExistsError
+from simclr_cli.evaluation import features as feat
 
 
 def features_config(checkpoint, out, **overrides):
@@ -27,7 +28,7 @@ def reference_transform(ck):
     (the export crops to uint8 and normalises whole batches; it must give the same images)."""
     from transform_oracle import eval_transform
 
-    from simclr_cli.checkpoint import load_checkpoint
+    from simclr_cli.storage.checkpoint import load_checkpoint
 
     spec = load_checkpoint(ck)["model"]
     return eval_transform(spec["image_size"], spec["mean"], spec["std"])
@@ -177,7 +178,7 @@ def test_meta_names_the_classes_and_counts_unreadable_files(tmp_path, capsys):
 
 
 def test_shapes_meta_names_its_classes(tmp_path):
-    from simclr_cli.shapes import SHAPE_CLASSES
+    from simclr_cli.data.shapes import SHAPE_CLASSES
 
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck)

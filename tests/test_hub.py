@@ -24,11 +24,11 @@ import torch
 import torchvision
 from release_fixtures import make_release_checkpoint
 
-from simclr_cli import fetch, hub, registry
-from simclr_cli.checkpoint import FORMAT, load_checkpoint, load_model
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
-from simclr_cli.fetch import DownloadSettings
-from simclr_cli.registry import Published, RegistryEntry
+from simclr_cli.storage import fetch, hub, registry
+from simclr_cli.storage.checkpoint import FORMAT, load_checkpoint, load_model
+from simclr_cli.storage.fetch import DownloadSettings
+from simclr_cli.storage.registry import Published, RegistryEntry
 
 FAST = DownloadSettings(
     connect_timeout=2.0,
@@ -601,9 +601,9 @@ def test_release_names_feed_linear_eval_and_features(
     """`--checkpoint NAME` downloads on first use, then linear-eval and features run on shapes."""
     from transform_oracle import eval_transform
 
-    from simclr_cli import features, linear_eval
     from simclr_cli.config import FeaturesConfig, LinearEvalConfig
-    from simclr_cli.data import ShapesDataset
+    from simclr_cli.data.datasets import ShapesDataset
+    from simclr_cli.evaluation import features, linear_eval
 
     url = server.add(f"/{layout}/checkpoint_100.tar", release_files[layout])
     _use_registry(monkeypatch, _entry("r18", url, bias=bias))

@@ -1,4 +1,5 @@
-"""Tests of simclr_cli.inference: feature extraction over a whole dataset, channels-last and the
+"""Tests of simclr_cli.evaluation.inference: feature extraction over a whole dataset, channels-last
+and the
 uint8 input path against float references."""
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from simclr_cli import inference as ev
 from simclr_cli.errors import UsageError
+from simclr_cli.evaluation import inference as ev
 
 
 class TinySimCLR(nn.Module):
@@ -55,7 +56,7 @@ def test_extract_features_covers_the_whole_dataset_in_order(layer):
 
 def test_channels_last_extraction_matches_a_float64_reference():
     """encode() runs the convolutions channels-last; h must equal the NCHW float64 forward."""
-    from simclr_cli.model import build_simclr, model_spec
+    from simclr_cli.method.model import build_simclr, model_spec
 
     torch.manual_seed(0)
     spec = model_spec("resnet18", "cifar", image_size=16, mean=[0.5] * 3, std=[0.25] * 3)
@@ -76,8 +77,8 @@ def test_uint8_loader_path_gives_the_features_of_the_float_transform():
     the features must be those of the per-image float transform."""
     from transform_oracle import eval_transform
 
-    from simclr_cli.data import ShapesDataset
-    from simclr_cli.model import build_simclr, model_spec
+    from simclr_cli.data.datasets import ShapesDataset
+    from simclr_cli.method.model import build_simclr, model_spec
 
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     payload = {"model": model_spec("resnet18", "cifar", image_size=12, mean=mean, std=std)}

@@ -1,4 +1,5 @@
-"""Tests of simclr_cli.linear_eval: the ``linear-eval`` command end to end (whole splits counted,
+"""Tests of simclr_cli.evaluation.linear_eval: the ``linear-eval`` command end to end (whole splits
+counted,
 weights untouched, folders, release checkpoints, output files and tables) and the baselines."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import pytest
 import torch
 from eval_fixtures import save_native_checkpoint, write_folder
 
-from simclr_cli import linear_eval as ev
-from simclr_cli.probe import WEIGHT_DECAY_GRID
+from simclr_cli.evaluation import linear_eval as ev
+from simclr_cli.evaluation.probe import WEIGHT_DECAY_GRID
 
 
 def eval_config(checkpoint, **overrides):
@@ -132,7 +133,7 @@ def test_linear_eval_reads_release_layout_checkpoints(tmp_path, layout):
 
 
 def test_results_of_cached_checkpoints_stay_out_of_the_cache(tmp_path) -> None:
-    from simclr_cli.linear_eval import linear_eval_dir
+    from simclr_cli.evaluation.linear_eval import linear_eval_dir
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -152,7 +153,7 @@ def test_linear_eval_records_the_k_it_chose(tmp_path):
     ev.run_linear_eval(eval_config(ck, limit=200, knn_k=3, out=tmp_path / "given"))
     auto = json.loads((tmp_path / "auto" / "linear_eval.json").read_text())
     given = json.loads((tmp_path / "given" / "linear_eval.json").read_text())
-    from simclr_cli.data import build_dataset, labels_of
+    from simclr_cli.data.datasets import build_dataset, labels_of
 
     train_labels = labels_of(build_dataset("shapes", "train", tmp_path, limit=200))
     smallest = int(torch.bincount(torch.tensor(train_labels)).min())
@@ -162,7 +163,7 @@ def test_linear_eval_records_the_k_it_chose(tmp_path):
 
 
 def test_random_baseline_is_default_initialised_and_seeded():
-    from simclr_cli.model import build_simclr, model_spec
+    from simclr_cli.method.model import build_simclr, model_spec
 
     spec = model_spec("resnet18", "imagenet", image_size=32)
     a, b, c = ev.random_encoder(spec, 0), ev.random_encoder(spec, 0), ev.random_encoder(spec, 1)
@@ -227,7 +228,7 @@ def test_linear_eval_prints_table_and_summary_on_stdout(tmp_path, capsys, monkey
     import json
 
     from simclr_cli.cli import run
-    from simclr_cli.shapes import SHAPE_CLASSES
+    from simclr_cli.data.shapes import SHAPE_CLASSES
 
     monkeypatch.setenv("SIMCLR_PROGRESS_SECONDS", "0")
     ck = tmp_path / "ck.pt"
@@ -272,7 +273,7 @@ def test_small_data_warning():
 def test_random_baseline_keeps_the_better_input_scaling(monkeypatch, better):
     from types import SimpleNamespace
 
-    from simclr_cli.model import model_spec
+    from simclr_cli.method.model import model_spec
 
     def fake_eval(model, *args, **kwargs):
         normalised = model.mean is not None

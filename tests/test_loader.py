@@ -23,11 +23,11 @@ from test_train import (  # noqa: F401 (tiny is a fixture)
     weights,
 )
 
-from simclr_cli import train
-from simclr_cli.augment import SimCLRAugment, TwoViews
 from simclr_cli.config import PretrainConfig
-from simclr_cli.loader import EpochKeys, ResumableSampler, SeededViews
-from simclr_cli.shapes import ShapesDataset
+from simclr_cli.data.loader import EpochKeys, ResumableSampler, SeededViews
+from simclr_cli.data.shapes import ShapesDataset
+from simclr_cli.method.augment import SimCLRAugment, TwoViews
+from simclr_cli.training import pretrain as train
 
 
 def crops_file(cfg: PretrainConfig, rank: int) -> Path:
@@ -58,7 +58,9 @@ class RecordingAugment(SimCLRAugment):
 def recording_worker(cfg: PretrainConfig) -> dict[str, Any]:
     """``train.pretrain_worker`` in a spawned rank: the tiny model, and both augmentations
     record the crop boxes they draw in this rank's file."""
-    from simclr_cli import augment, distributed, loader
+    from simclr_cli import distributed
+    from simclr_cli.data import loader
+    from simclr_cli.method import augment
 
     path = crops_file(cfg, distributed.rank())
     batched = augment.BatchedSimCLRAugment.sample_params

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from simclr_cli import distributed as dist
 from simclr_cli.errors import UsageError
-from simclr_cli.loss import NTXentLoss, nt_xent
+from simclr_cli.method.loss import NTXentLoss, nt_xent
 
 
 def algorithm1_loss(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> float:
@@ -169,7 +169,7 @@ def test_rank_layout_matches_single_process(world: int, monkeypatch: pytest.Monk
 PEAK_PROBE = """
 import sys, torch
 torch.set_num_threads(1)
-from simclr_cli.loss import nt_xent
+from simclr_cli.method.loss import nt_xent
 
 def status(field):  # bytes; VmHWM is this process's own peak (ru_maxrss inherits the parent's)
     for line in open("/proc/self/status"):

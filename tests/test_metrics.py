@@ -1,4 +1,4 @@
-"""Tests of simclr_cli.metrics: top-k, the confusion matrix and the kNN vote against loop
+"""Tests of simclr_cli.evaluation.metrics: top-k, the confusion matrix and the kNN vote against loop
 transcriptions in float64, and the k chosen from the data."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from simclr_cli import metrics as ev
+from simclr_cli.evaluation import metrics as ev
 
 
 def knn_reference(bank, bank_labels, query, num_classes, k, temperature):

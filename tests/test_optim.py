@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from simclr_cli.errors import UsageError
-from simclr_cli.model import build_simclr, model_spec
-from simclr_cli.optim import (
+from simclr_cli.method.model import build_simclr, model_spec
+from simclr_cli.method.optim import (
     LARS,
     build_optimizer,
     default_base_lr,

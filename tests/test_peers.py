@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from simclr_cli.loss import nt_xent  # noqa: E402
+from simclr_cli.method.loss import nt_xent  # noqa: E402
 
 import peers  # noqa: E402  (a sibling script folder, not a package)
 

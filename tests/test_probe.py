@@ -1,4 +1,5 @@
-"""Tests of simclr_cli.probe: standardisation, the logistic-regression fit against its optimality
+"""Tests of simclr_cli.evaluation.probe: standardisation, the logistic-regression fit against its
+optimality
 condition and plain gradient descent, and the held-out weight-decay search."""
 
 from __future__ import annotations
@@ -7,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from simclr_cli import probe as ev
 from simclr_cli.errors import UsageError
+from simclr_cli.evaluation import probe as ev
 
 
 def test_standardization_uses_train_statistics():

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from simclr_cli.config import LinearEvalConfig, PretrainConfig
-from simclr_cli.linear_eval import run_linear_eval
-from simclr_cli.train import run_pretrain
+from simclr_cli.evaluation.linear_eval import run_linear_eval
+from simclr_cli.training.pretrain import run_pretrain
 
 # About a minute on two idle cores; the hang guard is far above that (pyproject's 900 s was hit
 # once on a 2-core machine shared with two other jobs), so a busy machine does not fail it.

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from simclr_cli import resident
-from simclr_cli.data import ShapesDataset
+from simclr_cli.data import resident
+from simclr_cli.data.datasets import ShapesDataset
+from simclr_cli.data.loader import ResumableSampler
 from simclr_cli.errors import DatasetError
-from simclr_cli.loader import ResumableSampler
-from simclr_cli.preprocess import to_uint8_transform
+from simclr_cli.method.preprocess import to_uint8_transform
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)

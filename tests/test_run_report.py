@@ -18,9 +18,9 @@ from PIL import Image
 
 from simclr_cli.cli import run
 from simclr_cli.config import FeaturesConfig, ReportConfig
+from simclr_cli.data.shapes import SHAPE_CLASSES
 from simclr_cli.report import neighbours as rr
 from simclr_cli.report import run_report
-from simclr_cli.shapes import SHAPE_CLASSES
 
 pytest.importorskip("matplotlib")  # the `plots` extra; CI installs it
 
@@ -135,7 +135,7 @@ def brute_force_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, ski
 
 
 def export_features(checkpoint: Path, out: Path, split: str, limit: int, dataset="shapes"):
-    from simclr_cli.features import export_features as export
+    from simclr_cli.evaluation.features import export_features as export
 
     export(FeaturesConfig(checkpoint=str(checkpoint), out=out, dataset=dataset, split=split,
                           limit=limit, device="cpu", workers=0, batch_size=32))  # fmt: skip

@@ -20,13 +20,17 @@ import pytest
 import torch
 from torch import nn
 
-from simclr_cli import errors, loader, memory, monitor, optim, resume, runlog, train
-from simclr_cli.checkpoint import load_checkpoint, load_model
+from simclr_cli import errors
 from simclr_cli.config import PretrainConfig
-from simclr_cli.data import ShapesDataset
+from simclr_cli.data import loader
+from simclr_cli.data.datasets import ShapesDataset
 from simclr_cli.errors import CheckpointError, DatasetError, OutputExistsError, TrainingError
-from simclr_cli.loss import NTXentLoss
-from simclr_cli.model import SimCLR
+from simclr_cli.method import optim
+from simclr_cli.method.loss import NTXentLoss
+from simclr_cli.method.model import SimCLR
+from simclr_cli.storage.checkpoint import load_checkpoint, load_model
+from simclr_cli.training import memory, monitor, resume, runlog
+from simclr_cli.training import pretrain as train
 
 STEPS_PER_EPOCH = 4  # limit 48 / batch 12
 
@@ -217,7 +221,7 @@ def test_device_path_step_reads_nothing_on_the_host(
     the views and the step (forward, NT-Xent, backward, LARS) never read a value on the host."""
     from test_resident import host_reads_forbidden
 
-    from simclr_cli import augment_ops
+    from simclr_cli.method import augment_ops
 
     # The accelerator branch of the augmentation (the CPU one indexes with nonzero by design).
     monkeypatch.setattr(
@@ -301,7 +305,7 @@ def test_the_summary_and_config_json_say_where_the_views_are_made(
 def forget_augment_on(checkpoint_path: Path) -> None:
     """Make a run look written by a version before ``--augment-on auto`` (default ``cpu``, no
     resolved value recorded)."""
-    from simclr_cli.checkpoint import save_checkpoint
+    from simclr_cli.storage.checkpoint import save_checkpoint
 
     payload = load_checkpoint(checkpoint_path)
     payload["config"]["augment_on"] = "cpu"
@@ -717,7 +721,7 @@ def test_the_epoch_checkpoint_is_a_link_to_the_last_one_not_a_copy(
 def test_without_hard_links_the_epoch_checkpoint_is_a_copy(
     tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from simclr_cli import fileio
+    from simclr_cli.storage import fileio
 
     def no_links(*args: Any) -> None:
         raise OSError(1, "Operation not permitted")

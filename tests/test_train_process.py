@@ -26,9 +26,9 @@ from test_train import (  # noqa: F401 (tiny is a fixture: resumes train the chi
     weights,
 )
 
-from simclr_cli import train
-from simclr_cli.checkpoint import load_checkpoint
 from simclr_cli.errors import CheckpointError
+from simclr_cli.storage.checkpoint import load_checkpoint
+from simclr_cli.training import pretrain as train
 
 TESTS = Path(__file__).parent
 CHILD = """
@@ -37,7 +37,8 @@ import torch
 torch.set_num_threads({threads})  # as the test process: resumed runs must match bit for bit
 sys.path.insert(0, {tests!r})
 from test_train import tiny_simclr
-from simclr_cli import checkpoint, train
+from simclr_cli.storage import checkpoint
+from simclr_cli.training import pretrain as train
 from simclr_cli.config import PretrainConfig
 
 job = json.loads(sys.argv[1])
@@ -227,7 +228,7 @@ def cli_flags(values: dict[str, Any]) -> list[str]:
 @pytest.mark.slow
 def test_two_processes_write_once_and_resume_with_one(tmp_path: Path) -> None:
     # Spawned workers import simclr_cli afresh, so this run trains the real ResNet-18.
-    from simclr_cli.model import build_simclr
+    from simclr_cli.method.model import build_simclr
 
     cfg = config(tmp_path, limit=16, batch_size=8, max_steps=2, processes=2)  # 2 steps/epoch
     summary = train.run_pretrain(cfg)

@@ -1,5 +1,5 @@
 """The training step itself: what runs under autocast, what it hands to torch, and the grad
-scaler of fp16, through the real :class:`~simclr_cli.trainer.Trainer` on the CPU.
+scaler of fp16, through the real :class:`~simclr_cli.training.trainer.Trainer` on the CPU.
 
 bf16 and fp16 autocast both run on the CPU (torch 2.14), with ``torch.amp.GradScaler("cpu")``
 for fp16, so the mixed-precision logic of a GPU run is exercised here without one.
@@ -15,8 +15,8 @@ import torch
 from test_train import config, tiny_simclr
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from simclr_cli import train
-from simclr_cli.loss import NTXentLoss, nt_xent
+from simclr_cli.method.loss import NTXentLoss, nt_xent
+from simclr_cli.training import pretrain as train
 
 
 class RecordingLoss(NTXentLoss):
@@ -211,7 +211,7 @@ def test_a_resumed_fp16_run_continues_with_the_scalers_state(
 ) -> None:
     from test_train import STEPS_PER_EPOCH, assert_same_weights
 
-    from simclr_cli.checkpoint import load_checkpoint
+    from simclr_cli.storage.checkpoint import load_checkpoint
 
     monkeypatch.setattr(train, "build_simclr", tiny_simclr)
 

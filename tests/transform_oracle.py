@@ -1,5 +1,6 @@
 """The test-time transform written per image with torchvision: the oracle that the loaders'
-uint8 crops, normalised per batch on the device (:func:`simclr_cli.preprocess.normalize_uint8`),
+uint8 crops, normalised per batch on the device
+(:func:`simclr_cli.method.preprocess.normalize_uint8`),
 must reproduce."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms
 
-from simclr_cli.preprocess import ToRGB
+from simclr_cli.method.preprocess import ToRGB
 
 
 class _ToFloat:

@@ -143,13 +143,13 @@ def examples(*lines: str) -> str:
 
 def print_summary(title: str, summary: Any) -> None:
     """Print the summary a command returned (a dict of results) as one table."""
-    from simclr_cli import info
+    from simclr_cli.cli import info
 
     info.render_summary(title, summary)
 
 
 def print_registry(cache_dir: Path) -> None:
     """Print the release checkpoints and what of them is cached."""
-    from simclr_cli import info
+    from simclr_cli.cli import info
 
     info.render_registry(cache_dir)

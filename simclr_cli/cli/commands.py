@@ -34,7 +34,7 @@ from simclr_cli.config import (
     PretrainConfig,
     ReportConfig,
 )
-from simclr_cli.metrics import KNN_K
+from simclr_cli.evaluation.metrics import KNN_K
 
 P = PretrainConfig
 
@@ -238,7 +238,7 @@ def pretrain(
 ) -> None:
     """Pretrain a ResNet encoder with SimCLR (NT-Xent on two augmented views)."""
     cfg = build(PretrainConfig, **locals())
-    from simclr_cli.train import run_pretrain
+    from simclr_cli.training.pretrain import run_pretrain
 
     summary = run_pretrain(cfg)
     print_summary("Pretraining finished", summary)
@@ -319,7 +319,7 @@ def linear_eval(
 ) -> None:
     """Linear evaluation: a classifier on frozen encoder features (top-1/top-5, kNN)."""
     cfg = build(LinearEvalConfig, **locals())
-    from simclr_cli.linear_eval import run_linear_eval
+    from simclr_cli.evaluation.linear_eval import run_linear_eval
 
     result = run_linear_eval(cfg)
     print_summary("Linear evaluation", result)
@@ -359,7 +359,7 @@ def features(
 ) -> None:
     """Export embeddings (h or z) of a dataset as .npy files, in dataset order."""
     cfg = build(FeaturesConfig, **locals())
-    from simclr_cli.features import export_features
+    from simclr_cli.evaluation.features import export_features
 
     result = export_features(cfg)
     print_summary("Features written", result)
@@ -400,7 +400,7 @@ def export(
     """Export the encoder for other code: a torchvision state_dict, TorchScript, ONNX or
     safetensors, verified against the checkpoint before it is written."""
     cfg = build(ExportConfig, **locals())
-    from simclr_cli.export import run_export
+    from simclr_cli.storage.export import run_export
 
     print_summary("Exported", run_export(cfg))
 
@@ -475,7 +475,7 @@ def download(
 ) -> None:
     """Fetch a release checkpoint (or any checkpoint URL) into the cache, verified."""
     cfg = build(DownloadConfig, **locals())
-    from simclr_cli import hub
+    from simclr_cli.storage import hub
 
     if cfg.list_only and cfg.name is None:
         print_registry(cfg.cache_dir)
@@ -508,7 +508,7 @@ def info(
 ) -> None:
     """What is installed, which devices, what is cached; or what a checkpoint holds."""
     cfg = build(InfoConfig, **locals())
-    from simclr_cli import info as facts
+    from simclr_cli.cli import info as facts
 
     data = facts.checkpoint_info(cfg) if cfg.target else facts.system_info(cfg)
     if cfg.as_json:

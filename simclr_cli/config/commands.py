@@ -22,7 +22,7 @@ from simclr_cli.config.fields import (
     resolve_device,
     resolve_precision,
 )
-from simclr_cli.metrics import KNN_TEMPERATURE
+from simclr_cli.evaluation.metrics import KNN_TEMPERATURE
 
 
 class _EvalCommon(FrozenModel):
@@ -137,7 +137,7 @@ class DownloadConfig(FrozenModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        from simclr_cli.registry import REGISTRY
+        from simclr_cli.storage.registry import REGISTRY
 
         if value is None or value in REGISTRY or re.match(r"^https?://\S+$", value):
             return value

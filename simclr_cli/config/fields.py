@@ -38,12 +38,15 @@ def default_workers() -> int:
 
 
 def dataset_kind(dataset: str) -> str:
-    """``cifar10``/``cifar100``/``stl10``/``shapes``, or ``folder`` (see :mod:`simclr_cli.data`).
+    """``cifar10``/``cifar100``/``stl10``/``shapes``, or ``folder`` (see
+    :mod:`simclr_cli.data.datasets`).
 
     Raises:
         UsageError: naming ``--dataset`` (passed through pydantic unchanged).
     """
-    from simclr_cli import data  # imported late: ``simclr --help`` needs no torchvision
+    from simclr_cli.data import (
+        datasets as data,  # imported late: ``simclr --help`` needs no torchvision
+    )
 
     return data.dataset_kind(dataset)
 
@@ -61,13 +64,13 @@ def cuda_available() -> bool:
 
 
 def resolve_device(device: str) -> str:
-    from simclr_cli.inference import resolve_device_name  # imported late: it loads torch
+    from simclr_cli.evaluation.inference import resolve_device_name  # imported late: it loads torch
 
     return resolve_device_name(device, cuda_available())
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    from simclr_cli.inference import resolve_precision as resolve  # imported late: torch
+    from simclr_cli.evaluation.inference import resolve_precision as resolve  # imported late: torch
 
     return resolve(precision, device)
 
@@ -88,7 +91,7 @@ def check_device(device: str, precision: str) -> None:
 
 def check_checkpoint(value: str) -> str:
     """A checkpoint is a file, a run folder, a release name or an http(s) URL."""
-    from simclr_cli.registry import REGISTRY, checkpoint_kind
+    from simclr_cli.storage.registry import REGISTRY, checkpoint_kind
 
     kind = checkpoint_kind(value)
     if kind == "folder":
@@ -145,7 +148,8 @@ class derived(property):  # noqa: N801  (used as a decorator, like property)
     """A value the config resolves from its options (``resolved_lr``, ``world_size``, ...).
 
     Every one is recorded under ``resolved`` in ``config.json`` and in checkpoints
-    (:func:`simclr_cli.runlog.resolved_config`), so a new derived value needs no list kept in
+    (:func:`simclr_cli.training.runlog.resolved_config`), so a new derived value needs no list kept
+    in
     sync: decorating it is enough.
     """
 

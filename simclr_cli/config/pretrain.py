@@ -14,7 +14,6 @@ from pydantic import (
     model_validator,
 )
 
-from simclr_cli.archs import ARCHS, IMAGENET_STEM_MIN_SIZE, auto_stem
 from simclr_cli.config.fields import (
     DEFAULT_WEIGHT_DECAY,
     CropScale,
@@ -30,6 +29,7 @@ from simclr_cli.config.fields import (
     resolve_device,
     resolve_precision,
 )
+from simclr_cli.method.archs import ARCHS, IMAGENET_STEM_MIN_SIZE, auto_stem
 
 # Options of `simclr pretrain --resume` that a command line may change: how long the run goes,
 # how it is launched and monitored, none of the data, model, optimizer or augmentation. Every
@@ -211,7 +211,7 @@ class PretrainConfig(FrozenModel):
 
     @derived
     def resolved_image_size(self) -> int:
-        from simclr_cli.data import default_image_size
+        from simclr_cli.data.datasets import default_image_size
 
         return self.image_size or default_image_size(self.dataset_kind)
 
@@ -245,7 +245,7 @@ class PretrainConfig(FrozenModel):
         """``--lr`` when given, otherwise the optimiser's base lr scaled by the GLOBAL batch."""
         if self.lr is not None:
             return self.lr
-        from simclr_cli.optim import default_base_lr, scaled_lr
+        from simclr_cli.method.optim import default_base_lr, scaled_lr
 
         base = default_base_lr(self.optimizer, self.lr_scaling)
         return scaled_lr(base, self.batch_size, self.lr_scaling)

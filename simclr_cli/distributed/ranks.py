@@ -91,7 +91,7 @@ def wrap_ddp(
 
     Args:
         model: the model, already on ``device`` (and already converted to global BN if wanted).
-        device: this process's device (see :func:`simclr_cli.inference.process_device`).
+        device: this process's device (see :func:`simclr_cli.evaluation.inference.process_device`).
         broadcast_buffers: send rank 0's buffers (batch-norm running statistics) to every rank
             before each forward, one collective per forward. Global batch norm computes the
             same statistics on every rank, so it needs none: pass False.

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from simclr_cli import fileio
 from simclr_cli.console import get_console
 from simclr_cli.errors import import_extra
 from simclr_cli.report.neighbours import find_neighbours, neighbours_json
@@ -35,6 +34,7 @@ from simclr_cli.report.plots import (
     plot_neighbours,
 )
 from simclr_cli.report.run import read_run
+from simclr_cli.storage import fileio
 
 REPORT = "report.html"
 
@@ -93,7 +93,7 @@ def write_outputs(
             (stage / name).write_text(text, encoding="utf-8")
         (stage / REPORT).write_text(page, encoding="utf-8")
         for name in [*pngs, *extra, REPORT]:
-            fileio.commit(stage / name, out / name)  # fsync and rename: simclr_cli.fileio
+            fileio.commit(stage / name, out / name)  # fsync and rename: simclr_cli.storage.fileio
             written.append(out / name)
     return written
 

@@ -137,7 +137,7 @@ def _image_size(run: RunFiles) -> int:
 
 
 def _model(run: RunFiles) -> Any:
-    from simclr_cli.checkpoint import load_checkpoint, load_model
+    from simclr_cli.storage.checkpoint import load_checkpoint, load_model
 
     assert run.checkpoint is not None
     return load_model(load_checkpoint(run.checkpoint)).eval().requires_grad_(False)
@@ -150,8 +150,8 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
     """Gallery: the first ``--max-images`` training images; queries: the test split. A folder
     has no test split: its queries come from the gallery itself (leaving each one out)."""
-    from simclr_cli.data import build_dataset, dataset_kind
-    from simclr_cli.preprocess import to_uint8_transform
+    from simclr_cli.data.datasets import build_dataset, dataset_kind
+    from simclr_cli.method.preprocess import to_uint8_transform
 
     name = str((run.config or {}).get("dataset") or "")
     if not name:
@@ -187,9 +187,9 @@ def _from_features(root: Path, cfg: Any, size: int) -> tuple[_Split, _Split, str
 
 def _feature_split(folder: Path, size: int, data_dir: Path) -> _Split:
     """One ``simclr features`` folder: its arrays and the images its rows came from."""
-    from simclr_cli.data import build_dataset, dataset_kind
-    from simclr_cli.features import ALL_SPLITS
-    from simclr_cli.preprocess import to_uint8_transform
+    from simclr_cli.data.datasets import build_dataset, dataset_kind
+    from simclr_cli.evaluation.features import ALL_SPLITS
+    from simclr_cli.method.preprocess import to_uint8_transform
 
     meta = read_json(folder / "meta.json", []) or {}
     if meta.get("layer") not in (None, "encoder"):
@@ -231,7 +231,7 @@ class _PathImages(torch.utils.data.Dataset):
 def encode_dataset(model: Any, dataset: Any, cfg: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     """h and labels of every item, with a progress bar."""
     from simclr_cli.console import make_progress
-    from simclr_cli.inference import build_loader, iter_features, resolve_device
+    from simclr_cli.evaluation.inference import build_loader, iter_features, resolve_device
 
     device = resolve_device(cfg.resolved_device)
     loader = build_loader(dataset, cfg.batch_size, device)

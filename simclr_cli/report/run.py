@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from simclr_cli.errors import DatasetError
-from simclr_cli.registry import RUN_CHECKPOINT
+from simclr_cli.storage.registry import RUN_CHECKPOINT
 
 
 @dataclass

@@ -22,7 +22,7 @@ class ToRGB:
 
     def __call__(self, image: Any) -> Any:
         if isinstance(image, Image.Image) and image.mode != "RGB":
-            from simclr_cli.data import to_rgb  # 16-bit grayscale is rescaled, not clipped
+            from simclr_cli.data.datasets import to_rgb  # 16-bit grayscale is rescaled, not clipped
 
             return to_rgb(image)
         if isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 1:
@@ -69,7 +69,7 @@ def to_uint8_transform(image_size: int) -> Callable[[Any], Tensor]:
 
     Resizes the shorter side to ``image_size`` and centre crops, so batches stack and the
     random crop happens later, per image, on the device
-    (:class:`~simclr_cli.augment.BatchedSimCLRAugment`).
+    (:class:`~simclr_cli.method.augment.BatchedSimCLRAugment`).
     """
     return transforms.Compose(
         [

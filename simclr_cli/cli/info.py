@@ -50,8 +50,8 @@ def system_info(cfg: InfoConfig) -> dict[str, Any]:
     import torch
     import torchvision
 
-    from simclr_cli import hub
     from simclr_cli.distributed import available_backends
+    from simclr_cli.storage import hub
 
     return {
         "versions": {
@@ -74,7 +74,7 @@ def system_info(cfg: InfoConfig) -> dict[str, Any]:
 
 def checkpoint_info(cfg: InfoConfig) -> dict[str, Any]:
     """What a checkpoint (file or release name, downloaded on first use) holds."""
-    from simclr_cli import checkpoint, hub
+    from simclr_cli.storage import checkpoint, hub
 
     assert cfg.target is not None
     path = hub.resolve_checkpoint(cfg.target, cfg.cache_dir)
@@ -141,7 +141,7 @@ def _registry_table(rows: list[dict[str, Any]]) -> None:
 
 
 def render_registry(cache_dir: Path) -> None:
-    from simclr_cli import hub
+    from simclr_cli.storage import hub
 
     _registry_table(hub.registry_table(cache_dir))
 

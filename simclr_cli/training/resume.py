@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from simclr_cli import checkpoint, distributed
+from simclr_cli import distributed
 from simclr_cli.config import RESUME_LAUNCH_GROUP, RESUME_MAY_CHANGE, PretrainConfig, flag_name
 from simclr_cli.errors import CheckpointError, DistributedError
-from simclr_cli.registry import RUN_CHECKPOINT
+from simclr_cli.storage import checkpoint
+from simclr_cli.storage.registry import RUN_CHECKPOINT
 
 
 def resume_checkpoint_path(cfg: PretrainConfig) -> Path | None:

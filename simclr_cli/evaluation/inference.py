@@ -1,7 +1,8 @@
 """Running a frozen SimCLR model: device, precision, the evaluation loader and ``h``.
 
 One home for what every consumer of a trained encoder shares: linear evaluation
-(:mod:`simclr_cli.linear_eval`), the feature export (:mod:`simclr_cli.features`), the kNN monitor
+(:mod:`simclr_cli.evaluation.linear_eval`), the feature export
+(:mod:`simclr_cli.evaluation.features`), the kNN monitor
 of a training run, ``simclr export`` and ``simclr report``. Device and precision are resolved here
 for the whole package, pretraining included (the config validates with the same rules).
 """
@@ -16,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from simclr_cli.data import ignore_stop_signals
+from simclr_cli.data.datasets import ignore_stop_signals
 from simclr_cli.errors import DatasetError, UsageError
-from simclr_cli.preprocess import normalize_uint8, to_uint8_transform
+from simclr_cli.method.preprocess import normalize_uint8, to_uint8_transform
 
 LAYERS = ("encoder", "projection")
 # The autocast dtype of each resolved ``--precision`` (fp32: no autocast).
@@ -111,8 +112,8 @@ def load_frozen_model(checkpoint_ref: str, cache_dir: Path) -> tuple[nn.Module, 
     Raises:
         CheckpointError: missing, corrupt, unsafe or not a pretraining checkpoint.
     """
-    from simclr_cli.checkpoint import load_checkpoint, load_model
-    from simclr_cli.hub import resolve_checkpoint
+    from simclr_cli.storage.checkpoint import load_checkpoint, load_model
+    from simclr_cli.storage.hub import resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint_ref, cache_dir)
     payload = load_checkpoint(path)
@@ -122,7 +123,7 @@ def load_frozen_model(checkpoint_ref: str, cache_dir: Path) -> tuple[nn.Module, 
 
 def checkpoint_image_size(payload: dict, image_size: int | None, kind: str) -> int:
     """``--image-size``, else the checkpoint's own, else the dataset kind's default."""
-    from simclr_cli.data import default_image_size
+    from simclr_cli.data.datasets import default_image_size
 
     return image_size or payload["model"].get("image_size") or default_image_size(kind)
 
@@ -197,7 +198,8 @@ def encode(model: nn.Module, x: Tensor, layer: str, dtype: torch.dtype | None) -
 
     Args:
         model: a SimCLR module with ``.encoder``, ``.projector``, ``.mean`` and ``.std``.
-        x: (B, 3, H, W) images: uint8 (from :func:`~simclr_cli.preprocess.to_uint8_transform`;
+        x: (B, 3, H, W) images: uint8 (from
+            :func:`~simclr_cli.method.preprocess.to_uint8_transform`;
             scaled and normalised here with the model's ``mean``/``std``) or float (already
             transformed); made channels-last (faster convolutions with cuDNN and oneDNN: 1.3-1.9x
             for a ResNet-18 at 32 px on a 2-core CPU).
@@ -286,7 +288,7 @@ def class_names(dataset: Dataset | None) -> list[str] | None:
 
 def skipped_count(*datasets: Dataset | None) -> int:
     """Unreadable files skipped by the image folders under ``datasets``, each folder once."""
-    from simclr_cli.data import skipped_files
+    from simclr_cli.data.datasets import skipped_files
 
     unique = {id(part): part for dataset in datasets for part in _parts(dataset)}
     return sum(skipped_files(part) for part in unique.values())

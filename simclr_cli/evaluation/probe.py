@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from simclr_cli.data import ignore_stop_signals
+from simclr_cli.data.datasets import ignore_stop_signals
 from simclr_cli.errors import UsageError
-from simclr_cli.inference import autocast_dtype, encode
-from simclr_cli.metrics import topk_accuracy
+from simclr_cli.evaluation.inference import autocast_dtype, encode
+from simclr_cli.evaluation.metrics import topk_accuracy
 
 # Weight decays tried on the held-out part of the train split (standardised features, mean
 # cross-entropy): from almost none to strong; the largest is first so fits can warm-start.

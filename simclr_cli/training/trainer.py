@@ -1,6 +1,6 @@
 """The pretraining loop: one :class:`Trainer` holds a run's built pieces and runs its epochs.
 
-Randomness is a pure function of the seed (:mod:`simclr_cli.seeding`): the sampler's order
+Randomness is a pure function of the seed (:mod:`simclr_cli.data.seeding`): the sampler's order
 depends on ``(seed, epoch)``, host views on ``(seed, epoch, image)``, and the generators are
 reseeded before every step from ``(seed, step, rank)`` (the device views), so a run resumed at
 any step draws the same order and augmentations as an uninterrupted one.
@@ -24,17 +24,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from simclr_cli import checkpoint, distributed, fileio, inference, signals
+from simclr_cli import distributed, signals
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import StepProgress, get_console, phase
+from simclr_cli.data.loader import PretrainData
+from simclr_cli.data.seeding import seed_everything, step_seed
 from simclr_cli.errors import Interrupted, TrainingError
-from simclr_cli.loader import PretrainData
-from simclr_cli.model import SimCLR
-from simclr_cli.monitor import LABELLED_KINDS, knn_datasets, knn_eval
-from simclr_cli.optim import Schedule, last_step
-from simclr_cli.registry import RUN_CHECKPOINT
-from simclr_cli.runlog import RunLog, resolved_config
-from simclr_cli.seeding import seed_everything, step_seed
+from simclr_cli.evaluation import inference
+from simclr_cli.method.model import SimCLR
+from simclr_cli.method.optim import Schedule, last_step
+from simclr_cli.storage import checkpoint, fileio
+from simclr_cli.storage.registry import RUN_CHECKPOINT
+from simclr_cli.training.monitor import LABELLED_KINDS, knn_datasets, knn_eval
+from simclr_cli.training.runlog import RunLog, resolved_config
 
 
 @dataclass
@@ -52,7 +54,8 @@ class Window:
 
 
 class Trainer:
-    """Holds a run's built pieces and runs its epochs (see :func:`simclr_cli.train.pretrain`)."""
+    """Holds a run's built pieces and runs its epochs (see
+    :func:`simclr_cli.training.pretrain.pretrain`)."""
 
     def __init__(
         self,

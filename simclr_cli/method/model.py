@@ -18,10 +18,10 @@ import torch
 import torchvision
 from torch import nn
 
-from simclr_cli import archs
-from simclr_cli.archs import ARCHS, CIFAR_STEM_MAX_SIZE, FEATURE_DIMS  # noqa: F401
-from simclr_cli.data import normalization
+from simclr_cli.data.datasets import normalization
 from simclr_cli.errors import CheckpointError, UsageError
+from simclr_cli.method import archs
+from simclr_cli.method.archs import ARCHS, CIFAR_STEM_MAX_SIZE, FEATURE_DIMS  # noqa: F401
 
 if TYPE_CHECKING:
     from simclr_cli.config import PretrainConfig

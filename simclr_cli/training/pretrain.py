@@ -7,11 +7,11 @@ writes files. Nothing is lost: checkpoints are atomic and hold everything a resu
 SIGINT/SIGTERM finishes the current step and writes one, and a non-finite loss stops the run
 without overwriting the last good checkpoint.
 
-Randomness is a pure function of the seed (:mod:`simclr_cli.seeding`): the sampler's order
+Randomness is a pure function of the seed (:mod:`simclr_cli.data.seeding`): the sampler's order
 depends on ``(seed, epoch)``, views made on the host on ``(seed, epoch, image)`` and views made
 on the device on ``(seed, step, rank)``, so a run resumed at any step draws the same order and
 augmentations as an uninterrupted one, with any ``--workers``.
-``--data-on device`` (:mod:`simclr_cli.resident`) replaces the DataLoader by batches gathered
+``--data-on device`` (:mod:`simclr_cli.data.resident`) replaces the DataLoader by batches gathered
 from the whole set held on the device, in the same order, so it trains the same weights.
 
 Host syncs: the step itself never reads a device value; the loss is summed on the device and
@@ -30,24 +30,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from simclr_cli import allocator, checkpoint, distributed, inference, optim
+from simclr_cli import allocator, distributed
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import phase
+from simclr_cli.data.loader import build_pretrain_data
+from simclr_cli.data.seeding import seed_everything
 from simclr_cli.errors import OutputExistsError
-from simclr_cli.loader import build_pretrain_data
-from simclr_cli.loss import NTXentLoss
-from simclr_cli.memory import check_memory
-from simclr_cli.model import SimCLR, build_simclr, build_spec
-from simclr_cli.optim import build_schedule
-from simclr_cli.registry import RUN_CHECKPOINT
-from simclr_cli.resume import (
+from simclr_cli.evaluation import inference
+from simclr_cli.method import optim
+from simclr_cli.method.loss import NTXentLoss
+from simclr_cli.method.model import SimCLR, build_simclr, build_spec
+from simclr_cli.method.optim import build_schedule
+from simclr_cli.storage import checkpoint
+from simclr_cli.storage.registry import RUN_CHECKPOINT
+from simclr_cli.training.memory import check_memory
+from simclr_cli.training.resume import (
     check_resume_compatible,
     check_same_start,
     continue_run_config,
     resume_checkpoint_path,
 )
-from simclr_cli.seeding import seed_everything
-from simclr_cli.trainer import Trainer
+from simclr_cli.training.trainer import Trainer
 
 # ----------------------------------------------------------------------------------------------
 # entry points

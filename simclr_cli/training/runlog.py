@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from simclr_cli import fileio
 from simclr_cli.config import PretrainConfig
-from simclr_cli.optim import Schedule
+from simclr_cli.method.optim import Schedule
+from simclr_cli.storage import fileio
 
 # metrics.jsonl keys that are not curves: the x axes, and the k a kNN accuracy was measured at.
 NOT_SCALARS = ("step", "epoch", "time", "knn_k")

@@ -24,9 +24,9 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from simclr_cli import augment_ops as ops
 from simclr_cli.errors import UsageError
-from simclr_cli.preprocess import ToRGB
+from simclr_cli.method import augment_ops as ops
+from simclr_cli.method.preprocess import ToRGB
 
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -391,7 +391,8 @@ class BatchedSimCLRAugment(_ViewPipeline, nn.Module):
     parameters image by image). Crop and flip are one ``grid_sample`` (bilinear, edge
     clamped), the other steps are per-image masks and factors, so nothing is drawn once for
     the whole batch. Inputs larger than ``image_size`` are resampled without antialiasing;
-    feed images already at ``image_size`` (see :func:`~simclr_cli.preprocess.to_uint8_transform`).
+    feed images already at ``image_size`` (see
+    :func:`~simclr_cli.method.preprocess.to_uint8_transform`).
 
     Reference: SimCLR (Chen et al. 2020), appendix A. Options: see :class:`_ViewPipeline`.
     """

@@ -31,9 +31,9 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from simclr_cli import fileio
 from simclr_cli.errors import ExportError, OutputExistsError, import_extra
-from simclr_cli.model import build_layer, head_layers
+from simclr_cli.method.model import build_layer, head_layers
+from simclr_cli.storage import fileio
 
 # Images in the fixed verification batch; more than one, so the batch dimension is exercised.
 VERIFY_BATCH = 4
@@ -162,7 +162,7 @@ def run_export(cfg: Any) -> dict[str, Any]:
         ExportError: the exported model did not reproduce the checkpoint (no file is left).
         CheckpointError: with one-line messages.
     """
-    from simclr_cli.inference import load_frozen_model
+    from simclr_cli.evaluation.inference import load_frozen_model
 
     out = Path(cfg.out).expanduser()
     meta_path = meta_path_for(out)
@@ -198,7 +198,7 @@ def write_verified(
         error = verify(cfg.format, cfg.part, tmp, payload["model"], reference)
         meta["verified"] = {"batch": VERIFY_BATCH, "max_abs_error": error, "tolerance": TOLERANCE}
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        fileio.commit(tmp, out)  # fsync, rename, fsync the folder: simclr_cli.fileio
+        fileio.commit(tmp, out)  # fsync, rename, fsync the folder: simclr_cli.storage.fileio
         fileio.commit(tmp_meta, meta_path)
     return error
 

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from simclr_cli import allocator, fileio
+from simclr_cli import allocator
 from simclr_cli.errors import DatasetError
-from simclr_cli.inference import (
+from simclr_cli.evaluation.inference import (
     build_loader,
     checkpoint_image_size,
     checkpoint_transform,
@@ -31,6 +31,7 @@ from simclr_cli.inference import (
     resolve_device,
     skipped_count,
 )
+from simclr_cli.storage import fileio
 
 FEATURES, LABELS, META, PATHS = "features.npy", "labels.npy", "meta.json", "paths.txt"
 OUTPUTS = (FEATURES, LABELS, META, PATHS)
@@ -56,7 +57,7 @@ def features_dataset(cfg: Any, transform: Any) -> tuple[Dataset, str, list[Path]
     Returns:
         ``(dataset, split, paths)``; ``paths`` lists one file per row for image folders.
     """
-    from simclr_cli.data import ImageFolderDataset, build_dataset
+    from simclr_cli.data.datasets import ImageFolderDataset, build_dataset
 
     if cfg.dataset_kind == "folder":
         folder = ImageFolderDataset(Path(cfg.dataset).expanduser(), transform)

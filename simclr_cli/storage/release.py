@@ -4,7 +4,8 @@ The release checkpoints of Spijkervet/SimCLR are bare ``state_dict`` s (``encode
 torchvision ResNet without ``fc``, ``projector.0/2.*``), sometimes with DDP ``module.`` prefixes
 and written in torch's legacy serialization. :func:`convert` infers the architecture, stem and
 head from key names and tensor shapes and returns the model spec, the weights and a record of
-what was inferred; :func:`simclr_cli.checkpoint.convert_release_state_dict` lays them out as a
+what was inferred; :func:`simclr_cli.storage.checkpoint.convert_release_state_dict` lays them out
+as a
 payload (this module knows nothing of the payload layout, so imports run checkpoint -> release).
 """
 
@@ -16,8 +17,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from simclr_cli import archs, registry
 from simclr_cli.errors import CheckpointError
+from simclr_cli.method import archs
+from simclr_cli.storage import registry
 
 # Spijkervet/SimCLR release facts: STL-10 `unlabeled` at 96 px, no input normalisation.
 RELEASE_SOURCE = "Spijkervet/SimCLR"
@@ -26,16 +28,17 @@ RELEASE_DATASET = "stl10"
 
 # Width of layer1.0.conv1 separates ResNet-50 (64) from Wide ResNet-50-2 (128).
 _WIDE_LAYER1_WIDTH = 128
-# conv1 kernel size -> stem (simclr_cli.model: "cifar" is a 3x3 stride-1 conv without max-pool).
+# conv1 kernel size -> stem (simclr_cli.method.model: "cifar" is a 3x3 stride-1 conv without
+# max-pool).
 _STEMS = {7: "imagenet", 3: "cifar"}
 _DDP_PREFIX = "module."
 
 
 class Converted(NamedTuple):
     """What a release file holds, in simclr-cli's terms: keywords of
-    :func:`simclr_cli.checkpoint.build_payload`."""
+    :func:`simclr_cli.storage.checkpoint.build_payload`."""
 
-    model: dict[str, Any]  # the spec for simclr_cli.model.build_simclr
+    model: dict[str, Any]  # the spec for simclr_cli.method.model.build_simclr
     state_dict: dict[str, torch.Tensor]  # encoder.* and projector.*, prefixes stripped
     dataset: str  # the pretraining data (STL-10 unlabeled)
     epoch: int | None  # from the file name or the registry entry; None when unknown

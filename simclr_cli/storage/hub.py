@@ -1,9 +1,11 @@
 """Release checkpoints in a local cache: resolution of ``--checkpoint``, verified downloads.
 
-``download`` fetches a registry name or an http(s) URL (:mod:`simclr_cli.fetch` streams it into
+``download`` fetches a registry name or an http(s) URL (:mod:`simclr_cli.storage.fetch` streams it
+into
 ``<cache>/<name>.part``, resuming and retrying), checks its sha256, validates that the file loads
 as a checkpoint (weights only) holding the model its registry entry names, and only then renames
-it into the cache. A lock file (:mod:`simclr_cli.filelock`) serialises concurrent downloads of
+it into the cache. A lock file (:mod:`simclr_cli.storage.filelock`) serialises concurrent downloads
+of
 the same file; the cache manifest records each file's sha256 on first download so later
 downloads are verified against it.
 """
@@ -21,12 +23,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from simclr_cli import fileio
-from simclr_cli.checkpoint import load_checkpoint
 from simclr_cli.errors import CheckpointError, DownloadError, UsageError
-from simclr_cli.fetch import DEFAULT_SETTINGS, DownloadSettings, fetch, say, sha256_of
-from simclr_cli.filelock import locked
-from simclr_cli.registry import REGISTRY, RUN_CHECKPOINT, RegistryEntry, checkpoint_kind
+from simclr_cli.storage import fileio
+from simclr_cli.storage.checkpoint import load_checkpoint
+from simclr_cli.storage.fetch import DEFAULT_SETTINGS, DownloadSettings, fetch, say, sha256_of
+from simclr_cli.storage.filelock import locked
+from simclr_cli.storage.registry import REGISTRY, RUN_CHECKPOINT, RegistryEntry, checkpoint_kind
 
 MANIFEST = "manifest.json"
 _PART = ".part"

@@ -1,8 +1,10 @@
 """``simclr linear-eval``: linear and kNN accuracy of a frozen SimCLR encoder, and its output.
 
-The features of the train and test splits are extracted once (:mod:`simclr_cli.inference`), a
-linear probe is fitted on them (:mod:`simclr_cli.probe`) and the kNN vote is taken
-(:mod:`simclr_cli.metrics`); optional baselines (a random encoder, raw pixels) go through the same
+The features of the train and test splits are extracted once
+(:mod:`simclr_cli.evaluation.inference`), a
+linear probe is fitted on them (:mod:`simclr_cli.evaluation.probe`) and the kNN vote is taken
+(:mod:`simclr_cli.evaluation.metrics`); optional baselines (a random encoder, raw pixels) go
+through the same
 probe and vote. The results are written as ``linear_eval.json`` and ``confusion_matrix.csv`` and
 printed as a per-class table.
 """
@@ -20,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from simclr_cli import allocator, fileio
+from simclr_cli import allocator
 from simclr_cli.errors import DatasetError, UsageError
-from simclr_cli.inference import (
+from simclr_cli.evaluation.inference import (
     build_loader,
     checkpoint_image_size,
     checkpoint_transform,
@@ -32,14 +34,15 @@ from simclr_cli.inference import (
     report_skipped,
     resolve_device,
 )
-from simclr_cli.metrics import (
+from simclr_cli.evaluation.metrics import (
     KNN_TEMPERATURE,
     classification_metrics,
     knn_accuracy,
     knn_k_for,
     topk_accuracy,
 )
-from simclr_cli.probe import augmented_transform, probe_augmented, probe_features
+from simclr_cli.evaluation.probe import augmented_transform, probe_augmented, probe_features
+from simclr_cli.storage import fileio
 
 # linear-eval warns below this many images per class in either split (``--limit 5``).
 FEW_IMAGES_PER_CLASS = 10
@@ -78,7 +81,7 @@ def evaluate_frozen(
         protocol: ``"features"`` (logistic regression on extracted features) or ``"augment"``
             (the paper's SGD on re-augmented crops; needs ``train_views``).
         knn_k: neighbours of the kNN vote; ``None`` chooses it from the train labels
-            (:func:`~simclr_cli.metrics.knn_k_for`).
+            (:func:`~simclr_cli.evaluation.metrics.knn_k_for`).
 
     Returns:
         Metrics over the WHOLE test split: top1, top5, per_class, confusion_matrix, knn_top1,
@@ -137,7 +140,7 @@ def random_encoder(spec: dict[str, Any], seed: int) -> nn.Module:
     default initialisation (never zero-initialised residual branches, which make every block
     an identity and, with the ImageNet stem at 32 px, ``h`` a function of one corner), frozen,
     seeded without touching the caller's random stream."""
-    from simclr_cli.model import build_simclr
+    from simclr_cli.method.model import build_simclr
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -258,7 +261,7 @@ def linear_eval_splits(cfg: Any, transform: Callable[[Any], Tensor]) -> tuple[Da
     Folders: ``--train-dir``/``--test-dir``, a folder ``--dataset`` with ``--test-dir``, or one
     folder split by ``--val-split`` (stratified, fixed ``--seed``).
     """
-    from simclr_cli import data
+    from simclr_cli.data import datasets as data
 
     if cfg.dataset_kind != "folder":
         kw = {"transform": transform, "limit": cfg.limit}
@@ -281,7 +284,7 @@ def linear_eval_splits(cfg: Any, transform: Callable[[Any], Tensor]) -> tuple[Da
 
 
 def _require_labels(dataset: Dataset, name: str) -> None:
-    from simclr_cli.data import labels_of
+    from simclr_cli.data.datasets import labels_of
 
     if any(label < 0 for label in labels_of(dataset)):
         raise DatasetError(
@@ -316,7 +319,7 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
         CheckpointError, DatasetError, UsageError: with one-line messages.
     """
     from simclr_cli.console import get_console, phase
-    from simclr_cli.data import labels_of
+    from simclr_cli.data.datasets import labels_of
 
     start = time.perf_counter()
     if cfg.out is not None:  # before the checkpoint is read (or downloaded)

@@ -5,7 +5,7 @@ DataLoader path of ``--augment-on device``) into one uint8 tensor ``(N, 3, S, S)
 training device. Each epoch, this rank's share of the sampler's ``(seed, epoch)`` permutation
 crosses to the device once; each step then only slices it and gathers its rows
 (``index_select``), so a step needs no DataLoader, no host-to-device copy and no host sync.
-Both views are then made on the device by :class:`~simclr_cli.augment.BatchedSimCLRAugment`,
+Both views are then made on the device by :class:`~simclr_cli.method.augment.BatchedSimCLRAugment`,
 exactly as on the DataLoader path, so the two paths train the same weights.
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from simclr_cli.data import ignore_stop_signals
+from simclr_cli.data.datasets import ignore_stop_signals
 from simclr_cli.errors import DatasetError
 
 # ``--data-on auto`` holds the set on a GPU when it takes at most this fraction of the memory
@@ -138,7 +138,8 @@ class ResidentLoader:
 
     Args:
         images: ``(N, 3, S, S)`` uint8 on the training device.
-        sampler: this rank's share of each epoch (:class:`~simclr_cli.loader.ResumableSampler`).
+        sampler: this rank's share of each epoch
+            (:class:`~simclr_cli.data.loader.ResumableSampler`).
         batch_size: images per step on this process (full batches only, as ``drop_last``).
     """
 

@@ -3,7 +3,7 @@
 :func:`fetch` streams a URL into a ``.part`` file while hashing it, resumes a partial file with
 an HTTP ``Range`` request, retries connection errors and 5xx responses with exponential backoff
 and checks the length the server announced. Verifying the hash and the checkpoint, and moving the
-file into the cache, is :mod:`simclr_cli.hub`'s job.
+file into the cache, is :mod:`simclr_cli.storage.hub`'s job.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A simclr-cli checkpoint is one ``dict`` of primitives and tensors, so ``torch.load(...,
 weights_only=True)`` reads it without executing code from the file. It describes its own model
-(``payload["model"]`` is the spec for :func:`simclr_cli.model.build_simclr`) and holds the
+(``payload["model"]`` is the spec for :func:`simclr_cli.method.model.build_simclr`) and holds the
 optimizer, grad-scaler and RNG state needed to resume.
 
 Payload layout (``FORMAT_VERSION`` 1), written by :func:`build_payload` only::
@@ -13,7 +13,7 @@ Payload layout (``FORMAT_VERSION`` 1), written by :func:`build_payload` only::
     converted_from (None | dict)
 
 :func:`load_checkpoint` also reads the release files of Spijkervet/SimCLR (bare ``state_dict`` s):
-:mod:`simclr_cli.release` infers their model and this module lays them out as above.
+:mod:`simclr_cli.storage.release` infers their model and this module lays them out as above.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from simclr_cli import fileio, release
 from simclr_cli.errors import CheckpointError, UsageError
+from simclr_cli.storage import fileio, release
 
 if TYPE_CHECKING:
-    from simclr_cli.model import SimCLR
+    from simclr_cli.method.model import SimCLR
 
 FORMAT = "simclr-cli-checkpoint"
 FORMAT_VERSION = 1
@@ -70,7 +70,7 @@ def build_payload(
     """A checkpoint payload in the layout of this module (the one place that writes it).
 
     Args:
-        model: the model spec (:func:`simclr_cli.model.model_spec`).
+        model: the model spec (:func:`simclr_cli.method.model.model_spec`).
         state_dict: weights of the unwrapped model (``encoder.*``, ``projector.*``).
         dataset: the pretraining dataset's name.
         epoch: completed epochs (None when unknown, e.g. a release file named by hand).
@@ -113,7 +113,7 @@ def convert_release_state_dict(
 
     Returns:
         A payload whose ``converted_from`` records the source and everything inferred (see
-        :func:`simclr_cli.release.convert`); not resumable.
+        :func:`simclr_cli.storage.release.convert`); not resumable.
 
     Raises:
         CheckpointError: unknown architecture, or unexpected/missing keys (named in the message).
@@ -128,7 +128,7 @@ def convert_release_state_dict(
 
 
 def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``payload`` to ``path`` atomically (see :mod:`simclr_cli.fileio`).
+    """Write ``payload`` to ``path`` atomically (see :mod:`simclr_cli.storage.fileio`).
 
     A crash at any moment leaves either the old file or the new one, never a mix; the temporary
     file is removed on any failure, and those of writers that were killed are removed first.
@@ -351,7 +351,7 @@ def load_model(payload: Mapping[str, Any]) -> SimCLR:
     Raises:
         CheckpointError: the weights do not match the model description.
     """
-    from simclr_cli.model import build_simclr
+    from simclr_cli.method.model import build_simclr
 
     try:
         model = build_simclr(dict(payload["model"]))

@@ -2,13 +2,13 @@
 
 A host DataLoader (views made in its workers, or uint8 crops for ``--augment-on device``) or,
 with ``--data-on device``, the whole set decoded once onto the device
-(:mod:`simclr_cli.resident`); both follow the sampler's order.
+(:mod:`simclr_cli.data.resident`); both follow the sampler's order.
 
 Views made on the host are a pure function of ``(seed, epoch, image index)``
 (:class:`SeededViews`): each image's two views come from a generator of its own, so ranks draw
 different views (they hold different images), and a resume draws the views of the
 uninterrupted run whatever ``--workers`` and the number of processes are. The DataLoader's
-worker seeds come from ``(seed, rank)`` (:func:`~simclr_cli.seeding.loader_seed`); torch seeds
+worker seeds come from ``(seed, rank)`` (:func:`~simclr_cli.data.seeding.loader_seed`); torch seeds
 each worker's ``random`` and NumPy from them too.
 """
 
@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from simclr_cli import distributed, resident, seeding
-from simclr_cli.augment import BatchedSimCLRAugment, SimCLRAugment, TwoViews
+from simclr_cli import distributed
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import get_console
-from simclr_cli.data import (
+from simclr_cli.data import resident, seeding
+from simclr_cli.data.datasets import (
     build_dataset,
     ignore_stop_signals,
     normalization,
@@ -35,7 +35,8 @@ from simclr_cli.data import (
     skipped_files,
 )
 from simclr_cli.errors import DatasetError, plural
-from simclr_cli.preprocess import to_uint8_transform
+from simclr_cli.method.augment import BatchedSimCLRAugment, SimCLRAugment, TwoViews
+from simclr_cli.method.preprocess import to_uint8_transform
 
 
 @dataclass
@@ -44,7 +45,7 @@ class PretrainData:
 
     Attributes:
         loader: yields ``((x_i, x_j), labels)`` (CPU augmentation) or ``(uint8 images, labels)``
-            (a DataLoader, or a :class:`~simclr_cli.resident.ResidentLoader` with ``--data-on
+            (a DataLoader, or a :class:`~simclr_cli.data.resident.ResidentLoader` with ``--data-on
             device``, whose labels are None).
         sampler: this rank's shard of each epoch; ``set_epoch`` reshuffles.
         steps_per_epoch: optimizer steps per epoch (the same on every rank).
@@ -108,13 +109,15 @@ class EpochKeys(Sampler[tuple[int, int]]):
 class SeededViews(Dataset):
     """``dataset[index]``'s image as two views drawn from a generator of its own.
 
-    The generator is seeded from ``(seed, epoch, index)`` (:func:`~simclr_cli.seeding.view_seed`),
+    The generator is seeded from ``(seed, epoch, index)``
+    (:func:`~simclr_cli.data.seeding.view_seed`),
     so the views depend on nothing else: not on the worker that makes them, the worker's or
     the rank's random stream, nor on where a resumed run started.
 
     Args:
         dataset: yields ``(PIL image or tensor, label)``.
-        views: both views of an image for one generator (:class:`~simclr_cli.augment.TwoViews`).
+        views: both views of an image for one generator
+            (:class:`~simclr_cli.method.augment.TwoViews`).
         seed: the run's ``--seed``.
     """
 
@@ -178,7 +181,8 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
 
 
 def view_options(cfg: PretrainConfig) -> dict[str, Any]:
-    """The options of both view pipelines (:class:`~simclr_cli.augment.ViewRecipe`, mean/std)."""
+    """The options of both view pipelines (:class:`~simclr_cli.method.augment.ViewRecipe`,
+    mean/std)."""
     stats = normalization(cfg.dataset_kind)
     mean, std = (list(stats[0]), list(stats[1])) if stats is not None else (None, None)
     return {

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from simclr_cli.config import PretrainConfig
 from simclr_cli.errors import TrainingError
-from simclr_cli.model import build_simclr, build_spec
+from simclr_cli.method.model import build_simclr, build_spec
 
 
 def available_memory() -> int | None:

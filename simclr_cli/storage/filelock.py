@@ -1,6 +1,7 @@
 """An exclusive lock file (POSIX ``flock``) that serialises processes writing one cache file.
 
-Used by :mod:`simclr_cli.hub` so that two downloads of the same checkpoint, or two updates of the
+Used by :mod:`simclr_cli.storage.hub` so that two downloads of the same checkpoint, or two updates
+of the
 cache manifest, do not interleave. On systems without ``fcntl`` (Windows) nothing is serialised.
 """
 

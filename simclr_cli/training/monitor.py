@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from simclr_cli import inference, metrics
 from simclr_cli.config import PretrainConfig
-from simclr_cli.data import build_dataset
-from simclr_cli.model import SimCLR
-from simclr_cli.preprocess import to_uint8_transform
+from simclr_cli.data.datasets import build_dataset
+from simclr_cli.evaluation import inference, metrics
+from simclr_cli.method.model import SimCLR
+from simclr_cli.method.preprocess import to_uint8_transform
 
 # Labelled subsets the kNN monitor embeds: a bank from the train split, queries from the test split.
 KNN_BANK_IMAGES = 10_000
@@ -23,7 +23,7 @@ LABELLED_KINDS = ("cifar10", "cifar100", "stl10", "shapes")
 
 def knn_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset]:
     """Labelled bank (train split) and queries (test split) for the kNN monitor, as uint8 crops
-    (the model normalises them in :func:`~simclr_cli.inference.encode`)."""
+    (the model normalises them in :func:`~simclr_cli.evaluation.inference.encode`)."""
     transform = to_uint8_transform(cfg.resolved_image_size)
     # A run limited to N training images gets a monitor of at most N bank and N query images.
     bank_size = min(KNN_BANK_IMAGES, cfg.limit or KNN_BANK_IMAGES)
@@ -37,7 +37,7 @@ def knn_eval(
     net: SimCLR, bank: Dataset, queries: Dataset, cfg: PretrainConfig, device: torch.device
 ) -> tuple[float, int]:
     """Weighted kNN top-1 accuracy of the encoder's ``h`` and the k it used (``--knn-k``, else
-    chosen from the bank by :func:`~simclr_cli.metrics.knn_k_for`; temperature 0.1).
+    chosen from the bank by :func:`~simclr_cli.evaluation.metrics.knn_k_for`; temperature 0.1).
 
     Reference: Wu et al. 2018 (arXiv:1805.01978), section 3.4, as the SimCLR/MoCo monitors.
     """

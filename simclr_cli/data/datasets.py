@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from simclr_cli.data.shapes import ShapesDataset
 from simclr_cli.errors import DatasetError, UsageError
-from simclr_cli.shapes import ShapesDataset
 
 DATASETS = ("cifar10", "cifar100", "stl10", "shapes")
 """Dataset names accepted by ``--dataset``; any existing folder of images is accepted as well."""
@@ -398,7 +398,7 @@ def skipped_files(dataset: Dataset) -> int:
 def labels_of(dataset: Dataset) -> list[int]:
     """Return the label of every item (``-1`` for unlabelled ones), without loading images.
 
-    Understands the datasets of this module and of :mod:`simclr_cli.shapes`, torchvision
+    Understands the datasets of this module and of :mod:`simclr_cli.data.shapes`, torchvision
     CIFAR/STL-10, and ``Subset`` and ``ConcatDataset`` of those; any other dataset is read item
     by item.
     """

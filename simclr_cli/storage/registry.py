@@ -1,7 +1,8 @@
 """The release registry: which Spijkervet/SimCLR checkpoints exist and what model each holds.
 
-Plain data, importing only the architecture facts (:mod:`simclr_cli.archs`, which imports
-nothing), so that :mod:`simclr_cli.hub` (downloads), :mod:`simclr_cli.release` (conversion of
+Plain data, importing only the architecture facts (:mod:`simclr_cli.method.archs`, which imports
+nothing), so that :mod:`simclr_cli.storage.hub` (downloads), :mod:`simclr_cli.storage.release`
+(conversion of
 release files) and config validation can all read it.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from simclr_cli.archs import FEATURE_DIMS
+from simclr_cli.method.archs import FEATURE_DIMS
 
 # The file of a run folder that ``--checkpoint RUN_DIR`` and ``--resume auto`` mean.
 RUN_CHECKPOINT = "checkpoint_last.pt"
@@ -110,7 +111,7 @@ def checkpoint_kind(value: str) -> str:
     file), ``"run"`` (a run folder holding ``checkpoint_last.pt``), ``"release"`` (a
     :data:`REGISTRY` name), ``"url"`` (http or https), ``"folder"`` (a folder without a
     checkpoint) or ``"missing"``. The one rule that config validation and
-    :func:`simclr_cli.hub.resolve_checkpoint` both apply."""
+    :func:`simclr_cli.storage.hub.resolve_checkpoint` both apply."""
     path = Path(value).expanduser()
     if path.is_file():
         return "file"

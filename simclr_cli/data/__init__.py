@@ -1,0 +1,3 @@
+"""Images in: named datasets, image folders, ``shapes``, the pretraining loader and the
+device-resident path.
+"""

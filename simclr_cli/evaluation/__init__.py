@@ -1,0 +1,3 @@
+"""Using a trained encoder: device and precision for inference, the linear probe, metrics,
+``simclr linear-eval`` and ``simclr features``.
+"""
