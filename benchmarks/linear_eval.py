@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
 from simclr_cli import allocator
-from simclr_cli.data.datasets import build_dataset, normalization
+from simclr_cli.data.datasets import build_dataset
+from simclr_cli.data.facts import normalization
 from simclr_cli.evaluation import inference, metrics, probe
 from simclr_cli.method.model import build_simclr, model_spec
 from simclr_cli.method.preprocess import to_uint8_transform

@@ -53,8 +53,9 @@ from simclr_cli.config import PretrainConfig
 from simclr_cli.data.datasets import ShapesDataset
 from simclr_cli.evaluation.inference import PRECISION_DTYPES, autocast_context
 from simclr_cli.method.loss import nt_xent
-from simclr_cli.method.model import build_simclr, build_spec
+from simclr_cli.method.model import build_simclr
 from simclr_cli.training.pretrain import run_pretrain
+from simclr_cli.training.recipe import build_spec
 
 import peers
 from procmem import peak_rss_gib, run_fresh

@@ -68,11 +68,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from simclr_cli.config import PretrainConfig
 from simclr_cli.data import datasets as data
+from simclr_cli.data import facts
 from simclr_cli.evaluation.linear_eval import evaluate_frozen, pixel_baseline, random_encoder
 from simclr_cli.method.augment import BatchedSimCLRAugment
 from simclr_cli.method.model import ProjectionHead, SimCLR, build_encoder, model_spec
-from simclr_cli.method.optim import param_groups, warmup_cosine, warmup_steps_for
+from simclr_cli.method.optim import param_groups
 from simclr_cli.method.preprocess import to_uint8_transform
+from simclr_cli.method.schedule import warmup_cosine, warmup_steps_for
 from simclr_cli.storage.checkpoint import load_checkpoint, load_model
 from simclr_cli.training.pretrain import run_pretrain
 
@@ -182,23 +184,23 @@ def build_bench(args: argparse.Namespace) -> Bench:
         return Bench(
             str(train_dir), None, data.ImageFolderDataset(train_dir), train, test, 10, None
         )
-    if data.dataset_kind(args.dataset) == "folder":
+    if facts.dataset_kind(args.dataset) == "folder":
         folder = data.ImageFolderDataset(args.dataset, crops)
         train, test = data.train_test_split(folder, 0.2, seed=0)
         raw = Subset(data.ImageFolderDataset(args.dataset), train.indices)
         # simclr-cli pretrains on a folder: give it the train side as a folder of links
         train_dir = link_subset(folder, train.indices, args.data_dir / "pretrain-links")
         return Bench(str(train_dir), None, raw, train, test, len(folder.classes), None)
-    kind = data.dataset_kind(args.dataset)
+    kind = facts.dataset_kind(args.dataset)
     limit = args.limit or None
     raw = data.build_dataset(
-        args.dataset, data.pretrain_split(kind), args.data_dir, None, limit=limit
+        args.dataset, facts.pretrain_split(kind), args.data_dir, None, limit=limit
     )
     eval_limit = args.eval_limit or None
     train = data.build_dataset(args.dataset, "train", args.data_dir, crops, limit=eval_limit)
     test = data.build_dataset(args.dataset, "test", args.data_dir, crops, limit=eval_limit)
     classes = max(data.labels_of(train) + data.labels_of(test)) + 1
-    stats = data.normalization(kind)
+    stats = facts.normalization(kind)
     normalize = None if stats is None else {"mean": list(stats[0]), "std": list(stats[1])}
     return Bench(args.dataset, limit, raw, train, test, classes, normalize)
 

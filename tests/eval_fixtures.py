@@ -8,7 +8,7 @@ import torch
 
 def save_native_checkpoint(path, kind="pretrain", stem="imagenet", image_size=32, seed=0, **spec):
     """A simclr-cli checkpoint of a randomly initialised ResNet-18 (what run_linear_eval reads)."""
-    from simclr_cli.data.datasets import normalization
+    from simclr_cli.data.facts import normalization
     from simclr_cli.method.model import build_simclr, model_spec
     from simclr_cli.storage.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
 

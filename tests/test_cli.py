@@ -496,8 +496,7 @@ def test_derived_defaults_follow_the_paper() -> None:
 def test_lr_and_weight_decay_help_agree_with_the_defaults(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from simclr_cli.config import DEFAULT_WEIGHT_DECAY
-    from simclr_cli.method.optim import BASE_LRS
+    from simclr_cli.method.schedule import BASE_LRS, DEFAULT_WEIGHT_DECAY
 
     assert run(["pretrain", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.replace("│", " ").split())

@@ -11,21 +11,24 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Subset
 
-from simclr_cli.data import datasets as data
 from simclr_cli.data.datasets import (
-    DATASETS,
     ImageFolderDataset,
     ShapesDataset,
     build_dataset,
-    dataset_kind,
-    default_image_size,
     labels_of,
-    normalization,
-    pretrain_split,
     skipped_files,
     train_test_split,
 )
+from simclr_cli.data.facts import (
+    DATASETS,
+    IMAGE_EXTENSIONS,
+    dataset_kind,
+    default_image_size,
+    normalization,
+    pretrain_split,
+)
 from simclr_cli.errors import DatasetError, UsageError
+from simclr_cli.method.preprocess import to_rgb
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -226,9 +229,9 @@ def test_sixteen_bit_and_other_modes_become_8_bit_rgb(tmp_path: Path) -> None:
     assert pixels(images[3])[0, 0].tolist() == [10, 20, 30]
     assert pixels(images[4])[0, 0].tolist() == [77, 77, 77]
     as_int = Image.fromarray(ramp.astype(np.int32))  # mode I, as older PIL opened 16-bit PNGs
-    assert np.abs(pixels(data.to_rgb(as_int))[..., 1].astype(np.int64) - want).max() <= 1
+    assert np.abs(pixels(to_rgb(as_int))[..., 1].astype(np.int64) - want).max() <= 1
     eight_bit = Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16))  # mode I, 0..255
-    assert pixels(data.to_rgb(eight_bit))[..., 0].flatten().tolist() == list(range(256))
+    assert pixels(to_rgb(eight_bit))[..., 0].flatten().tolist() == list(range(256))
 
 
 def test_folder_follows_symlinked_class_folders(tmp_path: Path) -> None:
@@ -382,4 +385,4 @@ def test_existing_archive_is_kept_on_failure(tmp_path: Path, monkeypatch) -> Non
 
 
 def test_module_lists_every_supported_extension() -> None:
-    assert set(data.IMAGE_EXTENSIONS) >= {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+    assert set(IMAGE_EXTENSIONS) >= {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}

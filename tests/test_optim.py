@@ -11,15 +11,8 @@ from torch import nn
 
 from simclr_cli.errors import UsageError
 from simclr_cli.method.model import build_simclr, model_spec
-from simclr_cli.method.optim import (
-    LARS,
-    build_optimizer,
-    default_base_lr,
-    param_groups,
-    scaled_lr,
-    warmup_cosine,
-    warmup_steps_for,
-)
+from simclr_cli.method.optim import LARS, build_optimizer, param_groups
+from simclr_cli.method.schedule import default_base_lr, scaled_lr, warmup_cosine, warmup_steps_for
 
 
 def grad_fn(w: torch.Tensor, k: int) -> torch.Tensor:

@@ -61,7 +61,7 @@ def test_explicit_device_is_honoured_unless_the_set_cannot_fit(gpu_with_free: No
 def test_the_cli_help_states_the_fraction_auto_uses() -> None:
     import inspect
 
-    from simclr_cli.cli import commands as cli
+    from simclr_cli.cli import pretrain as cli
 
     assert f"{resident.DEVICE_MEMORY_FRACTION:.0%} of its free memory" in inspect.getsource(cli)
 

@@ -25,11 +25,10 @@ from simclr_cli.config import PretrainConfig
 from simclr_cli.data import loader
 from simclr_cli.data.datasets import ShapesDataset
 from simclr_cli.errors import CheckpointError, DatasetError, OutputExistsError, TrainingError
-from simclr_cli.method import optim
 from simclr_cli.method.loss import NTXentLoss
 from simclr_cli.method.model import SimCLR
 from simclr_cli.storage.checkpoint import load_checkpoint, load_model
-from simclr_cli.training import memory, monitor, resume, runlog
+from simclr_cli.training import memory, monitor, recipe, resume, runlog
 from simclr_cli.training import pretrain as train
 
 STEPS_PER_EPOCH = 4  # limit 48 / batch 12
@@ -560,8 +559,8 @@ def test_resumable_sampler_skips_into_the_same_permutation() -> None:
 
 def test_max_steps_stops_early_without_changing_the_schedule() -> None:
     cfg = config(Path("unused"), epochs=10, max_steps=7, warmup_epochs=1)
-    schedule = optim.build_schedule(cfg, steps_per_epoch=5)
-    assert schedule.total_steps == 50 and optim.last_step(cfg, schedule) == 7
+    schedule = recipe.build_schedule(cfg, steps_per_epoch=5)
+    assert schedule.total_steps == 50 and recipe.last_step(cfg, schedule) == 7
     assert schedule(4) == pytest.approx(cfg.resolved_lr)  # end of the 1-epoch warmup
     assert schedule(49) < schedule(25) < schedule(5)
 

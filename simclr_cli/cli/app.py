@@ -10,7 +10,9 @@ import typer
 from pydantic import BaseModel
 
 from simclr_cli import __version__
-from simclr_cli.config import DEFAULT_WEIGHT_DECAY, RESUME_MAY_CHANGE, flag_name
+from simclr_cli.config import RESUME_MAY_CHANGE, flag_name
+from simclr_cli.evaluation.metrics import KNN_K
+from simclr_cli.method.schedule import DEFAULT_WEIGHT_DECAY
 
 
 def _no_flag_type(show_type: Any) -> Any:
@@ -90,6 +92,7 @@ _SHARED_HELP = {
 }
 
 CHECKPOINT_HELP = "Checkpoint file, or a release name (see simclr download --list)."
+KNN_K_HELP = f"kNN neighbours; auto: {KNN_K}, at most 1/10 of the smallest class."
 
 
 def shared_option(model: type[BaseModel], field: str) -> Any:

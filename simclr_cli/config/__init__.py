@@ -20,7 +20,6 @@ from simclr_cli.config.commands import (
     ReportConfig,
 )
 from simclr_cli.config.fields import (
-    DEFAULT_WEIGHT_DECAY,
     default_cache_dir,
     default_data_dir,
     default_workers,
@@ -35,7 +34,6 @@ from simclr_cli.config.pretrain import (
 )
 
 __all__ = [
-    "DEFAULT_WEIGHT_DECAY",
     "EXPORT_FORMATS",
     "GRAPH_FORMATS",
     "RESUME_LAUNCH_GROUP",

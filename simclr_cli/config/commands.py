@@ -20,9 +20,10 @@ from simclr_cli.config.fields import (
     default_data_dir,
     default_workers,
     resolve_device,
-    resolve_precision,
 )
+from simclr_cli.devices import resolve_precision
 from simclr_cli.evaluation.metrics import KNN_TEMPERATURE
+from simclr_cli.storage.registry import REGISTRY
 
 
 class _EvalCommon(FrozenModel):
@@ -137,8 +138,6 @@ class DownloadConfig(FrozenModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
-        from simclr_cli.storage.registry import REGISTRY
-
         if value is None or value in REGISTRY or re.match(r"^https?://\S+$", value):
             return value
         names = ", ".join(sorted(REGISTRY))

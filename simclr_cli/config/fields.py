@@ -15,8 +15,10 @@ from pydantic import (
     ConfigDict,
 )
 
-# Weight decay per optimiser: 1e-6 is the SimCLR paper's default with LARS ("Default setting").
-DEFAULT_WEIGHT_DECAY = {"lars": 1e-6, "adam": 1e-6, "adamw": 1e-4, "sgd": 1e-4}
+from simclr_cli.data.facts import dataset_kind
+from simclr_cli.devices import cuda_available, resolve_device_name
+from simclr_cli.storage.registry import REGISTRY, checkpoint_kind
+
 CPU_COUNT = os.cpu_count() or 1
 
 
@@ -37,42 +39,15 @@ def default_workers() -> int:
     return min(8, CPU_COUNT)
 
 
-def dataset_kind(dataset: str) -> str:
-    """``cifar10``/``cifar100``/``stl10``/``shapes``, or ``folder`` (see
-    :mod:`simclr_cli.data.datasets`).
-
-    Raises:
-        UsageError: naming ``--dataset`` (passed through pydantic unchanged).
-    """
-    from simclr_cli.data import (
-        datasets as data,  # imported late: ``simclr --help`` needs no torchvision
-    )
-
-    return data.dataset_kind(dataset)
-
-
 def canonical_dataset(dataset: str) -> str:
     """The dataset's canonical name (``CIFAR10`` -> ``cifar10``); folder paths as given."""
     kind = dataset_kind(dataset)
     return dataset if kind == "folder" else kind
 
 
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def resolve_device(device: str) -> str:
-    from simclr_cli.evaluation.inference import resolve_device_name  # imported late: it loads torch
-
+    """``--device`` resolved on this machine (``auto`` -> ``cuda`` or ``cpu``)."""
     return resolve_device_name(device, cuda_available())
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    from simclr_cli.evaluation.inference import resolve_precision as resolve  # imported late: torch
-
-    return resolve(precision, device)
 
 
 def check_cuda(device: str) -> None:
@@ -91,8 +66,6 @@ def check_device(device: str, precision: str) -> None:
 
 def check_checkpoint(value: str) -> str:
     """A checkpoint is a file, a run folder, a release name or an http(s) URL."""
-    from simclr_cli.storage.registry import REGISTRY, checkpoint_kind
-
     kind = checkpoint_kind(value)
     if kind == "folder":
         raise ValueError("this folder has no checkpoint_last.pt; give a checkpoint file")

@@ -15,7 +15,6 @@ from pydantic import (
 )
 
 from simclr_cli.config.fields import (
-    DEFAULT_WEIGHT_DECAY,
     CropScale,
     DatasetName,
     FrozenModel,
@@ -27,9 +26,12 @@ from simclr_cli.config.fields import (
     default_workers,
     derived,
     resolve_device,
-    resolve_precision,
 )
+from simclr_cli.data.facts import default_image_size
+from simclr_cli.devices import resolve_precision
+from simclr_cli.distributed.planning import launcher_world_size
 from simclr_cli.method.archs import ARCHS, IMAGENET_STEM_MIN_SIZE, auto_stem
+from simclr_cli.method.schedule import DEFAULT_WEIGHT_DECAY, default_base_lr, scaled_lr
 
 # Options of `simclr pretrain --resume` that a command line may change: how long the run goes,
 # how it is launched and monitored, none of the data, model, optimizer or augmentation. Every
@@ -159,8 +161,6 @@ class PretrainConfig(FrozenModel):
     @model_validator(mode="after")
     def _read_launcher(self) -> PretrainConfig:
         # Before _cross_field (pydantic runs after-validators in order), which needs world_size.
-        from simclr_cli.distributed import launcher_world_size
-
         self._launched_world_size = launcher_world_size()
         return self
 
@@ -211,8 +211,6 @@ class PretrainConfig(FrozenModel):
 
     @derived
     def resolved_image_size(self) -> int:
-        from simclr_cli.data.datasets import default_image_size
-
         return self.image_size or default_image_size(self.dataset_kind)
 
     @derived
@@ -245,8 +243,6 @@ class PretrainConfig(FrozenModel):
         """``--lr`` when given, otherwise the optimiser's base lr scaled by the GLOBAL batch."""
         if self.lr is not None:
             return self.lr
-        from simclr_cli.method.optim import default_base_lr, scaled_lr
-
         base = default_base_lr(self.optimizer, self.lr_scaling)
         return scaled_lr(base, self.batch_size, self.lr_scaling)
 

@@ -27,13 +27,8 @@ from simclr_cli import distributed
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import get_console
 from simclr_cli.data import resident, seeding
-from simclr_cli.data.datasets import (
-    build_dataset,
-    ignore_stop_signals,
-    normalization,
-    pretrain_split,
-    skipped_files,
-)
+from simclr_cli.data.datasets import build_dataset, ignore_stop_signals, skipped_files
+from simclr_cli.data.facts import normalization, pretrain_split
 from simclr_cli.errors import DatasetError, plural
 from simclr_cli.method.augment import BatchedSimCLRAugment, SimCLRAugment, TwoViews
 from simclr_cli.method.preprocess import to_uint8_transform

@@ -38,55 +38,42 @@ Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual R
 ICML 2020, Sec. 2.2 (large-batch training, global BN).
 """
 
-from simclr_cli.distributed.batchnorm import (
-    GlobalBatchNorm,
-    convert_sync_batchnorm,
-    to_global_batchnorm,
-)
-from simclr_cli.distributed.gather import gather_with_grad
-from simclr_cli.distributed.launching import DEFAULT_TIMEOUT, launch
-from simclr_cli.distributed.planning import (
-    LaunchPlan,
-    detect_launcher,
-    find_free_port,
-    first_slurm_host,
-    launcher_world_size,
-    plan_launch,
-)
-from simclr_cli.distributed.ranks import (
-    all_reduce_mean,
-    all_reduce_sum,
-    available_backends,
-    barrier,
-    broadcast_object,
-    is_initialized,
-    is_main,
-    rank,
-    world_size,
-    wrap_ddp,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "DEFAULT_TIMEOUT",
-    "GlobalBatchNorm",
-    "LaunchPlan",
-    "all_reduce_mean",
-    "all_reduce_sum",
-    "available_backends",
-    "barrier",
-    "broadcast_object",
-    "convert_sync_batchnorm",
-    "detect_launcher",
-    "find_free_port",
-    "first_slurm_host",
-    "gather_with_grad",
-    "is_initialized",
-    "is_main",
-    "launch",
-    "launcher_world_size",
-    "plan_launch",
-    "rank",
-    "to_global_batchnorm",
-    "world_size",
-    "wrap_ddp",
-]
+# The interface, imported lazily: the config reads the launcher's world size from .planning
+# without loading torch.distributed (or torch) for ``simclr --help``.
+_PUBLIC = {
+    "DEFAULT_TIMEOUT": "launching",
+    "GlobalBatchNorm": "batchnorm",
+    "LaunchPlan": "planning",
+    "all_reduce_mean": "ranks",
+    "all_reduce_sum": "ranks",
+    "available_backends": "ranks",
+    "barrier": "ranks",
+    "broadcast_object": "ranks",
+    "convert_sync_batchnorm": "batchnorm",
+    "detect_launcher": "planning",
+    "find_free_port": "planning",
+    "first_slurm_host": "planning",
+    "gather_with_grad": "gather",
+    "is_initialized": "ranks",
+    "is_main": "ranks",
+    "launch": "launching",
+    "launcher_world_size": "planning",
+    "plan_launch": "planning",
+    "rank": "ranks",
+    "to_global_batchnorm": "batchnorm",
+    "world_size": "ranks",
+    "wrap_ddp": "ranks",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(import_module(f"simclr_cli.distributed.{_PUBLIC[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'simclr_cli.distributed' has no attribute {name!r}")

@@ -26,8 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import torch
-
 from simclr_cli.errors import DistributedError, UsageError
 
 LaunchMode = Literal["single", "spawn", "env"]
@@ -244,7 +242,7 @@ def _check_spawn_device(cfg: LaunchOptions, visible_gpus: int | None) -> None:
     # What the config cannot know: how many GPUs this machine shows, and whether "auto" became
     # CUDA (then CPU processes would share one device; --gpus is the CUDA way).
     if cfg.gpus > 0:
-        visible = torch.cuda.device_count() if visible_gpus is None else visible_gpus
+        visible = _visible_gpus() if visible_gpus is None else visible_gpus
         if cfg.gpus > visible:
             raise UsageError(
                 "--gpus",
@@ -287,3 +285,11 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _visible_gpus() -> int:
+    """CUDA devices visible here (torch is imported only now: the config reads the launcher's
+    world size from this module, and ``simclr --help`` should not load torch)."""
+    import torch
+
+    return torch.cuda.device_count()

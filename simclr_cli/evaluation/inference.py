@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from simclr_cli.data.datasets import ignore_stop_signals
+from simclr_cli.devices import resolve_device_name, resolve_precision
 from simclr_cli.errors import DatasetError, UsageError
 from simclr_cli.method.preprocess import normalize_uint8, to_uint8_transform
 
@@ -32,38 +33,6 @@ PRECISION_DTYPES: dict[str, torch.dtype | None] = {
 
 # ----------------------------------------------------------------------------------------------
 # device and precision
-
-
-def resolve_device_name(device: str, cuda_available: bool) -> str:
-    """The device a ``--device`` request names.
-
-    Args:
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        cuda_available: whether a GPU is visible (``torch.cuda.is_available()``).
-
-    Returns:
-        ``"cuda"`` or ``"cpu"`` for ``"auto"``; any other request as given (the config refuses
-        ``"cuda"`` without a GPU, :func:`resolve_device` too).
-    """
-    if device == "auto":
-        return "cuda" if cuda_available else "cpu"
-    return device
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """The precision a ``--precision`` request means on ``device`` (``"cuda"``, ``"cpu"``).
-
-    ``"auto"`` is bf16 on a GPU with native bf16 arithmetic (compute capability 8.0 and
-    later), else fp16 on a GPU (with a grad scaler in training), and fp32 on the CPU; an
-    explicit request as given. A GPU that only emulates bf16 (V100, T4: ``is_bf16_supported()``
-    counts emulation) would leave cuDNN's fast kernels for it.
-    """
-    if precision != "auto":
-        return precision
-    if device == "cuda":
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        return "bf16" if native else "fp16"
-    return "fp32"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -123,7 +92,7 @@ def load_frozen_model(checkpoint_ref: str, cache_dir: Path) -> tuple[nn.Module, 
 
 def checkpoint_image_size(payload: dict, image_size: int | None, kind: str) -> int:
     """``--image-size``, else the checkpoint's own, else the dataset kind's default."""
-    from simclr_cli.data.datasets import default_image_size
+    from simclr_cli.data.facts import default_image_size
 
     return image_size or payload["model"].get("image_size") or default_image_size(kind)
 

@@ -1,5 +1,47 @@
-"""The method of the paper: encoder and projection head, NT-Xent, the two view pipelines
-and their image operations, fixed preprocessing, LARS and the learning-rate schedule.
+"""The method of the paper, on a few screens: plain arguments in, tensors out.
 
-Plain arguments in, tensors out: nothing here reads the command line.
+* :mod:`.archs`: the encoder architectures and the stem rule (facts, no torch);
+* :mod:`.model`: the encoder factory, the projection head ``g`` and :class:`SimCLR`;
+* :mod:`.loss`: NT-Xent;
+* :mod:`.augment` (with :mod:`.augment_ops`): the two views, per image and batched;
+* :mod:`.preprocess`: the fixed transforms (RGB, uint8 crops, normalisation);
+* :mod:`.optim`: LARS and the parameter groups; :mod:`.schedule`: the lr rules.
+
+Nothing here reads the command line or imports pydantic: ``from simclr_cli.method import
+SimCLR, nt_xent, LARS`` is the method as a library. The names are imported lazily.
+
+Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual
+Representations", ICML 2020 (arXiv:2002.05709).
 """
+
+from importlib import import_module
+from typing import Any
+
+_PUBLIC = {
+    "SimCLR": "model",
+    "ProjectionHead": "model",
+    "build_encoder": "model",
+    "build_simclr": "model",
+    "model_spec": "model",
+    "NTXentLoss": "loss",
+    "nt_xent": "loss",
+    "LARS": "optim",
+    "build_optimizer": "optim",
+    "param_groups": "optim",
+    "Schedule": "schedule",
+    "scaled_lr": "schedule",
+    "warmup_cosine": "schedule",
+    "SimCLRAugment": "augment",
+    "BatchedSimCLRAugment": "augment",
+    "TwoViews": "augment",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(import_module(f"simclr_cli.method.{_PUBLIC[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'simclr_cli.method' has no attribute {name!r}")

@@ -12,19 +12,15 @@ ICML 2020 (arXiv:2002.05709), section 2.1 and appendix B.9.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
-from simclr_cli.data.datasets import normalization
 from simclr_cli.errors import CheckpointError, UsageError
 from simclr_cli.method import archs
 from simclr_cli.method.archs import ARCHS, CIFAR_STEM_MAX_SIZE, FEATURE_DIMS  # noqa: F401
-
-if TYPE_CHECKING:
-    from simclr_cli.config import PretrainConfig
 
 STEMS = ("auto", *archs.STEMS)
 HEADS = ("v1", "v1-bn", "v2")
@@ -345,19 +341,4 @@ def build_simclr(spec: dict[str, Any], zero_init_residual: bool = False) -> SimC
         head_bias=bool(spec.get("head_bias", True)),
         mean=spec.get("mean"),
         std=spec.get("std"),
-    )
-
-
-def build_spec(cfg: PretrainConfig) -> dict[str, Any]:
-    """The self-description of the model that every checkpoint carries."""
-    stats = normalization(cfg.dataset_kind)
-    return model_spec(
-        arch=cfg.arch,
-        stem=cfg.resolved_stem,
-        head=cfg.head,
-        projection_dim=cfg.projection_dim,
-        hidden_dim=cfg.hidden_dim,
-        image_size=cfg.resolved_image_size,
-        mean=list(stats[0]) if stats is not None else None,
-        std=list(stats[1]) if stats is not None else None,
     )

@@ -1,4 +1,4 @@
-"""Optimisers, parameter groups, learning-rate scaling and the warmup + cosine schedule.
+"""Optimisers and parameter groups (the learning-rate rules are in :mod:`.schedule`).
 
 LARS follows the SimCLR reference: SGD with momentum where each weight tensor's step is scaled
 by a trust ratio ``eta * ||w|| / ||g + wd * w||``. Biases and batch-norm parameters are excluded
@@ -17,49 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from simclr_cli.errors import UsageError
-
-if TYPE_CHECKING:
-    from simclr_cli.config import PretrainConfig
-
-OPTIMIZERS = ("lars", "adam", "adamw", "sgd")
-LR_SCALINGS = ("linear", "sqrt")
-
-# Base learning rates: lr = base * B / 256 ("linear") or base * sqrt(B) ("sqrt").
-# LARS values are the paper's (section 2.3, appendix B.1). SGD has no layer adaptation, so it
-# gets the usual SGD-momentum value for contrastive ResNets; Adam/AdamW the common 3e-4 at
-# B=256. For those, the sqrt base gives the same lr as linear at B=256 (sqrt(256) = 16).
-BASE_LRS = {
-    ("lars", "linear"): 0.3,
-    ("lars", "sqrt"): 0.075,
-    ("sgd", "linear"): 0.06,
-    ("sgd", "sqrt"): 0.06 / 16,
-    ("adam", "linear"): 3e-4,
-    ("adam", "sqrt"): 3e-4 / 16,
-    ("adamw", "linear"): 3e-4,
-    ("adamw", "sqrt"): 3e-4 / 16,
-}
-
-# The default warmup: 10 epochs, but never more than this fraction of a run (10 epochs of the
-# paper's 100-epoch runs are exactly at the cap). An explicit --warmup-epochs is not capped.
-DEFAULT_WARMUP_EPOCHS = 10  # Chen et al. 2020, section 2.3
-MAX_WARMUP_FRACTION = 0.1
-
-
-def _check_optimizer(optimizer: str) -> None:
-    if optimizer not in OPTIMIZERS:
-        raise UsageError("--optimizer", optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
-
-
-def _check_scaling(rule: str) -> None:
-    if rule not in LR_SCALINGS:
-        raise UsageError("--lr-scaling", rule, "choose linear or sqrt")
+from simclr_cli.method.schedule import check_optimizer
 
 
 class LARS(torch.optim.Optimizer):
@@ -188,29 +152,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def default_base_lr(optimizer: str, rule: str) -> float:
-    """Return the base learning rate of ``optimizer`` under scaling ``rule`` (see ``BASE_LRS``)."""
-    _check_optimizer(optimizer)
-    _check_scaling(rule)
-    return BASE_LRS[(optimizer, rule)]
-
-
-def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
-    """Scale a base learning rate by the global batch size.
-
-    Args:
-        base_lr: learning rate at the reference batch size.
-        batch_size: global batch size in pairs (all processes together).
-        rule: ``"linear"`` (``base * B / 256``) or ``"sqrt"`` (``base * sqrt(B)``).
-
-    Reference: Chen et al. 2020, section 2.3 (0.3 x B/256) and appendix B.1 (0.075 x sqrt(B)).
-    """
-    _check_scaling(rule)
-    if batch_size < 1:
-        raise UsageError("--batch-size", batch_size, "use a positive integer")
-    return base_lr * batch_size / 256 if rule == "linear" else base_lr * math.sqrt(batch_size)
-
-
 def build_optimizer(
     model: nn.Module,
     optimizer: str,
@@ -230,7 +171,7 @@ def build_optimizer(
     Raises:
         UsageError: for an unknown optimiser or negative lr/decay/momentum.
     """
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
     for option, value in (("--lr", lr), ("--weight-decay", weight_decay), ("--momentum", momentum)):
         if not math.isfinite(value) or value < 0:
             raise UsageError(option, value, "use a finite number >= 0")
@@ -242,62 +183,3 @@ def build_optimizer(
     if optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr)
     return torch.optim.AdamW(groups, lr=lr)
-
-
-def warmup_steps_for(warmup_epochs: float | None, steps_per_epoch: int, total_steps: int) -> int:
-    """Number of warmup steps.
-
-    ``None`` (the default): the paper's 10 epochs, but at most 10% of the run, so short runs
-    do not spend most of their steps in warmup (10 epochs of a 100-epoch run are exactly at the
-    cap). An explicit ``warmup_epochs`` is used as given (at most the whole run).
-    """
-    if warmup_epochs is None:
-        wanted = round(DEFAULT_WARMUP_EPOCHS * steps_per_epoch)
-        return max(0, min(wanted, math.floor(MAX_WARMUP_FRACTION * total_steps)))
-    return max(0, min(round(warmup_epochs * steps_per_epoch), total_steps))
-
-
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Learning rate at ``step`` (0-based): linear warmup, then cosine decay to 0 without restarts.
-
-    Warmup reaches ``base_lr`` at step ``warmup_steps - 1`` (step 0 already gets
-    ``base_lr / warmup_steps``, so no step is wasted at lr 0); cosine then runs from ``base_lr``
-    at ``warmup_steps`` to 0 at ``total_steps``. Steps past the end get 0.
-
-    Reference: Chen et al. 2020, section 2.3 (10 warmup epochs, cosine decay without restarts).
-    """
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Per-step learning rate: linear warmup, then cosine decay to zero (paper appendix B.6)."""
-
-    base_lr: float
-    total_steps: int
-    warmup_steps: int
-
-    def __call__(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based)."""
-        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.base_lr)
-
-
-def build_schedule(cfg: PretrainConfig, steps_per_epoch: int) -> Schedule:
-    """The schedule spans ``--epochs``; ``--max-steps`` only stops the run early.
-
-    So a run stopped by ``--max-steps`` and resumed without it follows the schedule of an
-    uninterrupted run step for step.
-    """
-    total = cfg.epochs * steps_per_epoch
-    warmup = warmup_steps_for(cfg.warmup_epochs, steps_per_epoch, total)
-    return Schedule(cfg.resolved_lr, total, warmup)
-
-
-def last_step(cfg: PretrainConfig, schedule: Schedule) -> int:
-    """The step count at which the run ends: ``--epochs`` or ``--max-steps``, the sooner."""
-    if cfg.max_steps is None:
-        return schedule.total_steps
-    return min(schedule.total_steps, cfg.max_steps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -17,14 +18,28 @@ from torchvision import transforms
 from torchvision.transforms import functional as F
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB.
+
+    16-bit grayscale (PNG/TIFF modes ``I;16*``, and ``I`` with values above 255) is rescaled
+    from 0..65535 to 0..255 first: PIL's own conversion clips those values at 255, turning
+    most of the image white.
+    """
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)  # (H, W)
+        if image.mode != "I" or values.max() > 255:  # 0..65535, not 8-bit data in an int image
+            values = values / 257.0
+        scaled = np.clip(values + 0.5, 0.0, 255.0).astype(np.uint8)
+        image = Image.fromarray(scaled)  # mode "L"
+    return image.convert("RGB")  # a loaded copy, also for RGB (the file may be closed next)
+
+
 class ToRGB:
     """PIL image -> 8-bit RGB PIL image; (1, H, W) tensor -> (3, H, W); other tensors as given."""
 
     def __call__(self, image: Any) -> Any:
         if isinstance(image, Image.Image) and image.mode != "RGB":
-            from simclr_cli.data.datasets import to_rgb  # 16-bit grayscale is rescaled, not clipped
-
-            return to_rgb(image)
+            return to_rgb(image)  # 16-bit grayscale is rescaled, not clipped
         if isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 1:
             return image.expand(3, -1, -1)  # grayscale: the encoder takes 3 channels
         return image

@@ -150,7 +150,8 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
     """Gallery: the first ``--max-images`` training images; queries: the test split. A folder
     has no test split: its queries come from the gallery itself (leaving each one out)."""
-    from simclr_cli.data.datasets import build_dataset, dataset_kind
+    from simclr_cli.data.datasets import build_dataset
+    from simclr_cli.data.facts import dataset_kind
     from simclr_cli.method.preprocess import to_uint8_transform
 
     name = str((run.config or {}).get("dataset") or "")
@@ -187,7 +188,8 @@ def _from_features(root: Path, cfg: Any, size: int) -> tuple[_Split, _Split, str
 
 def _feature_split(folder: Path, size: int, data_dir: Path) -> _Split:
     """One ``simclr features`` folder: its arrays and the images its rows came from."""
-    from simclr_cli.data.datasets import build_dataset, dataset_kind
+    from simclr_cli.data.datasets import build_dataset
+    from simclr_cli.data.facts import dataset_kind
     from simclr_cli.evaluation.features import ALL_SPLITS
     from simclr_cli.method.preprocess import to_uint8_transform
 

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from simclr_cli.config import PretrainConfig
 from simclr_cli.errors import TrainingError
-from simclr_cli.method.model import build_simclr, build_spec
+from simclr_cli.method.model import build_simclr
+from simclr_cli.training.recipe import build_spec
 
 
 def available_memory() -> int | None:

@@ -39,11 +39,11 @@ from simclr_cli.errors import OutputExistsError
 from simclr_cli.evaluation import inference
 from simclr_cli.method import optim
 from simclr_cli.method.loss import NTXentLoss
-from simclr_cli.method.model import SimCLR, build_simclr, build_spec
-from simclr_cli.method.optim import build_schedule
+from simclr_cli.method.model import SimCLR, build_simclr
 from simclr_cli.storage import checkpoint
 from simclr_cli.storage.registry import RUN_CHECKPOINT
 from simclr_cli.training.memory import check_memory
+from simclr_cli.training.recipe import build_schedule, build_spec
 from simclr_cli.training.resume import (
     check_resume_compatible,
     check_same_start,

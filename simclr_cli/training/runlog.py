@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from simclr_cli.config import PretrainConfig
-from simclr_cli.method.optim import Schedule
+from simclr_cli.method.schedule import Schedule
 from simclr_cli.storage import fileio
 
 # metrics.jsonl keys that are not curves: the x axes, and the k a kNN accuracy was measured at.

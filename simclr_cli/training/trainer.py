@@ -32,10 +32,11 @@ from simclr_cli.data.seeding import seed_everything, step_seed
 from simclr_cli.errors import Interrupted, TrainingError
 from simclr_cli.evaluation import inference
 from simclr_cli.method.model import SimCLR
-from simclr_cli.method.optim import Schedule, last_step
+from simclr_cli.method.schedule import Schedule
 from simclr_cli.storage import checkpoint, fileio
 from simclr_cli.storage.registry import RUN_CHECKPOINT
 from simclr_cli.training.monitor import LABELLED_KINDS, knn_datasets, knn_eval
+from simclr_cli.training.recipe import last_step
 from simclr_cli.training.runlog import RunLog, resolved_config
 
 
