@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Fixtures shared across the test folders (`tiny`, `server`, `small_checkpoint`): modules that
+# use them name them as arguments and import nothing.
+pytest_plugins = ("train_fixtures", "hub_fixtures")
+
 # CI has two CPU cores and runs one test at a time: every test gets the same two intra-op
 # threads (set once here; test modules do not change it, so results do not depend on the
 # order in which modules are collected). Spawned test processes set their own.

@@ -18,18 +18,16 @@ from typing import Any
 
 import pytest
 import torch
-from release_fixtures import make_release_checkpoint
-from test_distributed_launch import cfg_of
-from test_hub import (  # noqa: F401 (fixtures)
+from hub_fixtures import (
     FAST,
     Loopback,
     _entry,
     _use_registry,
-    server,
-    small_checkpoint,  # noqa: F811
 )
-from test_train import config, metric_steps, tiny  # noqa: F401 (tiny is a fixture)
-from test_train_process import cli_flags, options, start_child, wait_for
+from launch_fixtures import launch_cfg as cfg_of
+from process_fixtures import cli_flags, options, start_child, wait_for
+from release_fixtures import make_release_checkpoint
+from train_fixtures import config, metric_steps
 
 from simclr_cli.cli import run
 from simclr_cli.distributed import launching, plan_launch

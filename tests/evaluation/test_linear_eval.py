@@ -10,7 +10,7 @@ import pytest
 import torch
 from eval_fixtures import save_native_checkpoint, write_folder
 
-from simclr_cli.evaluation import linear_eval as ev
+from simclr_cli.evaluation import linear_eval
 from simclr_cli.evaluation.probe import WEIGHT_DECAY_GRID
 
 
@@ -27,7 +27,7 @@ def test_linear_eval_counts_the_whole_test_split_and_writes_results(tmp_path):
     ck = tmp_path / "run" / "checkpoint_last.pt"
     ck.parent.mkdir()
     save_native_checkpoint(ck)
-    summary = ev.run_linear_eval(eval_config(ck))
+    summary = linear_eval.run_linear_eval(eval_config(ck))
     result = json.loads((tmp_path / "run" / "linear_eval.json").read_text())
     # 61 = 3 batches of 16 + a partial batch of 13: every test image is counted once.
     assert result["test_images"] == 61 and result["train_images"] == 61
@@ -49,16 +49,16 @@ def test_linear_eval_leaves_the_checkpoint_weights_unchanged(tmp_path, monkeypat
     ck = tmp_path / "ck.pt"
     original = {k: v.clone() for k, v in save_native_checkpoint(ck).state_dict().items()}
     loaded = []
-    real_loader = ev.load_frozen_model
+    real_loader = linear_eval.load_frozen_model
 
     def spy(*args):
         model, payload, path = real_loader(*args)
         loaded.append(model)
         return model, payload, path
 
-    monkeypatch.setattr(ev, "load_frozen_model", spy)
+    monkeypatch.setattr(linear_eval, "load_frozen_model", spy)
     cfg = eval_config(ck, limit=24, out=tmp_path / "out", protocol=protocol, epochs=1)
-    result = ev.run_linear_eval(cfg)
+    result = linear_eval.run_linear_eval(cfg)
     assert result["protocol"] == protocol and (tmp_path / "out" / "linear_eval.json").is_file()
     (model,) = loaded
     assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -73,7 +73,7 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck, kind="classifier")
     with pytest.raises(CheckpointError, match="not a simclr-cli pretraining checkpoint"):
-        ev.run_linear_eval(eval_config(ck))
+        linear_eval.run_linear_eval(eval_config(ck))
     assert not (tmp_path / "linear_eval.json").exists()
 
 
@@ -83,7 +83,7 @@ def test_linear_eval_on_train_and_test_folders(tmp_path):
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck)
     cfg = eval_config(ck, dataset=None, train_dir=tmp_path / "train", test_dir=tmp_path / "test")
-    result = ev.run_linear_eval(cfg)
+    result = linear_eval.run_linear_eval(cfg)
     assert (result["train_images"], result["test_images"]) == (18, 6)
     import json
 
@@ -96,11 +96,11 @@ def test_linear_eval_splits_one_folder_with_a_fixed_seed(tmp_path):
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck)
     cfg = eval_config(ck, dataset=str(tmp_path / "photos"), val_split=0.3, limit=None)
-    train, test = ev.linear_eval_splits(cfg, transform=None)
-    again = ev.linear_eval_splits(cfg, transform=None)[1]
+    train, test = linear_eval.linear_eval_splits(cfg, transform=None)
+    again = linear_eval.linear_eval_splits(cfg, transform=None)[1]
     assert (len(train), len(test)) == (14, 6) and list(test.indices) == list(again.indices)
     assert not set(train.indices) & set(test.indices)
-    result = ev.run_linear_eval(cfg)
+    result = linear_eval.run_linear_eval(cfg)
     assert (result["train_images"], result["test_images"]) == (14, 6)
 
 
@@ -113,9 +113,9 @@ def test_folders_without_labels_or_with_other_classes_are_refused(tmp_path):
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck)
     with pytest.raises(DatasetError, match="unlabelled images; linear evaluation needs labels"):
-        ev.run_linear_eval(eval_config(ck, dataset=str(tmp_path / "flat")))
+        linear_eval.run_linear_eval(eval_config(ck, dataset=str(tmp_path / "flat")))
     with pytest.raises(DatasetError, match="differ"):
-        ev.run_linear_eval(
+        linear_eval.run_linear_eval(
             eval_config(ck, dataset=None, train_dir=tmp_path / "train", test_dir=tmp_path / "test")
         )
     assert not list(tmp_path.glob("*.json"))
@@ -127,7 +127,7 @@ def test_linear_eval_reads_release_layout_checkpoints(tmp_path, layout):
 
     ck = tmp_path / "checkpoint_100.tar"
     make_release_checkpoint(ck, layout)
-    result = ev.run_linear_eval(eval_config(ck, limit=20, image_size=32))
+    result = linear_eval.run_linear_eval(eval_config(ck, limit=20, image_size=32))
     assert result["test_images"] == 20 and 0 <= result["top1"] <= 1
     assert (tmp_path / "linear_eval.json").is_file()
 
@@ -149,8 +149,8 @@ def test_linear_eval_records_the_k_it_chose(tmp_path):
 
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck)
-    ev.run_linear_eval(eval_config(ck, limit=200, out=tmp_path / "auto"))
-    ev.run_linear_eval(eval_config(ck, limit=200, knn_k=3, out=tmp_path / "given"))
+    linear_eval.run_linear_eval(eval_config(ck, limit=200, out=tmp_path / "auto"))
+    linear_eval.run_linear_eval(eval_config(ck, limit=200, knn_k=3, out=tmp_path / "given"))
     auto = json.loads((tmp_path / "auto" / "linear_eval.json").read_text())
     given = json.loads((tmp_path / "given" / "linear_eval.json").read_text())
     from simclr_cli.data.datasets import build_dataset, labels_of
@@ -166,7 +166,11 @@ def test_random_baseline_is_default_initialised_and_seeded():
     from simclr_cli.method.model import build_simclr, model_spec
 
     spec = model_spec("resnet18", "imagenet", image_size=32)
-    a, b, c = ev.random_encoder(spec, 0), ev.random_encoder(spec, 0), ev.random_encoder(spec, 1)
+    a, b, c = (
+        linear_eval.random_encoder(spec, 0),
+        linear_eval.random_encoder(spec, 0),
+        linear_eval.random_encoder(spec, 1),
+    )
     last_bn = a.encoder.layer1[0].bn2.weight
     # torchvision's default: batch-norm scales are 1; training starts from zero-initialised ones
     assert torch.equal(last_bn, torch.ones_like(last_bn))
@@ -175,14 +179,14 @@ def test_random_baseline_is_default_initialised_and_seeded():
     assert not torch.equal(a.encoder.conv1.weight, c.encoder.conv1.weight)
     assert not a.training and not any(p.requires_grad for p in a.parameters())
     state = torch.random.get_rng_state()
-    ev.random_encoder(spec, 3)
+    linear_eval.random_encoder(spec, 3)
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's stream is untouched
 
 
 def test_pixel_features_are_the_pooled_crops():
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
     dataset = torch.utils.data.TensorDataset(images, torch.arange(5))
-    x, y = ev.pixel_features(dataset, batch_size=2)
+    x, y = linear_eval.pixel_features(dataset, batch_size=2)
     expected = torch.nn.functional.avg_pool2d(images.double() / 255, 2).flatten(1)
     assert x.shape == (5, 3 * 32 * 32) and torch.equal(y, torch.arange(5))
     assert torch.allclose(x.double(), expected, atol=1e-6)
@@ -194,7 +198,7 @@ def test_linear_eval_reports_baselines_beside_the_checkpoint(tmp_path):
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck, seed=1)  # not the seed-0 default init of the random baseline
     cfg = eval_config(ck, limit=100, baseline=("random", "pixels"), out=tmp_path / "eval")
-    summary = ev.run_linear_eval(cfg)
+    summary = linear_eval.run_linear_eval(cfg)
     result = json.loads((tmp_path / "eval" / "linear_eval.json").read_text())
     random, pixels = result["baselines"]["random"], result["baselines"]["pixels"]
     for metrics in (random, pixels):
@@ -216,12 +220,12 @@ def test_linear_eval_refuses_to_overwrite_earlier_results_without_overwrite(tmp_
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck)
     cfg = eval_config(ck, limit=12, out=tmp_path / "out")
-    ev.run_linear_eval(cfg)
+    linear_eval.run_linear_eval(cfg)
     before = (tmp_path / "out" / "linear_eval.json").read_text()
     with pytest.raises(OutputExistsError, match="--overwrite"):
-        ev.run_linear_eval(cfg)
+        linear_eval.run_linear_eval(cfg)
     assert (tmp_path / "out" / "linear_eval.json").read_text() == before
-    ev.run_linear_eval(eval_config(ck, limit=12, out=tmp_path / "out", overwrite=True))
+    linear_eval.run_linear_eval(eval_config(ck, limit=12, out=tmp_path / "out", overwrite=True))
 
 
 def test_linear_eval_prints_table_and_summary_on_stdout(tmp_path, capsys, monkeypatch):
@@ -256,7 +260,7 @@ def test_linear_eval_counts_unreadable_files(tmp_path, capsys):
     ck = tmp_path / "ck.pt"
     save_native_checkpoint(ck)
     cfg = eval_config(ck, dataset=None, train_dir=tmp_path / "train", test_dir=tmp_path / "test")
-    ev.run_linear_eval(cfg)
+    linear_eval.run_linear_eval(cfg)
     assert "skipped 2 unreadable image files" in capsys.readouterr().err
     import json
 
@@ -264,9 +268,9 @@ def test_linear_eval_counts_unreadable_files(tmp_path, capsys):
 
 
 def test_small_data_warning():
-    assert ev.small_data_warning(5000, 1000, 10) is None
-    assert "top-5 of 4 classes" in ev.small_data_warning(5000, 1000, 4)
-    assert "5 train / 5 test images" in ev.small_data_warning(5, 5, 10)
+    assert linear_eval.small_data_warning(5000, 1000, 10) is None
+    assert "top-5 of 4 classes" in linear_eval.small_data_warning(5000, 1000, 4)
+    assert "5 train / 5 test images" in linear_eval.small_data_warning(5, 5, 10)
 
 
 @pytest.mark.parametrize("better", ["checkpoint normalisation", "[0, 1]"])
@@ -280,9 +284,9 @@ def test_random_baseline_keeps_the_better_input_scaling(monkeypatch, better):
         top1 = 0.6 if normalised == (better == "checkpoint normalisation") else 0.3
         return {"top1": top1, "top5": 0.9, "knn_top1": top1 / 2, "weight_decay": 1e-4}
 
-    monkeypatch.setattr(ev, "evaluate_frozen", fake_eval)
+    monkeypatch.setattr(linear_eval, "evaluate_frozen", fake_eval)
     spec = model_spec("resnet18", "imagenet", image_size=32, mean=[0.5] * 3, std=[0.2] * 3)
     cfg = SimpleNamespace(seed=0, solver="lbfgs", batch_size=8, resolved_precision="fp32",
                           workers=0, knn_temperature=0.1)  # fmt: skip
-    result = ev._best_random_baseline(spec, None, None, 10, torch.device("cpu"), cfg, 5)
+    result = linear_eval._best_random_baseline(spec, None, None, 10, torch.device("cpu"), cfg, 5)
     assert result["inputs"] == better and result["top1"] == 0.6

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 import torch
-from test_train import (  # noqa: F401 (tiny is a fixture)
+from train_fixtures import (
     STEPS_PER_EPOCH,
     assert_same_weights,
     config,
-    tiny,
     tiny_simclr,
     weights,
 )

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from test_train import config, tiny_simclr
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from train_fixtures import config, tiny_simclr
 
 from simclr_cli.method.loss import NTXentLoss, nt_xent
 from simclr_cli.training import pretrain as train
@@ -209,7 +209,7 @@ class InfGradientAt(NTXentLoss):
 def test_a_resumed_fp16_run_continues_with_the_scalers_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_train import STEPS_PER_EPOCH, assert_same_weights
+    from train_fixtures import STEPS_PER_EPOCH, assert_same_weights
 
     from simclr_cli.storage.checkpoint import load_checkpoint
 

@@ -19,6 +19,14 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from train_fixtures import (
+    STEPS_PER_EPOCH,
+    assert_same_weights,
+    config,
+    metric_steps,
+    tiny_simclr,
+    weights,
+)
 
 from simclr_cli import errors
 from simclr_cli.config import PretrainConfig
@@ -30,67 +38,7 @@ from simclr_cli.method.model import SimCLR
 from simclr_cli.storage.checkpoint import load_checkpoint, load_model
 from simclr_cli.training import memory, monitor, recipe, resume, runlog
 from simclr_cli.training import pretrain as train
-
-STEPS_PER_EPOCH = 4  # limit 48 / batch 12
-
-
-def tiny_simclr(spec: dict[str, Any], zero_init_residual: bool = False) -> SimCLR:
-    """A SimCLR module with a 2-conv encoder (with batch norm, like the real one)."""
-    encoder = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )
-    return SimCLR(encoder, 16, projection_dim=8)
-
-
-@pytest.fixture
-def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Train the tiny model instead of the ResNet."""
-    monkeypatch.setattr(train, "build_simclr", tiny_simclr)
-
-
-def config(out: Path, **overrides: Any) -> PretrainConfig:
-    """A small CPU run: 48 shapes images of 8 px, batch 12 (4 steps per epoch), 2 epochs."""
-    options: dict[str, Any] = {
-        "dataset": "shapes",
-        "limit": 48,
-        "image_size": 8,
-        "stem": "cifar",
-        "batch_size": 12,
-        "epochs": 2,
-        "warmup_epochs": 1,
-        "workers": 0,
-        "device": "cpu",
-        "precision": "fp32",
-        "out": out,
-        "log_every": 1,
-        "checkpoint_every": 1,
-        "seed": 0,
-    }
-    options.update(overrides)
-    return PretrainConfig(**options)
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    """The model state dict of a checkpoint file."""
-    return load_checkpoint(path)["state_dict"]
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def metric_steps(out: Path) -> list[int]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["step"] for line in lines if "loss" in json.loads(line)]
+from simclr_cli.training.trainer import Trainer
 
 
 class LossThatMisbehaves(NTXentLoss):
@@ -218,7 +166,7 @@ def test_device_path_step_reads_nothing_on_the_host(
 ) -> None:
     """What a GPU run checks with torch.cuda.set_sync_debug_mode("error"), here on the CPU:
     the views and the step (forward, NT-Xent, backward, LARS) never read a value on the host."""
-    from test_resident import host_reads_forbidden
+    from train_fixtures import host_reads_forbidden
 
     from simclr_cli.method import augment_ops
 
@@ -229,7 +177,7 @@ def test_device_path_step_reads_nothing_on_the_host(
     calls = []
 
     def guarded(method: Any) -> Any:
-        def run(self: train.Trainer, *args: Any) -> Any:
+        def run(self: Trainer, *args: Any) -> Any:
             calls.append(method.__name__)
             with host_reads_forbidden():
                 return method(self, *args)
@@ -237,7 +185,7 @@ def test_device_path_step_reads_nothing_on_the_host(
         return run
 
     for name in ("views", "step"):
-        monkeypatch.setattr(train.Trainer, name, guarded(getattr(train.Trainer, name)))
+        monkeypatch.setattr(Trainer, name, guarded(getattr(Trainer, name)))
     train.run_pretrain(config(tmp_path, augment_on="device", data_on="device", max_steps=3))
     assert calls == ["views", "step"] * 3
 

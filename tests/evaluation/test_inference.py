@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from simclr_cli.errors import UsageError
-from simclr_cli.evaluation import inference as ev
+from simclr_cli.evaluation import inference
 
 
 class TinySimCLR(nn.Module):
@@ -40,7 +40,7 @@ class IndexedImages(Dataset):
 def test_extract_features_covers_the_whole_dataset_in_order(layer):
     model = TinySimCLR().train()
     data = IndexedImages(11)  # 11 = 2 full batches of 4 + a partial one, which must be kept
-    feats, labels = ev.extract_features(model, data, batch_size=4, device="cpu", layer=layer)
+    feats, labels = inference.extract_features(model, data, batch_size=4, device="cpu", layer=layer)
     images = torch.stack([data[i][0] for i in range(11)])
     with torch.no_grad():
         model.eval()
@@ -50,7 +50,7 @@ def test_extract_features_covers_the_whole_dataset_in_order(layer):
     assert torch.allclose(feats, expected, atol=1e-6)
     assert labels.dtype == torch.int64 and labels.tolist() == [i % 4 for i in range(11)]
     model.train()
-    ev.extract_features(model, data, batch_size=4, device="cpu", layer=layer)
+    inference.extract_features(model, data, batch_size=4, device="cpu", layer=layer)
     assert model.training  # the kNN monitor calls this mid-training
 
 
@@ -65,7 +65,7 @@ def test_channels_last_extraction_matches_a_float64_reference():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2), module.running_var.uniform_(0.5, 2.0)
     x = torch.randn(6, 3, 16, 16)
-    h = ev.encode(model, x, "encoder", None)
+    h = inference.encode(model, x, "encoder", None)
     with torch.no_grad():
         reference = model.double().encoder(x.double())  # contiguous NCHW, float64
     assert h.dtype == torch.float32 and h.shape == (6, 512)
@@ -86,18 +86,18 @@ def test_uint8_loader_path_gives_the_features_of_the_float_transform():
     model = build_simclr(payload["model"]).eval()
     assert model.mean == tuple(mean) and model.std == tuple(std)
     crops = ShapesDataset("test", size=10, image_size=16)  # resized to 12 by both transforms
-    crops.transform = ev.checkpoint_transform(payload, None, "shapes")
+    crops.transform = inference.checkpoint_transform(payload, None, "shapes")
     floats = ShapesDataset("test", size=10, image_size=16, transform=eval_transform(12, mean, std))
     assert crops[0][0].dtype == torch.uint8
-    h_u8, y_u8 = ev.extract_features(model, crops, batch_size=4, device="cpu")
-    h_f, y_f = ev.extract_features(model, floats, batch_size=4, device="cpu")
+    h_u8, y_u8 = inference.extract_features(model, crops, batch_size=4, device="cpu")
+    h_f, y_f = inference.extract_features(model, floats, batch_size=4, device="cpu")
     assert torch.equal(y_u8, y_f)
     torch.testing.assert_close(h_u8, h_f, atol=1e-5, rtol=1e-5)
 
 
 def test_extract_features_rejects_an_unknown_layer():
     with pytest.raises(UsageError, match="--layer"):
-        ev.extract_features(TinySimCLR(), IndexedImages(3), 2, "cpu", layer="fc")
+        inference.extract_features(TinySimCLR(), IndexedImages(3), 2, "cpu", layer="fc")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,19 +105,21 @@ def test_extract_features_rejects_an_unknown_layer():
 
 
 def test_device_request_resolves_from_availability():
-    assert ev.resolve_device_name("auto", cuda_available=True) == "cuda"
-    assert ev.resolve_device_name("auto", cuda_available=False) == "cpu"
-    assert ev.resolve_device_name("cpu", cuda_available=True) == "cpu"
-    assert ev.resolve_device_name("cuda", cuda_available=False) == "cuda"  # config refuses it
+    assert inference.resolve_device_name("auto", cuda_available=True) == "cuda"
+    assert inference.resolve_device_name("auto", cuda_available=False) == "cpu"
+    assert inference.resolve_device_name("cpu", cuda_available=True) == "cpu"
+    assert (
+        inference.resolve_device_name("cuda", cuda_available=False) == "cuda"
+    )  # config refuses it
 
 
 def test_precision_resolves_per_device():
-    assert ev.resolve_precision("auto", "cpu") == "fp32"
-    assert ev.resolve_precision("bf16", "cpu") == "bf16"
-    assert ev.resolve_precision("fp16", "cuda") == "fp16"
-    assert ev.autocast_dtype(torch.device("cpu"), "bf16") is None  # inference: CUDA only
-    assert ev.autocast_dtype(torch.device("cuda"), "fp32") is None
-    assert ev.autocast_dtype(torch.device("cuda"), "fp16") is torch.float16
+    assert inference.resolve_precision("auto", "cpu") == "fp32"
+    assert inference.resolve_precision("bf16", "cpu") == "bf16"
+    assert inference.resolve_precision("fp16", "cuda") == "fp16"
+    assert inference.autocast_dtype(torch.device("cpu"), "bf16") is None  # inference: CUDA only
+    assert inference.autocast_dtype(torch.device("cuda"), "fp32") is None
+    assert inference.autocast_dtype(torch.device("cuda"), "fp16") is torch.float16
 
 
 @pytest.mark.parametrize(
@@ -132,22 +134,22 @@ def test_auto_precision_takes_bf16_only_where_the_gpu_computes_it_natively(
         return emulated if including_emulation else native
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    assert ev.resolve_precision("auto", "cuda") == want
-    assert ev.autocast_dtype(torch.device("cuda")) is ev.PRECISION_DTYPES[want]
-    assert ev.resolve_precision("auto", "cpu") == "fp32"
+    assert inference.resolve_precision("auto", "cuda") == want
+    assert inference.autocast_dtype(torch.device("cuda")) is inference.PRECISION_DTYPES[want]
+    assert inference.resolve_precision("auto", "cpu") == "fp32"
 
 
 def test_autocast_context_is_off_for_full_precision():
     x = torch.randn(2, 3)
-    with ev.autocast_context(torch.device("cpu"), torch.bfloat16):
+    with inference.autocast_context(torch.device("cpu"), torch.bfloat16):
         assert (x @ x.T).dtype == torch.bfloat16
-        with ev.autocast_context(torch.device("cpu"), None):
+        with inference.autocast_context(torch.device("cpu"), None):
             assert (x @ x.T).dtype == torch.float32  # None also switches a caller's autocast off
 
 
 def test_cuda_without_a_gpu_is_a_usage_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert ev.resolve_device("auto") == torch.device("cpu")
-    assert ev.process_device("cpu") == torch.device("cpu")
+    assert inference.resolve_device("auto") == torch.device("cpu")
+    assert inference.process_device("cpu") == torch.device("cpu")
     with pytest.raises(UsageError, match="no CUDA device is visible; use --device cpu"):
-        ev.resolve_device("cuda")
+        inference.resolve_device("cuda")

@@ -1,6 +1,6 @@
 """The checkpoint files simclr-cli writes, compared key by key with a recorded layout.
 
-``tests/data/checkpoint_layout.json`` was written by this test (``SIMCLR_WRITE_LAYOUT=1``) before
+``tests/storage/checkpoint_layout.json`` was written by this test (``SIMCLR_WRITE_LAYOUT=1``) before
 the package was reshaped into its current modules. A pretraining checkpoint and a converted
 release file must still have the same keys, the same primitive values, tensors of the same
 dtype and shape, and (for weights, whose values depend on float rounding of the CPU) the same
@@ -24,7 +24,7 @@ from simclr_cli.config import PretrainConfig
 from simclr_cli.storage.checkpoint import load_checkpoint
 from simclr_cli.training import pretrain as train
 
-LAYOUT = Path(__file__).parent / "data" / "checkpoint_layout.json"
+LAYOUT = Path(__file__).parent / "checkpoint_layout.json"
 # Values that differ from run to run by nature: compared by type only.
 VOLATILE = ("/metrics/images_per_s", "/rng")
 

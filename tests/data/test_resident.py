@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from train_fixtures import host_reads_forbidden
 
 from simclr_cli.data import resident
 from simclr_cli.data.datasets import ShapesDataset
@@ -93,20 +93,6 @@ def test_resident_batches_equal_the_dataloaders(world: int, skip_steps: int) -> 
         assert len(got) == len(want) == len(ours) and len(want) > 0
         for a, b in zip(got, want, strict=True):
             assert torch.equal(a, b)
-
-
-@contextlib.contextmanager
-def host_reads_forbidden() -> Iterator[None]:
-    """Make every way of reading a tensor's value on the host raise (a GPU would sync there)."""
-
-    def sync(*_args: object, **_kwargs: object) -> None:
-        raise AssertionError("the step read a tensor value on the host")
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "nonzero"):
-            patch.setattr(torch.Tensor, name, sync)
-        patch.setattr(torch, "nonzero", sync)
-        yield
 
 
 def test_resident_steps_after_the_epochs_first_read_nothing_on_the_host() -> None:

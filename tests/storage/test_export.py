@@ -19,7 +19,7 @@ from simclr_cli.method.model import build_simclr, model_spec
 from simclr_cli.storage import export as ex
 from simclr_cli.storage.checkpoint import load_checkpoint, load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMBINATIONS = [
     ("torchvision", "encoder"),
     ("torchvision", "projector"),

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from simclr_cli.evaluation import metrics as ev
+from simclr_cli.evaluation import metrics
 
 
 def knn_reference(bank, bank_labels, query, num_classes, k, temperature):
@@ -33,10 +33,10 @@ def test_knn_matches_loop_reference(k, monkeypatch):
     bank_labels = torch.randint(0, 4, (60,), generator=gen)
     query_labels = torch.randint(0, 4, (25,), generator=gen)
     # A tiny similarity block forces many chunks over the query set.
-    monkeypatch.setattr(ev, "KNN_BLOCK_ELEMENTS", 7 * 60)
+    monkeypatch.setattr(metrics, "KNN_BLOCK_ELEMENTS", 7 * 60)
     expected = knn_reference(bank, bank_labels, query, 4, min(k, 60), 0.1)
-    assert torch.equal(ev.knn_predict(bank, bank_labels, query, 4, k, 0.1).argmax(1), expected)
-    acc = ev.knn_accuracy(bank, bank_labels, query, query_labels, k=k, temperature=0.1)
+    assert torch.equal(metrics.knn_predict(bank, bank_labels, query, 4, k, 0.1).argmax(1), expected)
+    acc = metrics.knn_accuracy(bank, bank_labels, query, query_labels, k=k, temperature=0.1)
     assert acc == pytest.approx((expected == query_labels).double().mean().item())
 
 
@@ -48,14 +48,14 @@ def test_knn_ignores_unlabelled_rows_and_separates_clusters():
     query = centres[labels] + torch.randn(60, 3, generator=gen)
     bank_labels = labels.clone()
     bank_labels[:5] = -1  # unlabelled rows leave the bank
-    assert ev.knn_accuracy(bank, bank_labels, query, labels, k=10) == 1.0
-    assert math.isnan(ev.knn_accuracy(bank, torch.full((60,), -1), query, labels))
+    assert metrics.knn_accuracy(bank, bank_labels, query, labels, k=10) == 1.0
+    assert math.isnan(metrics.knn_accuracy(bank, torch.full((60,), -1), query, labels))
 
 
 def test_topk_accuracy_counts_every_row():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.05, 0.15], [0.2, 0.3, 0.5], [0.5, 0.4, 0.1]])
     targets = torch.tensor([1, 2, 0, 1])
-    acc = ev.topk_accuracy(logits, targets, ks=(1, 2, 5))
+    acc = metrics.topk_accuracy(logits, targets, ks=(1, 2, 5))
     assert acc[1] == pytest.approx(1 / 4)  # only row 0
     assert acc[2] == pytest.approx(3 / 4)  # row 1's target is last
     assert acc[5] == 1.0  # k > C counts as C
@@ -64,12 +64,12 @@ def test_topk_accuracy_counts_every_row():
 def test_confusion_matrix_and_per_class_accuracy():
     targets = torch.tensor([0, 0, 0, 1, 1, 2])
     preds = torch.tensor([0, 1, 0, 1, 1, 0])
-    cm = ev.confusion_matrix(preds, targets, 4)
+    cm = metrics.confusion_matrix(preds, targets, 4)
     expected = torch.zeros(4, 4, dtype=torch.long)
     for t, p in zip(targets.tolist(), preds.tolist(), strict=True):
         expected[t, p] += 1
     assert torch.equal(cm, expected) and cm.dtype == torch.int64
-    acc = ev.per_class_accuracy(cm)
+    acc = metrics.per_class_accuracy(cm)
     assert acc[:3].tolist() == pytest.approx([2 / 3, 1.0, 0.0])
     assert math.isnan(acc[3])  # class 3 has no test example
 
@@ -78,9 +78,11 @@ def test_knn_k_is_200_capped_at_a_tenth_of_the_smallest_class():
     def labels(*counts):
         return torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
 
-    assert ev.knn_k_for(labels(5000, 5000)) == 200  # CIFAR-10-sized classes: the usual k
-    assert ev.knn_k_for(labels(200, 300, 250)) == 20  # the smallest class sets the cap
-    assert ev.knn_k_for(labels(140, 1000)) == 14
-    assert ev.knn_k_for(labels(3, 4)) == 1  # never below one neighbour
-    assert ev.knn_k_for(torch.tensor([-1, -1, 0, 0] + [1] * 50)) == 1  # unlabelled rows ignored
-    assert ev.knn_k_for(labels(5, 5), k=7) == 7  # --knn-k wins
+    assert metrics.knn_k_for(labels(5000, 5000)) == 200  # CIFAR-10-sized classes: the usual k
+    assert metrics.knn_k_for(labels(200, 300, 250)) == 20  # the smallest class sets the cap
+    assert metrics.knn_k_for(labels(140, 1000)) == 14
+    assert metrics.knn_k_for(labels(3, 4)) == 1  # never below one neighbour
+    assert (
+        metrics.knn_k_for(torch.tensor([-1, -1, 0, 0] + [1] * 50)) == 1
+    )  # unlabelled rows ignored
+    assert metrics.knn_k_for(labels(5, 5), k=7) == 7  # --knn-k wins

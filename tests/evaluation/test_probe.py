@@ -9,20 +9,20 @@ import torch
 from torch import nn
 
 from simclr_cli.errors import UsageError
-from simclr_cli.evaluation import probe as ev
+from simclr_cli.evaluation import probe
 
 
 def test_standardization_uses_train_statistics():
     gen = torch.Generator().manual_seed(0)
     train = torch.randn(100, 5, generator=gen) * 3 + 7
     train[:, 2] = 4.0  # a dead (constant) dimension
-    mean, std = ev.fit_standardization(train)
-    z = ev.standardize(train, mean, std)
+    mean, std = probe.fit_standardization(train)
+    z = probe.standardize(train, mean, std)
     assert torch.allclose(z.mean(0), torch.zeros(5), atol=1e-5)
     assert torch.allclose(z[:, [0, 1, 3, 4]].std(0, unbiased=False), torch.ones(4), atol=1e-5)
     assert torch.all(z[:, 2] == 0)
     test = torch.randn(10, 5, generator=gen)
-    assert torch.allclose(ev.standardize(test, mean, std), (test - mean) / std)
+    assert torch.allclose(probe.standardize(test, mean, std), (test - mean) / std)
 
 
 def separable_problem(n=120, d=6, classes=3, seed=0, noise=1.0):
@@ -61,7 +61,7 @@ def newton_reference(x, y, classes, wd, steps=30):
 def test_lbfgs_reaches_the_regularised_optimum():
     x, y = separable_problem()
     wd = 1e-2
-    head = ev.fit_logistic_regression(x, y, 3, wd, solver="lbfgs")
+    head = probe.fit_logistic_regression(x, y, 3, wd, solver="lbfgs")
     w_ref, b_ref = newton_reference(x, y, 3, wd)
     # Softmax is shift-invariant in the bias: compare centred biases.
     assert torch.allclose(head.weight.double(), w_ref, atol=2e-3)
@@ -76,8 +76,8 @@ def test_lbfgs_reaches_the_regularised_optimum():
 def test_adam_solver_approaches_lbfgs_objective():
     x, y = separable_problem()
     wd = 1e-2
-    lbfgs = ev.fit_logistic_regression(x, y, 3, wd, solver="lbfgs")
-    adam = ev.fit_logistic_regression(
+    lbfgs = probe.fit_logistic_regression(x, y, 3, wd, solver="lbfgs")
+    adam = probe.fit_logistic_regression(
         x, y, 3, wd, solver="adam", epochs=200, batch_size=32, lr=0.05, seed=1
     )
     best = objective64(lbfgs.weight.double(), lbfgs.bias.double(), x, y, wd).item()
@@ -89,20 +89,20 @@ def test_adam_solver_approaches_lbfgs_objective():
 def test_unknown_solver_is_a_usage_error():
     x, y = separable_problem(n=9)
     with pytest.raises(UsageError, match="--solver"):
-        ev.fit_logistic_regression(x, y, 3, 0.0, solver="newton")
+        probe.fit_logistic_regression(x, y, 3, 0.0, solver="newton")
 
 
 def test_holdout_split_is_a_fixed_partition():
-    fit, val = ev.holdout_split(50, 0.2, seed=3)
+    fit, val = probe.holdout_split(50, 0.2, seed=3)
     assert len(val) == 10 and len(fit) == 40
     assert sorted(torch.cat([fit, val]).tolist()) == list(range(50))
-    assert torch.equal(ev.holdout_split(50, 0.2, seed=3)[1], val)
-    assert len(ev.holdout_split(2, 0.01, seed=0)[1]) == 1
+    assert torch.equal(probe.holdout_split(50, 0.2, seed=3)[1], val)
+    assert len(probe.holdout_split(2, 0.01, seed=0)[1]) == 1
 
 
 def test_weight_decay_selection_rejects_a_crippling_decay():
     x, y = separable_problem(n=150, noise=0.5)
-    best, scores, head = ev.select_weight_decay(x, y, 3, grid=(1e3, 1e-3), seed=0)
+    best, scores, head = probe.select_weight_decay(x, y, 3, grid=(1e3, 1e-3), seed=0)
     assert set(scores) == {1e3, 1e-3}
     assert scores[1e-3] > scores[1e3]
     assert best == 1e-3 and head.weight.abs().max() > 0
@@ -110,7 +110,7 @@ def test_weight_decay_selection_rejects_a_crippling_decay():
 
 def test_weight_decay_search_stops_once_weaker_decay_stops_helping():
     x, y = separable_problem(n=150, noise=0.1)  # every candidate separates the held-out rows
-    best, scores, head = ev.select_weight_decay(
+    best, scores, head = probe.select_weight_decay(
         x, y, 3, grid=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), patience=2
     )
     assert list(scores) == [1e-1, 1e-2, 1e-3] and best == 1e-1

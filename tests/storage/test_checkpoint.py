@@ -407,7 +407,7 @@ def test_kill_9_mid_save_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     import time
 
     path = tmp_path / "checkpoint_last.pt"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     for delay in (0.13,):
         child = subprocess.Popen(
