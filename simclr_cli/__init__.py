@@ -1,12 +1,12 @@
 """simclr-cli: SimCLR (Chen et al. 2020) from the command line, and as a small library.
 
-The method lives in three short modules: :mod:`simclr_cli.method.model` (encoder and projection
-head), :mod:`simclr_cli.method.loss` (NT-Xent) and :mod:`simclr_cli.method.augment` (the two views).
-The names below are imported lazily so that ``simclr --help`` stays fast.
+The method is :mod:`simclr_cli.method` (encoder and projection head, NT-Xent, the two views,
+LARS). The names below are imported lazily so that ``simclr --help`` stays fast.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
 
@@ -28,7 +28,23 @@ _PUBLIC = {
 __all__ = ["__version__", *_PUBLIC]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'simclr_cli' has no attribute {name!r}")
+def lazy_exports(package: str, public: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports ``public`` names on first use.
+
+    Args:
+        package: the package's ``__name__``.
+        public: name -> the module (absolute, or relative with a leading dot) that defines it.
+    """
+    namespace = import_module(package).__dict__
+
+    def __getattr__(name: str) -> Any:
+        if name not in public:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(import_module(public[name], package), name)
+        namespace[name] = value  # later lookups skip this function
+        return value
+
+    return __getattr__
+
+
+__getattr__ = lazy_exports(__name__, _PUBLIC)

@@ -64,3 +64,23 @@ def test_gpu_check_script_parses_and_runs_only_checks_it_defines() -> None:
     assert [n for n in called if f'"{n}":' not in table.group(1)] == []
     for name in ("pydantic", "pydantic-core", "annotated-types", "typing-inspection"):
         assert name in text.split("set -uo pipefail", 1)[0], f"the header explains {name}"
+
+
+def test_the_readme_python_api_example_runs_without_pydantic() -> None:
+    # The README's example is the method as a library: it runs as written, in a fresh
+    # interpreter, and never loads the command line's pydantic models.
+    import subprocess
+    import sys
+
+    section = (ROOT / "README.md").read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block, "the Python API section has an example"
+    code = block.group(1) + (
+        "\nimport math, sys\noptimizer.zero_grad(); loss.backward(); optimizer.step()"
+        "\nprint(tuple(h.shape), tuple(z.shape), math.isfinite(loss.item()),"
+        " 'pydantic' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert done.stdout.split() == ["(16,", "512)", "(16,", "128)", "True", "False"]

@@ -38,8 +38,7 @@ Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual R
 ICML 2020, Sec. 2.2 (large-batch training, global BN).
 """
 
-from importlib import import_module
-from typing import Any
+from simclr_cli import lazy_exports
 
 # The interface, imported lazily: the config reads the launcher's world size from .planning
 # without loading torch.distributed (or torch) for ``simclr --help``.
@@ -70,10 +69,4 @@ _PUBLIC = {
 
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(import_module(f"simclr_cli.distributed.{_PUBLIC[name]}"), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'simclr_cli.distributed' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {name: f".{module}" for name, module in _PUBLIC.items()})

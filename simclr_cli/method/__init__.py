@@ -14,8 +14,7 @@ Reference: Chen et al., "A Simple Framework for Contrastive Learning of Visual
 Representations", ICML 2020 (arXiv:2002.05709).
 """
 
-from importlib import import_module
-from typing import Any
+from simclr_cli import lazy_exports
 
 _PUBLIC = {
     "SimCLR": "model",
@@ -38,10 +37,4 @@ _PUBLIC = {
 
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(import_module(f"simclr_cli.method.{_PUBLIC[name]}"), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'simclr_cli.method' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {name: f".{module}" for name, module in _PUBLIC.items()})
