@@ -17,8 +17,15 @@ TESTS = Path(__file__).parent  # the tests folder: its fixture modules
 
 
 CHILD = """
+import io, json, os, sys, time
+import torch
 torch.set_num_threads({threads})  # as the test process: resumed runs must match bit for bit
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {tests!r})  # the tests folder: its fixture modules
+from train_fixtures import tiny_simclr
+from simclr_cli.storage import checkpoint
+from simclr_cli.training import pretrain as train
+from simclr_cli.training.trainer import Trainer
+from simclr_cli.config import PretrainConfig
 
 job = json.loads(sys.argv[1])
 train.build_simclr = tiny_simclr
