@@ -36,3 +36,20 @@ def write_folder(root, classes, per_class, size=12):
         for i in range(per_class):
             colour = (40 * c + 3 * i, 255 - 50 * c, 7 * i)
             Image.new("RGB", (size, size), colour).save(folder / f"img{i:02d}.png")
+
+
+def write_broken_png(path, size=40):
+    """A PNG that passes indexing (every chunk's CRC is valid) and fails to decode: its
+    compressed image data is random bytes."""
+    import os
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", os.urandom(600)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)

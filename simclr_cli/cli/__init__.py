@@ -23,6 +23,7 @@ from simclr_cli import signals
 from simclr_cli.cli import commands  # noqa: F401 - defines the commands on `app`
 from simclr_cli.cli.app import app
 from simclr_cli.config import flag_name
+from simclr_cli.data import workers
 from simclr_cli.errors import SimCLRError, invalid_value, os_error_line
 
 try:  # typer >= 0.29 ships its own copy of click
@@ -101,6 +102,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         return _run(argv, debug)
     finally:
+        workers.stop_leftover_workers()  # a worker left running would hang the exit
         with contextlib.suppress(ValueError, TypeError):  # not the main thread, or not ours
             signal.signal(signal.SIGTERM, previous)
 

@@ -8,7 +8,6 @@ evaluation and the kNN monitor use them through :func:`labels_of`.
 from __future__ import annotations
 
 import os
-import signal
 import tarfile
 import urllib.error
 import warnings
@@ -123,21 +122,20 @@ def build_dataset(
     return dataset
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """``worker_init_fn`` of every loader: DataLoader workers leave SIGINT and SIGTERM to the
-    main process.
-
-    A Ctrl-C in a terminal, systemd, Slurm's ``scancel`` and ``kill -- -PGID`` signal every
-    process of the group. A worker killed by it makes the main process fail with a RuntimeError
-    instead of finishing its step, writing a checkpoint and exiting 130. Workers still end with
-    the main process: the loader shuts them down, and they exit when their parent dies.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 # --------------------------------------------------------------------------------------------
 # folders of images
+
+
+class UndecodableImage(DatasetError):
+    """An image that passed the check at indexing and failed to decode when it was read.
+
+    Attributes:
+        path: the file (None when a DataLoader worker re-raised the error from its message).
+    """
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)  # one argument: torch re-raises a worker's error from its text
+        self.path = path
 
 
 def _find_images(root: Path) -> list[Path]:
@@ -249,9 +247,8 @@ class ImageFolderDataset(Dataset):
             with Image.open(path) as image:
                 rgb = to_rgb(image)
         except Exception as error:  # a file can pass verify() and still fail to decode
-            raise DatasetError(
-                f"cannot decode {path} ({error}); remove or replace the file"
-            ) from error
+            message = f"cannot decode {path} ({error}); remove or replace the file"
+            raise UndecodableImage(message, path) from error
         return (self.transform(rgb) if self.transform else rgb), self.labels[i]
 
 

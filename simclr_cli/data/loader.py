@@ -27,8 +27,10 @@ from simclr_cli import distributed
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import get_console
 from simclr_cli.data import resident, seeding
-from simclr_cli.data.datasets import build_dataset, ignore_stop_signals, skipped_files
+from simclr_cli.data.datasets import build_dataset, skipped_files
 from simclr_cli.data.facts import normalization, pretrain_split
+from simclr_cli.data.undecodable import SkipUndecodable
+from simclr_cli.data.workers import ignore_stop_signals
 from simclr_cli.errors import DatasetError, plural
 from simclr_cli.method.augment import BatchedSimCLRAugment, SimCLRAugment, TwoViews
 from simclr_cli.method.preprocess import to_uint8_transform
@@ -46,6 +48,9 @@ class PretrainData:
         steps_per_epoch: optimizer steps per epoch (the same on every rank).
         device_augment: the batched augmentation for ``--augment-on device``, else None.
         placement: where the images live (``--data-on``) and why.
+        images: the dataset's images (a resume checks that the run had as many).
+        undecodable: the dataset as the loader reads it, with the images that failed to decode
+            (:class:`~simclr_cli.data.undecodable.SkipUndecodable`).
     """
 
     loader: DataLoader | resident.ResidentLoader
@@ -53,6 +58,8 @@ class PretrainData:
     steps_per_epoch: int
     device_augment: BatchedSimCLRAugment | None
     placement: resident.DataPlacement
+    images: int
+    undecodable: SkipUndecodable
 
 
 class ResumableSampler(Sampler[int]):
@@ -158,6 +165,8 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
             f"{cfg.dataset} has {plural(size_of_dataset, 'training image')}, fewer than one "
             f"batch of {cfg.batch_size}; lower --batch-size or raise --limit"
         )
+    # An image that fails to decode later is replaced by the next one and counted (capped).
+    dataset = undecodable = SkipUndecodable(dataset, cfg.dataset)
     sampler = ResumableSampler(dataset, distributed.world_size(), distributed.rank(), cfg.seed)
     nbytes = resident.decoded_bytes(size_of_dataset, size)
     placement = resident.choose_placement(cfg.data_on, cfg.resolved_augment_on, device, nbytes)
@@ -172,7 +181,9 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         views = SeededViews(dataset, TwoViews(SimCLRAugment(size, **view_options(cfg))), cfg.seed)
         loader = host_loader(views, EpochKeys(sampler), cfg, device)
     steps = len(sampler.inner) // cfg.per_process_batch_size
-    return PretrainData(loader, sampler, steps, device_augment, placement)
+    return PretrainData(
+        loader, sampler, steps, device_augment, placement, size_of_dataset, undecodable
+    )
 
 
 def view_options(cfg: PretrainConfig) -> dict[str, Any]:

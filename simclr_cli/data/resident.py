@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from simclr_cli.data.datasets import ignore_stop_signals
+from simclr_cli.data.workers import ignore_stop_signals, worker_batches
 from simclr_cli.errors import DatasetError
 
 # ``--data-on auto`` holds the set on a GPU when it takes at most this fraction of the memory
@@ -115,9 +115,10 @@ def decode_all(dataset: Dataset, num_images: int, image_size: int, workers: int)
         generator=torch.Generator().manual_seed(0),
     )
     start = 0
-    for images, _ in loader:
-        out[start : start + len(images)] = images
-        start += len(images)
+    with worker_batches(loader) as batches:
+        for images, _ in batches:
+            out[start : start + len(images)] = images
+            start += len(images)
     if start != num_images:
         raise DatasetError(f"decoded {start} images but the dataset reported {num_images}")
     return out

@@ -9,6 +9,7 @@ for the whole package, pretraining included (the config validates with the same 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from simclr_cli.data.datasets import ignore_stop_signals
+from simclr_cli.data.workers import ignore_stop_signals, worker_batches
 from simclr_cli.devices import resolve_device_name, resolve_precision
 from simclr_cli.errors import DatasetError, UsageError
 from simclr_cli.method.preprocess import normalize_uint8, to_uint8_transform
@@ -154,10 +155,11 @@ def iter_features(
     was_training = model.training
     model.eval()
     try:
-        for x, y in loader:
-            out = encode(model, x.to(device, non_blocking=True), layer, dtype).cpu()
-            # clone outside inference mode: plain tensors that autograd may save later
-            yield out.clone(), torch.as_tensor(y).long().clone()
+        with worker_batches(loader) as batches:  # workers end with the pass, also on an error
+            for x, y in batches:
+                out = encode(model, x.to(device, non_blocking=True), layer, dtype).cpu()
+                # clone outside inference mode: plain tensors that autograd may save later
+                yield out.clone(), torch.as_tensor(y).long().clone()
     finally:
         model.train(was_training)
 
@@ -207,8 +209,9 @@ def extract_features(
     """
     device = resolve_device(device)
     loader = build_loader(dataset, batch_size, device, workers)
-    batches = iter_features(model, loader, device, layer, precision)
-    parts = list(batches) if description is None else _counted(batches, description, len(loader))
+    with contextlib.closing(iter_features(model, loader, device, layer, precision)) as batches:
+        total = len(loader)
+        parts = list(batches) if description is None else _counted(batches, description, total)
     if not parts:
         raise DatasetError(
             "the dataset is empty; point --dataset/--data-dir at a folder with images"

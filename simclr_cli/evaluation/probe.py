@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from simclr_cli.data.datasets import ignore_stop_signals
+from simclr_cli.data.workers import ignore_stop_signals, worker_batches
 from simclr_cli.errors import UsageError
 from simclr_cli.evaluation.inference import autocast_dtype, encode
 from simclr_cli.evaluation.metrics import topk_accuracy
@@ -310,13 +310,14 @@ def probe_augmented(
     dtype = autocast_dtype(device, precision)
     model.eval()  # BN running statistics stay frozen
     for _ in range(epochs):
-        for x, y in loader:
-            h = encode(model, x.to(device, non_blocking=True), "encoder", dtype).clone()
-            loss = F.cross_entropy(head(standardize(h, mean, std)), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+        with worker_batches(loader) as batches:
+            for x, y in batches:
+                h = encode(model, x.to(device, non_blocking=True), "encoder", dtype).clone()
+                loss = F.cross_entropy(head(standardize(h, mean, std)), y.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
     with torch.no_grad():
         logits = head(standardize(test_h.to(device), mean, std)).cpu()
     return logits, {"epochs": epochs, "lr": 0.1 * batch_size / 256, "final_loss": loss.item()}

@@ -27,9 +27,10 @@ from torch.utils.data import Dataset
 from simclr_cli import distributed, signals
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import StepProgress, get_console, phase
+from simclr_cli.data import workers
 from simclr_cli.data.loader import PretrainData
 from simclr_cli.data.seeding import seed_everything, step_seed
-from simclr_cli.errors import Interrupted, TrainingError
+from simclr_cli.errors import Interrupted, TrainingError, plural
 from simclr_cli.evaluation import inference
 from simclr_cli.method.model import SimCLR
 from simclr_cli.method.schedule import Schedule
@@ -38,6 +39,8 @@ from simclr_cli.storage.registry import RUN_CHECKPOINT
 from simclr_cli.training.monitor import LABELLED_KINDS, knn_datasets, knn_eval
 from simclr_cli.training.recipe import last_step
 from simclr_cli.training.runlog import RunLog, resolved_config
+
+UNDECODABLE_SHOWN = 5  # files a warning names; it counts the rest
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Trainer:
         self.images_seen = 0
         self.resumed_from: str | None = None
         self.knn_sets: tuple[Dataset, Dataset] | None = None
+        self.undecodable_reported = 0  # images that failed to decode, named so far
         self.log = RunLog(self.out, self.main)
         self.console = get_console()
         self.autocast_dtype = inference.PRECISION_DTYPES[cfg.resolved_precision]  # None: fp32
@@ -133,6 +137,10 @@ class Trainer:
         placement = self.data.placement
         config["resolved"].update(data_on=placement.data_on, data_on_reason=placement.reason)
         config["resolved"]["augment_on_reason"] = self.cfg.augment_on_reason
+        # What a resume checks the data against (training.resume.check_same_data).
+        config["resolved"].update(
+            train_images=self.data.images, steps_per_epoch=self.data.steps_per_epoch
+        )
         return config
 
     def save(self, final: bool = False) -> Path | None:
@@ -178,6 +186,7 @@ class Trainer:
                         raise Interrupted(self.interrupt_message(stop))
                     checkpoint_path = self.end_of_epoch()
         finally:
+            workers.shut_down(self.data.loader)  # now, also on an error: see data.workers
             self.log.close()
         return self.summary(checkpoint_path)
 
@@ -308,6 +317,7 @@ class Trainer:
 
     def end_of_epoch(self) -> Path | None:
         """kNN monitor when due, then the epoch checkpoint (after the loss was checked finite)."""
+        self.report_undecodable()
         if self.epoch_complete() and self.knn_due():
             self.metrics["knn_accuracy"], self.metrics["knn_k"] = self.knn_monitor()
             self.metrics["knn_epoch"] = self.epoch
@@ -316,6 +326,22 @@ class Trainer:
             record["time"] = time.time()
             self.log.log(record)
         return self.save(final=self.finished())
+
+    def report_undecodable(self) -> None:
+        """Name the images that failed to decode since the last report (this process's)."""
+        skipping = self.data.undecodable
+        failed = skipping.failures.indices()
+        new = failed[self.undecodable_reported :]
+        if not new:
+            return
+        self.undecodable_reported = len(failed)
+        shown = skipping.paths(new[:UNDECODABLE_SHOWN])
+        more = f" and {len(new) - len(shown)} more" if len(new) > len(shown) else ""
+        self.console.print(
+            f"[yellow]warning: skipped {plural(len(new), 'image')} that failed to decode, each "
+            f"replaced by the next image: {', '.join(shown)}{more} ({len(failed)} in all; the "
+            f"run stops past {skipping.failures.allowed})"
+        )
 
     def knn_due(self) -> bool:
         """kNN every ``--knn-every`` epochs and at the end, for labelled datasets."""
