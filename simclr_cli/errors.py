@@ -78,6 +78,10 @@ class OutputExistsError(SimCLRError):
     """An output file exists and ``--overwrite`` was not given."""
 
 
+class OutputBusyError(SimCLRError):
+    """Another process is writing the same run folder or output files."""
+
+
 class WriteError(SimCLRError):
     """An output file could not be written (a full disk, no permission, a read-only mount)."""
 

@@ -62,6 +62,7 @@ _PUBLIC = {
     "launcher_world_size": "planning",
     "plan_launch": "planning",
     "rank": "ranks",
+    "starts_rank_zero": "planning",
     "to_global_batchnorm": "batchnorm",
     "world_size": "ranks",
     "wrap_ddp": "ranks",

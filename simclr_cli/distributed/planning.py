@@ -117,6 +117,18 @@ def launcher_world_size(env: Mapping[str, str] | None = None) -> int | None:
     return None
 
 
+def starts_rank_zero(cfg: LaunchOptions, env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is, or spawns, global rank 0: the one that writes the run's files
+    (and holds the run folder's lock while its processes run)."""
+    env = os.environ if env is None else env
+    launcher = detect_launcher(env)
+    if launcher == "torchrun":
+        return int(env["RANK"]) == 0
+    if launcher == "slurm":
+        return int(env["SLURM_PROCID"]) == 0
+    return cfg.node_rank == 0
+
+
 def plan_launch(
     cfg: LaunchOptions,
     env: Mapping[str, str] | None = None,

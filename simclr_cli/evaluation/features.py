@@ -31,7 +31,7 @@ from simclr_cli.evaluation.inference import (
     resolve_device,
     skipped_count,
 )
-from simclr_cli.storage import fileio
+from simclr_cli.storage import fileio, runlock
 
 FEATURES, LABELS, META, PATHS = "features.npy", "labels.npy", "meta.json", "paths.txt"
 OUTPUTS = (FEATURES, LABELS, META, PATHS)
@@ -87,12 +87,21 @@ def export_features(cfg: Any) -> dict[str, Any]:
 
     Raises:
         OutputExistsError: outputs exist and ``cfg.overwrite`` is off (before any work).
+        OutputBusyError: another process is writing features into ``cfg.out``.
         CheckpointError, DatasetError, UsageError: with one-line messages.
     """
+    out = Path(cfg.out)
+    # One writer of these files at a time (two would mix their files); the lock's folder is
+    # removed again if nothing was written into it.
+    with runlock.hold_output(out / FEATURES, "simclr features"):
+        check_outputs(out, cfg.overwrite)
+        return _export_features(cfg, out)
+
+
+def _export_features(cfg: Any, out: Path) -> dict[str, Any]:
+    """The body of :func:`export_features`, holding the lock of ``out``."""
     from simclr_cli.console import phase
 
-    out = Path(cfg.out)
-    check_outputs(out, cfg.overwrite)
     phase(f"loading the checkpoint {cfg.checkpoint}")
     model, payload, checkpoint_path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
     device = resolve_device(cfg.resolved_device)
@@ -135,13 +144,9 @@ def stream_features(
     tmp = _temp_path(out, FEATURES)
     labels = np.empty(n, dtype=np.int64)
     try:
-        with fileio.write_errors_of(out / FEATURES):
-            rows = _fill(
-                tmp,
-                labels,
-                iter_features(model, loader, device, cfg.layer, cfg.resolved_precision),
-                len(loader),
-            )
+        batches = iter_features(model, loader, device, cfg.layer, cfg.resolved_precision)
+        with fileio.write_errors_of(out / FEATURES), contextlib.closing(batches):
+            rows = _fill(tmp, labels, batches, len(loader))
         if rows != n:
             raise DatasetError(f"the dataset yielded {rows} of {n} images; check the data folder")
     except BaseException:  # a failed or interrupted export leaves no temporary file behind

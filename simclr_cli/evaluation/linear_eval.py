@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from simclr_cli import allocator
+from simclr_cli.data.workers import worker_batches
 from simclr_cli.errors import DatasetError, UsageError
 from simclr_cli.evaluation.inference import (
     build_loader,
@@ -42,7 +43,7 @@ from simclr_cli.evaluation.metrics import (
     topk_accuracy,
 )
 from simclr_cli.evaluation.probe import augmented_transform, probe_augmented, probe_features
-from simclr_cli.storage import fileio
+from simclr_cli.storage import fileio, runlock
 
 # linear-eval warns below this many images per class in either split (``--limit 5``).
 FEW_IMAGES_PER_CLASS = 10
@@ -153,12 +154,13 @@ def pixel_features(dataset: Dataset, batch_size: int, workers: int = 0) -> tuple
     :data:`PIXEL_BASELINE_SIZE` px, flattened to (N, 3 * S * S) float32 (labels (N,) int64)."""
     loader = build_loader(dataset, batch_size, torch.device("cpu"), workers)
     features, labels = [], []
-    for images, targets in loader:
-        x = images.float().div_(255.0)  # (B, 3, S, S)
-        if x.shape[-1] > PIXEL_BASELINE_SIZE:
-            x = F.adaptive_avg_pool2d(x, PIXEL_BASELINE_SIZE)
-        features.append(x.flatten(1))
-        labels.append(torch.as_tensor(targets, dtype=torch.int64))
+    with worker_batches(loader) as batches:
+        for images, targets in batches:
+            x = images.float().div_(255.0)  # (B, 3, S, S)
+            if x.shape[-1] > PIXEL_BASELINE_SIZE:
+                x = F.adaptive_avg_pool2d(x, PIXEL_BASELINE_SIZE)
+            features.append(x.flatten(1))
+            labels.append(torch.as_tensor(targets, dtype=torch.int64))
     return torch.cat(features), torch.cat(labels)
 
 
@@ -317,6 +319,7 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
 
     Raises:
         CheckpointError, DatasetError, UsageError: with one-line messages.
+        OutputBusyError: another process is writing results into the same folder.
     """
     from simclr_cli.console import get_console, phase
     from simclr_cli.data.datasets import labels_of
@@ -327,45 +330,47 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
     phase(f"loading the checkpoint {cfg.checkpoint}")
     model, payload, path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
     out_dir = linear_eval_dir(cfg.out, path, cfg.cache_dir)
-    fileio.refuse_overwrite(out_dir, LINEAR_EVAL_OUTPUTS, cfg.overwrite)
-    device = resolve_device(cfg.resolved_device)
-    allocator.configure_for(device.type)
-    transform = checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind)
-    name = str(cfg.dataset or cfg.train_dir)
-    phase(f"loading data ({name})")
-    train, test = linear_eval_splits(cfg, transform)
-    skipped = report_skipped(train, test)
-    _require_labels(train, f"{name} (train)")
-    _require_labels(test, f"{name} (test)")
-    classes = class_names(train)
-    num_classes = len(classes) if classes else max(labels_of(train) + labels_of(test)) + 1
-    warning = small_data_warning(len(train), len(test), num_classes)  # type: ignore[arg-type]
-    if warning:
-        get_console().print(f"[yellow]warning: {warning}")
-    views = None
-    if cfg.protocol == "augment":
-        spec = payload["model"]
-        size = checkpoint_image_size(payload, cfg.image_size, cfg.dataset_kind)
-        views, _ = linear_eval_splits(
-            cfg, augmented_transform(size, spec.get("mean"), spec.get("std"))
-        )
-    model = model.to(device, memory_format=torch.channels_last)
-    result = evaluate_frozen(
-        model, train, test, num_classes, device, cfg.protocol, cfg.solver,
-        cfg.batch_size, cfg.resolved_epochs, views, cfg.resolved_precision, cfg.workers,
-        cfg.seed, cfg.knn_k, cfg.knn_temperature, classes,
-    )  # fmt: skip
-    if cfg.baseline:
-        phase(f"evaluating the baselines ({', '.join(cfg.baseline)})")
-        result["baselines"] = evaluate_baselines(
-            cfg, payload["model"], (train, test), num_classes, device, result["knn"]["k"]
-        )
-    result = {"checkpoint": str(path), "dataset": name, **result, "classes": classes}
-    result.update(skipped_files=skipped, **({"warning": warning} if warning else {}))
-    result["time_s"] = round(time.perf_counter() - start, 3)
-    files = write_linear_eval(result, out_dir)
-    print_linear_eval(result)
-    return linear_eval_summary(result, files)
+    # One writer of these results at a time (two would mix their files), checked again inside.
+    with runlock.hold_output(out_dir / "linear_eval.json", "simclr linear-eval"):
+        fileio.refuse_overwrite(out_dir, LINEAR_EVAL_OUTPUTS, cfg.overwrite)
+        device = resolve_device(cfg.resolved_device)
+        allocator.configure_for(device.type)
+        transform = checkpoint_transform(payload, cfg.image_size, cfg.dataset_kind)
+        name = str(cfg.dataset or cfg.train_dir)
+        phase(f"loading data ({name})")
+        train, test = linear_eval_splits(cfg, transform)
+        skipped = report_skipped(train, test)
+        _require_labels(train, f"{name} (train)")
+        _require_labels(test, f"{name} (test)")
+        classes = class_names(train)
+        num_classes = len(classes) if classes else max(labels_of(train) + labels_of(test)) + 1
+        warning = small_data_warning(len(train), len(test), num_classes)  # type: ignore[arg-type]
+        if warning:
+            get_console().print(f"[yellow]warning: {warning}")
+        views = None
+        if cfg.protocol == "augment":
+            spec = payload["model"]
+            size = checkpoint_image_size(payload, cfg.image_size, cfg.dataset_kind)
+            views, _ = linear_eval_splits(
+                cfg, augmented_transform(size, spec.get("mean"), spec.get("std"))
+            )
+        model = model.to(device, memory_format=torch.channels_last)
+        result = evaluate_frozen(
+            model, train, test, num_classes, device, cfg.protocol, cfg.solver,
+            cfg.batch_size, cfg.resolved_epochs, views, cfg.resolved_precision, cfg.workers,
+            cfg.seed, cfg.knn_k, cfg.knn_temperature, classes,
+        )  # fmt: skip
+        if cfg.baseline:
+            phase(f"evaluating the baselines ({', '.join(cfg.baseline)})")
+            result["baselines"] = evaluate_baselines(
+                cfg, payload["model"], (train, test), num_classes, device, result["knn"]["k"]
+            )
+        result = {"checkpoint": str(path), "dataset": name, **result, "classes": classes}
+        result.update(skipped_files=skipped, **({"warning": warning} if warning else {}))
+        result["time_s"] = round(time.perf_counter() - start, 3)
+        files = write_linear_eval(result, out_dir)
+        print_linear_eval(result)
+        return linear_eval_summary(result, files)
 
 
 def linear_eval_dir(out: Path | None, checkpoint_path: Path, cache_dir: Path) -> Path:

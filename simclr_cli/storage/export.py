@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from simclr_cli.errors import ExportError, OutputExistsError, import_extra
 from simclr_cli.method.model import build_layer, head_layers
-from simclr_cli.storage import fileio
+from simclr_cli.storage import fileio, runlock
 
 # Images in the fixed verification batch; more than one, so the batch dimension is exercised.
 VERIFY_BATCH = 4
@@ -158,13 +158,21 @@ def run_export(cfg: Any) -> dict[str, Any]:
 
     Raises:
         OutputExistsError: ``--out`` (or its meta.json) exists and ``--overwrite`` is off.
+        OutputBusyError: another process is exporting to ``--out``.
         MissingExtraError: the format needs the ``export`` extra.
         ExportError: the exported model did not reproduce the checkpoint (no file is left).
         CheckpointError: with one-line messages.
     """
+    out = Path(cfg.out).expanduser()
+    # One writer of the file and its meta.json at a time (two would mix them).
+    with runlock.hold_output(out, "simclr export"):
+        return _export(cfg, out)
+
+
+def _export(cfg: Any, out: Path) -> dict[str, Any]:
+    """The body of :func:`run_export`, holding the lock of ``out``."""
     from simclr_cli.evaluation.inference import load_frozen_model
 
-    out = Path(cfg.out).expanduser()
     meta_path = meta_path_for(out)
     _check_free(out, meta_path, cfg.overwrite)
     _require_packages(cfg.format)
