@@ -196,6 +196,16 @@ def pretrain(
             f"{resume_flags()}; any other flag must agree with the run."
         ),
     ] = None,
+    accept_new_data: Annotated[
+        bool | None,
+        flag(
+            P,
+            "accept_new_data",
+            "Resume onto a dataset of another size than the run's (images added or removed), "
+            "keeping the run's schedule: its total and warmup steps.",
+            name="--accept-new-data",
+        ),
+    ] = None,
     knn_every: Annotated[
         int | None, flag(P, "knn_every", "kNN accuracy every N epochs (0 = off).")
     ] = None,

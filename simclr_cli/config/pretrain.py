@@ -57,6 +57,7 @@ RESUME_MAY_CHANGE = (
     "master_addr",
     "master_port",
     "sync_bn",
+    "accept_new_data",
 )
 # Options that describe how this command is launched: given one, the others come from this
 # command too (its flags or their defaults), never half from the run and half from here.
@@ -120,6 +121,8 @@ class PretrainConfig(FrozenModel):
     out: OutFolder | None = None
     checkpoint_every: int = Field(default=10, ge=1)
     resume: str | None = None
+    # A resume onto a dataset of another size than the run's: keep the run's schedule (steps).
+    accept_new_data: bool = False
     knn_every: int = Field(default=0, ge=0)
     knn_k: int | None = Field(default=None, ge=1)
     log_every: int = Field(default=10, ge=1)
@@ -166,6 +169,8 @@ class PretrainConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> PretrainConfig:
+        if self.accept_new_data and self.resume is None:
+            raise ValueError("--accept-new-data continues a run: add --resume auto --out RUN")
         if self.gpus and self.processes > 1:
             raise ValueError("give either --gpus (one process per GPU) or --processes, not both")
         if self.gpus and self.device == "cpu":

@@ -24,7 +24,9 @@ ICML 2020 (arXiv:2002.05709), section 2 and appendix B.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -40,12 +42,13 @@ from simclr_cli.evaluation import inference
 from simclr_cli.method import optim
 from simclr_cli.method.loss import NTXentLoss
 from simclr_cli.method.model import SimCLR, build_simclr
-from simclr_cli.storage import checkpoint
+from simclr_cli.storage import checkpoint, runlock
 from simclr_cli.storage.registry import RUN_CHECKPOINT
 from simclr_cli.training.memory import check_memory
-from simclr_cli.training.recipe import build_schedule, build_spec
+from simclr_cli.training.recipe import build_schedule, build_spec, continued_schedule
 from simclr_cli.training.resume import (
     check_resume_compatible,
+    check_same_data,
     check_same_start,
     continue_run_config,
     resume_checkpoint_path,
@@ -67,13 +70,23 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     Raises:
         OutputExistsError: the run folder already holds a run and ``--resume`` was not given.
+        OutputBusyError: another process is writing the run folder.
         Interrupted: SIGINT/SIGTERM; a checkpoint was written first.
         TrainingError: the loss became non-finite.
     """
-    cfg = continue_run_config(cfg)  # a resume takes the run's options from the run
-    check_run_dir(cfg)  # before any process starts: one clear error, not one per rank
-    check_memory(cfg)
-    return distributed.launch(pretrain_worker, cfg)
+    with hold_run_folder(cfg):  # one writer per run folder, before its state is read
+        cfg = continue_run_config(cfg)  # a resume takes the run's options from the run
+        check_run_dir(cfg)  # before any process starts: one clear error, not one per rank
+        check_memory(cfg)
+        return distributed.launch(pretrain_worker, cfg)
+
+
+def hold_run_folder(cfg: PretrainConfig) -> AbstractContextManager[None]:
+    """The lock of the run folder, taken by the process that is or spawns rank 0 (other nodes
+    and the other ranks of a launcher such as torchrun write nothing, and hold nothing)."""
+    if not distributed.starts_rank_zero(cfg):
+        return contextlib.nullcontext()
+    return runlock.hold_folder(cfg.resolved_out, "simclr pretrain")
 
 
 def pretrain_worker(cfg: PretrainConfig) -> dict[str, Any]:
@@ -121,6 +134,8 @@ def build_trainer(cfg: PretrainConfig) -> Trainer:
     seed_everything(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     phase(f"loading data ({cfg.dataset}{f', first {cfg.limit} images' if cfg.limit else ''})")
     data = build_pretrain_data(cfg, device)
+    if payload is not None and resume_path is not None:  # before anything is written
+        check_same_data(payload, cfg, data.images, data.steps_per_epoch, resume_path)
     spec = build_spec(cfg)
     phase(f"building the model ({cfg.arch}, {spec['stem']} stem, {device.type})")
     net = build_simclr(spec, zero_init_residual=cfg.zero_init_residual)
@@ -134,7 +149,10 @@ def build_trainer(cfg: PretrainConfig) -> Trainer:
         momentum=cfg.momentum,
     )
     scaler = build_scaler(cfg, device)
-    schedule = build_schedule(cfg, data.steps_per_epoch)
+    if payload is None:
+        schedule = build_schedule(cfg, data.steps_per_epoch)
+    else:
+        schedule = continued_schedule(cfg, data.steps_per_epoch, payload.get("config") or {})
     trainer = Trainer(cfg, device, spec, net, model, criterion, optimizer, scaler, schedule, data)
     if payload is not None:
         trainer.restore(payload)

@@ -7,6 +7,7 @@ where a :class:`~simclr_cli.config.PretrainConfig` becomes them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from simclr_cli.config import PretrainConfig
@@ -39,6 +40,26 @@ def build_schedule(cfg: PretrainConfig, steps_per_epoch: int) -> Schedule:
     total = cfg.epochs * steps_per_epoch
     warmup = warmup_steps_for(cfg.warmup_epochs, steps_per_epoch, total)
     return Schedule(cfg.resolved_lr, total, warmup)
+
+
+def continued_schedule(
+    cfg: PretrainConfig, steps_per_epoch: int, run: Mapping[str, Any]
+) -> Schedule:
+    """The schedule of a resumed run, from its resolved config ``run`` (a checkpoint's).
+
+    On data of the run's size it is :func:`build_schedule`'s, also with another ``--epochs``.
+    A run continued on data of another size (``--accept-new-data``, now or at an earlier
+    resume) keeps its own total and warmup steps, so its learning rate goes on as it would have;
+    another ``--epochs`` adds or removes epochs of the data as it is now.
+    """
+    schedule = build_schedule(cfg, steps_per_epoch)
+    resolved = run.get("resolved") or {}
+    total, warmup = resolved.get("total_steps"), resolved.get("warmup_steps")
+    epochs = run.get("epochs")
+    if total is None or warmup is None or not epochs or total == epochs * steps_per_epoch:
+        return schedule
+    total = max(1, total + (cfg.epochs - epochs) * steps_per_epoch)
+    return Schedule(cfg.resolved_lr, total, min(warmup, total))
 
 
 def last_step(cfg: PretrainConfig, schedule: Schedule) -> int:

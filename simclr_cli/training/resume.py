@@ -14,7 +14,7 @@ from typing import Any
 
 from simclr_cli import distributed
 from simclr_cli.config import RESUME_LAUNCH_GROUP, RESUME_MAY_CHANGE, PretrainConfig, flag_name
-from simclr_cli.errors import CheckpointError, DistributedError
+from simclr_cli.errors import CheckpointError, DatasetError, DistributedError
 from simclr_cli.storage import checkpoint
 from simclr_cli.storage.registry import RUN_CHECKPOINT
 
@@ -31,6 +31,50 @@ def resume_checkpoint_path(cfg: PretrainConfig) -> Path | None:
         last = cfg.resolved_out / RUN_CHECKPOINT
         return last if last.exists() else None
     return Path(cfg.resume).expanduser()
+
+
+def load_resume_checkpoint(path: Path, cfg: PretrainConfig) -> dict[str, Any]:
+    """Load the checkpoint a resume continues from.
+
+    Raises:
+        CheckpointError: it cannot be loaded; where an intact ``checkpoint_epoch_N.pt`` lies
+            beside it, the message names the newest one and the command that resumes from it
+            (not a silent fall-back: the steps since are trained again, and a damaged file
+            may say something about the disk).
+    """
+    try:
+        return checkpoint.load_checkpoint(path)
+    except CheckpointError as error:
+        intact = intact_epoch_checkpoint(path)
+        if intact is None:
+            raise
+        raise CheckpointError(
+            f"{path}: {error.problem}; {path.parent} holds an intact {intact.name}: continue from "
+            f"it with `simclr pretrain --resume {intact} --out {cfg.resolved_out}` (the steps "
+            "after it are trained again)",
+            problem=error.problem,
+        ) from None
+
+
+def intact_epoch_checkpoint(damaged: Path) -> Path | None:
+    """The newest ``checkpoint_epoch_N.pt`` beside ``damaged`` that loads and resumes, or None.
+
+    The last epoch's file is a hard link to ``checkpoint_last.pt``: damage done to that file
+    in place shows in both, and the link is skipped as damaged too.
+    """
+
+    def epoch_of(path: Path) -> int:
+        number = path.stem.removeprefix("checkpoint_epoch_")
+        return int(number) if number.isdigit() else -1
+
+    candidates = sorted(damaged.parent.glob("checkpoint_epoch_*.pt"), key=epoch_of, reverse=True)
+    for candidate in candidates:
+        if candidate == damaged or epoch_of(candidate) < 0:
+            continue
+        with contextlib.suppress(CheckpointError):
+            check_resumable(checkpoint.load_checkpoint(candidate), candidate)
+            return candidate
+    return None
 
 
 def check_resume_compatible(payload: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
@@ -141,7 +185,7 @@ def saved_run_options(cfg: PretrainConfig) -> tuple[dict[str, Any], Path] | None
     """
     path = resume_checkpoint_path(cfg)
     if path is not None:
-        payload = checkpoint.load_checkpoint(path)
+        payload = load_resume_checkpoint(path, cfg)
         check_resumable(payload, path)
         return run_options(payload), path
     config_json = cfg.resolved_out / "config.json"
@@ -171,14 +215,16 @@ def continue_run_config(cfg: PretrainConfig) -> PretrainConfig:
 def resume_options(saved: dict[str, Any], cfg: PretrainConfig) -> dict[str, Any]:
     """The run's options updated with the changeable ones this command gives.
 
-    ``--max-steps`` stops one command and is never taken from the run. Given one option of how
+    ``--max-steps`` stops one command and ``--accept-new-data`` accepts the data of one
+    resume: neither is taken from the run. Given one option of how
     the command is launched (device, processes, ...), all of them come from this command. A
     longer ``--epochs`` keeps the run's warmup steps when its warmup was automatic (it would
     otherwise grow with the run and raise the learning rate part-way through).
     """
     given = set(cfg.model_fields_set)
     options = {k: v for k, v in saved.items() if k in PretrainConfig.model_fields}
-    here = {"resume", "out", "max_steps", *(given & set(RESUME_MAY_CHANGE))}
+    here = {"resume", "out", "max_steps", "accept_new_data"}
+    here |= given & set(RESUME_MAY_CHANGE)
     if given & set(RESUME_LAUNCH_GROUP):
         here |= set(RESUME_LAUNCH_GROUP)
     options.update({name: getattr(cfg, name) for name in here})
@@ -194,6 +240,40 @@ def _pinned_warmup_epochs(saved: dict[str, Any], epochs: int) -> float | None:
     if pinned is None or epochs == saved.get("epochs"):
         return None
     return pinned if pinned < epochs else None
+
+
+def check_same_data(
+    payload: dict[str, Any], cfg: PretrainConfig, images: int, steps_per_epoch: int, path: Path
+) -> None:
+    """Raise unless the data has as many images as the run was trained on.
+
+    A dataset of another size (images added or removed since) would continue with another
+    number of steps per epoch and another learning-rate schedule than the run's; with
+    ``--accept-new-data`` it continues on the new data with the run's schedule
+    (:func:`~simclr_cli.training.recipe.continued_schedule`). Checkpoints of earlier versions
+    recorded no image count: their steps per epoch are compared.
+
+    Raises:
+        DatasetError: the data changed, saying how, and the two ways on.
+    """
+    run = payload.get("config") or {}
+    resolved = run.get("resolved") or {}
+    images_then, total = resolved.get("train_images"), resolved.get("total_steps")
+    steps_then = resolved.get("steps_per_epoch")
+    if steps_then is None and total and run.get("epochs"):
+        steps_then = total // run["epochs"]
+    if images_then is None:  # a checkpoint of an earlier version: compare the steps per epoch
+        same = steps_then in (None, steps_per_epoch)
+    else:
+        same = images_then == images
+    if same or cfg.accept_new_data:
+        return
+    changed = f"{images_then} images then, {images} now; " if images_then is not None else ""
+    raise DatasetError(
+        f"{cfg.dataset} is not the data {path} was trained on ({changed}{steps_then} steps per "
+        f"epoch then, {steps_per_epoch} now); restore it, or continue on the data as it is now "
+        f"with --accept-new-data, which keeps the run's schedule ({total} steps)"
+    )
 
 
 def check_same_start(payload: dict[str, Any] | None, path: Path | None) -> None:
