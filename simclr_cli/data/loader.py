@@ -46,6 +46,8 @@ class PretrainData:
         steps_per_epoch: optimizer steps per epoch (the same on every rank).
         device_augment: the batched augmentation for ``--augment-on device``, else None.
         placement: where the images live (``--data-on``) and why.
+        images: the training images themselves (a ``--limit`` sample of the dataset), as the
+            dataset yields them (PIL images, or uint8 crops for ``--augment-on device``).
     """
 
     loader: DataLoader | resident.ResidentLoader
@@ -53,6 +55,7 @@ class PretrainData:
     steps_per_epoch: int
     device_augment: BatchedSimCLRAugment | None
     placement: resident.DataPlacement
+    images: Dataset
 
 
 class ResumableSampler(Sampler[int]):
@@ -144,8 +147,9 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         device_augment = BatchedSimCLRAugment(size, **view_options(cfg)).to(device)
     # Host views are made by SeededViews around the dataset, which yields PIL images.
     transform = to_uint8_transform(size) if on_device else None
+    split = pretrain_split(cfg.dataset_kind)
     dataset = build_dataset(
-        cfg.dataset, pretrain_split(cfg.dataset_kind), cfg.data_dir, transform, limit=cfg.limit
+        cfg.dataset, split, cfg.data_dir, transform, limit=cfg.limit, seed=cfg.seed
     )
     skipped = skipped_files(dataset)
     if skipped:  # reported once for the run, not per image
@@ -172,7 +176,7 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         views = SeededViews(dataset, TwoViews(SimCLRAugment(size, **view_options(cfg))), cfg.seed)
         loader = host_loader(views, EpochKeys(sampler), cfg, device)
     steps = len(sampler.inner) // cfg.per_process_batch_size
-    return PretrainData(loader, sampler, steps, device_augment, placement)
+    return PretrainData(loader, sampler, steps, device_augment, placement, dataset)
 
 
 def view_options(cfg: PretrainConfig) -> dict[str, Any]:

@@ -151,12 +151,13 @@ def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
     """Gallery: the first ``--max-images`` training images; queries: the test split. A folder
     has no test split: its queries come from the gallery itself (leaving each one out)."""
     from simclr_cli.data.datasets import build_dataset
-    from simclr_cli.data.facts import dataset_kind
+    from simclr_cli.data.facts import dataset_kind, recorded_dataset
     from simclr_cli.method.preprocess import to_uint8_transform
 
     name = str((run.config or {}).get("dataset") or "")
     if not name:
         raise DatasetError("config.json does not name the dataset; pass --features DIR")
+    recorded_dataset(name, run.root / "config.json")
     transform = to_uint8_transform(size)
     data_dir = Path(cfg.data_dir)
     gallery = build_dataset(
@@ -208,9 +209,12 @@ def _feature_split(folder: Path, size: int, data_dir: Path) -> _Split:
         splits = ALL_SPLITS.get(kind, ("train", "test")) if split == "all" else (split,)
         parts = [build_dataset(name, s, data_dir, transform, download=False) for s in splits]
         dataset = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
-    if len(dataset) < len(features):
+    rows = range(len(features))  # paths.txt: one file per row
+    if not isinstance(dataset, _PathImages) and meta.get("indices"):
+        rows = meta["indices"]  # a --limit sample: row i is item indices[i] of the split
+    if len(rows) != len(features) or max(rows, default=-1) >= len(dataset):
         raise DatasetError(f"{folder}: {len(features)} feature rows but {len(dataset)} images")
-    dataset = torch.utils.data.Subset(dataset, range(len(features)))
+    dataset = torch.utils.data.Subset(dataset, list(rows))
     return _Split(dataset, str(meta.get("split", folder.name)), features, labels)
 
 

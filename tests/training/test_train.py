@@ -589,10 +589,11 @@ def test_pretraining_on_a_folder_of_images_skips_unreadable_files(
     for i in range(24):
         shapes[i][0].save(images / f"{i:02d}.png")
     (images / "broken.jpg").write_bytes(b"not an image")
-    cfg = config(tmp_path / "run", dataset=str(images), image_size=8, max_steps=2, knn_every=1)
+    cfg = config(tmp_path / "run", dataset=str(images), image_size=8, max_steps=2)
     summary = train.run_pretrain(cfg)
 
-    assert summary["global_step"] == 2 and summary["knn_accuracy"] is None  # unlabelled: no kNN
+    assert summary["global_step"] == 2 and summary["knn_accuracy"] is None
+    assert not any("linear-eval" in line for line in summary["next_commands"])  # no labels
     assert "skipped 1 unreadable image" in capsys.readouterr().err
     payload = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
     assert payload["model"]["mean"] is None and payload["dataset"] == str(images)
