@@ -94,7 +94,7 @@ def _neighbours(cfg: Any, run: RunFiles) -> Neighbours:
         gallery, queries, source = _from_features(Path(cfg.features), cfg, size)
     else:
         gallery, queries = _from_dataset(cfg, run, size)
-        source = f"computed from {run.checkpoint}, first {len(gallery.dataset)} images"
+        source = f"computed from {run.checkpoint}, {len(gallery.dataset)} images"
     same = queries is gallery  # one set: each query is left out of its own neighbours
     pool = len(queries.dataset)
     if queries.features is None:  # computed: queries among the first --max-images test images
@@ -148,8 +148,9 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 
 
 def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
-    """Gallery: the first ``--max-images`` training images; queries: the test split. A folder
-    has no test split: its queries come from the gallery itself (leaving each one out)."""
+    """Gallery and queries: ``--max-images`` training and test images (the ``--limit`` sample of
+    every command: class-stratified, seed 0). A folder has no test split: its queries come from
+    the gallery itself (leaving each one out)."""
     from simclr_cli.data.datasets import build_dataset
     from simclr_cli.data.facts import dataset_kind, recorded_dataset
     from simclr_cli.method.preprocess import to_uint8_transform
@@ -166,7 +167,7 @@ def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
     if dataset_kind(name) == "folder":
         split = _Split(gallery, Path(name).name or "folder")
         return split, split
-    queries = build_dataset(name, "test", data_dir, transform, download=False)
+    queries = build_dataset(name, "test", data_dir, transform, download=False, limit=cfg.max_images)
     return _Split(gallery, f"{name} train"), _Split(queries, f"{name} test")
 
 
@@ -235,19 +236,18 @@ class _PathImages(torch.utils.data.Dataset):
 
 
 def encode_dataset(model: Any, dataset: Any, cfg: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """h and labels of every item, with a progress bar."""
-    from simclr_cli.console import make_progress
+    """h and labels of every item, with a progress bar (plain lines in a log)."""
+    from simclr_cli.console import StepProgress
     from simclr_cli.evaluation.inference import build_loader, iter_features, resolve_device
 
     device = resolve_device(cfg.resolved_device)
     loader = build_loader(dataset, cfg.batch_size, device)
     features, labels = [], []
-    with make_progress(transient=True) as progress:
-        task = progress.add_task(f"h of {what}", total=len(loader))
+    with StepProgress(f"h of {what}", len(loader), unit="batch", transient=True) as progress:
         for h, y in iter_features(model.to(device), loader, device, "encoder", "fp32"):
             features.append(h.numpy())
             labels.append(y.numpy())
-            progress.advance(task)
+            progress.advance()
     return np.concatenate(features), np.concatenate(labels)
 
 

@@ -134,11 +134,12 @@ def brute_force_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, ski
     return result
 
 
-def export_features(checkpoint: Path, out: Path, split: str, limit: int, dataset="shapes"):
+def export_features(checkpoint: Path, out: Path, split: str | None, limit, dataset="shapes"):
     from simclr_cli.evaluation.features import export_features as export
 
-    export(FeaturesConfig(checkpoint=str(checkpoint), out=out, dataset=dataset, split=split,
-                          limit=limit, device="cpu", workers=0, batch_size=32))  # fmt: skip
+    which = {} if split is None else {"split": split}  # a folder has no splits
+    export(FeaturesConfig(checkpoint=str(checkpoint), out=out, dataset=dataset, limit=limit,
+                          device="cpu", workers=0, batch_size=32, **which))  # fmt: skip
 
 
 def test_neighbours_shown_are_the_brute_force_cosine_ones(full_report, checkpoint, tmp_path):
@@ -178,7 +179,7 @@ def test_a_run_without_labels_reports_neighbours_without_verdicts(checkpoint, tm
     assert_self_contained((run_dir / "report.html").read_text(), ["neighbours.png"])
     # The same folder's features from simclr features: one set, queried against itself.
     feats = tmp_path / "feats"
-    export_features(checkpoint, feats, "test", None, dataset=str(tmp_path / "photos"))
+    export_features(checkpoint, feats, None, None, dataset=str(tmp_path / "photos"))
     assert run(["report", str(run_dir), "--features", str(feats), "--queries", "3"]) == 0
     shown = json.loads((run_dir / "neighbours.json").read_text())
     rows = [q["query"] for q in shown["queries"]]
@@ -212,6 +213,8 @@ def test_no_metrics_and_no_linear_eval_still_give_a_report(checkpoint, tmp_path,
     assert run(["report", str(run_dir), "--device", "cpu", "--max-images", "30"]) == 0
     err = capsys.readouterr().err
     assert "note: no metrics.jsonl" in err and "note: no linear_eval.json" in err
+    # Off a terminal: plain progress lines, and no blank line where a bar would be.
+    assert "h of gallery batch 1/1 (100%)" in err and "" not in err.splitlines()
     assert not (run_dir / "curves.png").exists() and (run_dir / "neighbours.png").exists()
     page = (run_dir / "report.html").read_text()
     assert "no metrics.jsonl: no training curves" in page
@@ -225,6 +228,26 @@ def test_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys) -> None:
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == []
     assert run(["report", str(tmp_path / "missing")]) == 2
     assert "RUN_DIR" in capsys.readouterr().err
+
+
+def test_a_run_file_or_an_unwritable_out_is_one_line_before_any_work(
+    checkpoint, tmp_path, monkeypatch, capsys
+) -> None:
+    run_dir = make_run(tmp_path / "run", checkpoint)
+    assert run(["report", str(run_dir / "checkpoint_last.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: RUN_DIR: invalid value '{run_dir / 'checkpoint_last.pt'}'; that is a file; give "
+        f"the run folder that holds it: simclr report {run_dir}"
+    )
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder would go")
+    read = []
+    monkeypatch.setattr("simclr_cli.report.read_run", lambda root: read.append(root))
+    assert run(["report", str(run_dir), "--out", str(blocker / "report")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write {blocker / 'report' / 'report.html'}: ")
+    assert read == [] and len(err.splitlines()) == 1  # refused before the run was read
 
 
 def test_missing_matplotlib_is_one_line_naming_the_extra(checkpoint, tmp_path, monkeypatch, capsys):
@@ -261,6 +284,6 @@ def test_report_of_a_real_resumed_run(workdir, capsys) -> None:
     page = Path("run/report.html").read_text()
     assert "dashed lines mark where the run was resumed" in page
     assert_self_contained(page, ["curves.png", "neighbours.png", "embedding.png"])
-    assert "first 40 images" in page  # bounded work: 40 gallery images, not the whole split
+    assert ", 40 images)" in page  # bounded work: 40 gallery images, not the whole split
     with Image.open(io.BytesIO(Path("run/curves.png").read_bytes())) as image:
         assert image.size[0] >= 800

@@ -390,8 +390,11 @@ def test_run_folder_and_checkpoint_format(tmp_path: Path) -> None:
         "checkpoint_epoch_2.pt",
         "checkpoint_last.pt",
         "config.json",
+        "images.txt",  # the --limit sample: indices of shapes' training split
         "metrics.jsonl",
     ]
+    listed = [int(line) for line in (tmp_path / "images.txt").read_text().splitlines()]
+    assert len(listed) == 16 and listed == sorted(set(listed)) and listed != list(range(16))
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["batch_size"] == 8 and saved["resolved"]["resolved_stem"] == "cifar"
     assert saved["resolved"]["resolved_lr"] == pytest.approx(cfg.resolved_lr)
