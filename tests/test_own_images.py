@@ -95,3 +95,15 @@ def test_knn_every_on_a_folder_without_classes_is_refused(labelled, tmp_path, ca
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: --knn-every 1: ") and "no class subfolders" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_flag_that_disagrees_with_the_run_exits_2(tiny, tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    flags = ["--dataset", "shapes", "--limit", "24", "--epochs", "2", "--out", str(run_dir)]
+    assert run(["pretrain", *flags, *SMALL, "--max-steps", "1"]) == 0
+    before = sorted(p.name for p in run_dir.iterdir())
+    capsys.readouterr()
+    assert run(["pretrain", "--resume", "auto", "--out", str(run_dir), "--batch-size", "6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--batch-size 12 (given: 6)" in err
+    assert sorted(p.name for p in run_dir.iterdir()) == before

@@ -105,7 +105,11 @@ def test_sigint_mid_epoch_checkpoints_and_resume_matches(
     with pytest.raises(errors.Interrupted) as caught:
         train.run_pretrain(config(tmp_path / "b"))
     assert caught.value.exit_code == 130
-    assert "--resume auto --out" in str(caught.value) and "\n" not in str(caught.value)
+    # The whole command that continues the run: its options come from its checkpoint.
+    assert str(caught.value).endswith(
+        f"continue with: simclr pretrain --resume auto --out {tmp_path / 'b'}"
+    )
+    assert "\n" not in str(caught.value)
     payload = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
     # The step in flight when the signal came was finished, then the run stopped.
     assert payload["global_step"] == STEPS_PER_EPOCH + 2 and payload["epoch"] == 1
