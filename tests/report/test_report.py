@@ -116,8 +116,9 @@ def test_the_page_embeds_every_image_and_has_no_external_url(full_report) -> Non
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(
         (full_report / name).read_bytes() for name in PNGS
     )
-    for text in ("linear top-1", "kNN", "Configuration", "resolved.resolved_lr", "resumes"):
+    for text in ("linear top-1", "kNN", "Configuration", "resolved.lr", "resumes"):
         assert text in page
+    assert "resolved.resolved_" not in page  # a key does not repeat its group's name
     assert not list(full_report.glob(".report-*")), "the staging folder was left behind"
 
 
@@ -258,6 +259,45 @@ def test_missing_matplotlib_is_one_line_naming_the_extra(checkpoint, tmp_path, m
     err = capsys.readouterr().err
     assert "pip install 'simclr-cli[plots]'" in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_the_page_shows_the_baselines_of_linear_eval_json() -> None:
+    from simclr_cli.report.page import _linear_eval_header
+
+    result = {**linear_eval_result(), "top1": 0.725, "knn_top1": 0.624}
+    result["baselines"] = {"random": {"top1": 0.51, "top5": 0.9, "knn_top1": 0.445}}
+    header = _linear_eval_header(result)
+    assert "random encoder (default init)" in header and "51.0%" in header
+    assert "+21.5 / +17.9 points" in header
+    assert "random encoder" not in _linear_eval_header(linear_eval_result())  # none recorded
+
+
+def test_the_summary_counts_time_as_the_command_does() -> None:
+    from simclr_cli.report.page import run_summary, training_windows
+    from simclr_cli.report.run import RunFiles
+
+    # Windows of 2, 3 and (after a resume at step 5) 1 steps of 16 images, at known rates.
+    records = [
+        {"step": 2, "loss": 4.0, "images_per_s": 32.0, "time": 100.0},  # 1 s
+        {"step": 5, "loss": 3.9, "images_per_s": 48.0, "time": 101.0},  # 1 s
+        {"step": 5, "epoch": 1, "knn_accuracy": 0.2, "time": 140.0},  # monitor: not training
+        {"step": 5, "resumed_from": "ck.pt", "time": 900.0},
+        {"step": 6, "loss": 3.8, "images_per_s": 8.0, "time": 902.0},  # 2 s
+    ]
+    assert training_windows(records, 16) == (96, 4.0)
+    summary = run_summary(RunFiles(Path("run"), config={"batch_size": 16}, records=records))
+    assert summary["training time (s)"] == 4.0
+    assert summary["images/s (over the training time)"] == 24.0  # 96 images in 4 s
+    assert summary["images/s (median of the logged windows)"] == 32.0
+    assert summary["wall time (s, first to last record)"] == 802.0
+
+
+def test_the_top1_line_has_no_legend_over_the_bars() -> None:
+    from simclr_cli.report.plots import plot_per_class
+
+    figure = plot_per_class([f"class {i}" for i in range(10)], [0.9] * 10, 0.9)
+    (ax,) = figure.axes
+    assert ax.get_legend() is None and "top-1 90.0%" in ax.get_xlabel()
 
 
 def test_pca_is_the_svd_projection() -> None:
