@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,10 +122,16 @@ def _table_section(title: str, rows: dict[str, Any], note: str = "") -> str:
 def _list_section(title: str, rows: dict[str, Any]) -> str:
     """Many short key-value pairs, in columns (``config.json`` has ~50)."""
     items = "".join(
-        f"<div><dt>{html.escape(str(k))}</dt><dd>{html.escape(_text(v))}</dd></div>"
+        f"<div><dt>{_breakable(str(k))}</dt><dd>{_breakable(_text(v))}</dd></div>"
         for k, v in rows.items()
     )
     return f'<section><h2>{html.escape(title)}</h2><dl class="pairs">{items}</dl></section>'
+
+
+def _breakable(text: str) -> str:
+    """``text`` escaped, with line-break opportunities after ``.``, ``_``, ``/`` and ``,``: a
+    long key or path wraps between its parts instead of in the middle of a word."""
+    return re.sub(r"([._/,])", r"\1<wbr>", html.escape(text))
 
 
 def _text(value: Any) -> str:

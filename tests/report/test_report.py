@@ -117,7 +117,7 @@ def test_the_page_embeds_every_image_and_has_no_external_url(full_report) -> Non
         (full_report / name).read_bytes() for name in PNGS
     )
     for text in ("linear top-1", "kNN", "Configuration", "resolved.lr", "resumes"):
-        assert text in page
+        assert text in page.replace("<wbr>", "")  # break opportunities in long keys
     assert "resolved.resolved_" not in page  # a key does not repeat its group's name
     assert not list(full_report.glob(".report-*")), "the staging folder was left behind"
 
