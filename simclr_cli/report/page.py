@@ -160,8 +160,8 @@ def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 SUMMARY_NOTE = (
     "Training time and images/s count the logged training steps, as the summary of simclr "
     "pretrain does (time_s, images_per_s), here over every command of the run; the wall time "
-    "runs from the first to the last record of metrics.jsonl and also holds checkpoints, the "
-    "kNN monitor and any pause between a stop and its resume."
+    "runs from the first step to the last record of metrics.jsonl and also holds checkpoints, "
+    "the kNN monitor and any pause between a stop and its resume."
 )
 
 
@@ -186,7 +186,12 @@ def run_summary(run: RunFiles) -> dict[str, Any]:
     times = [r["time"] for r in run.records if finite(r.get("time"))]
     rates = [r["images_per_s"] for r in losses if finite(r.get("images_per_s"))]
     knn = [r["knn_accuracy"] for r in run.records if finite(r.get("knn_accuracy"))]
-    images, seconds = training_windows(run.records, (run.config or {}).get("batch_size"))
+    batch = (run.config or {}).get("batch_size")
+    images, seconds = training_windows(run.records, batch)
+    wall = None
+    if losses and finite(losses[0].get("time")) and len(times) > 1:
+        # From the first step: the first record comes one logged window after it.
+        wall = times[-1] - losses[0]["time"] + training_windows(losses[:1], batch)[1]
     return {
         "run folder": str(run.root),
         "checkpoint": str(run.checkpoint) if run.checkpoint else None,
@@ -197,9 +202,7 @@ def run_summary(run: RunFiles) -> dict[str, Any]:
         "training time (s)": round(seconds, 1) if seconds else None,
         "images/s (over the training time)": round(images / seconds, 1) if seconds else None,
         "images/s (median of the logged windows)": float(np.median(rates)) if rates else None,
-        "wall time (s, first to last record)": round(times[-1] - times[0], 1)
-        if len(times) > 1
-        else None,
+        "wall time (s, first step to last record)": round(wall, 1) if wall else None,
         "resumes": sum("resumed_from" in r for r in run.records),
         "last kNN accuracy": f"{100 * knn[-1]:.1f}%" if knn else None,
     }

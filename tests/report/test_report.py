@@ -289,7 +289,7 @@ def test_the_summary_counts_time_as_the_command_does() -> None:
     assert summary["training time (s)"] == 4.0
     assert summary["images/s (over the training time)"] == 24.0  # 96 images in 4 s
     assert summary["images/s (median of the logged windows)"] == 32.0
-    assert summary["wall time (s, first to last record)"] == 802.0
+    assert summary["wall time (s, first step to last record)"] == 803.0  # 902 - (100 - 1)
 
 
 def test_the_top1_line_has_no_legend_over_the_bars() -> None:
