@@ -35,12 +35,17 @@ _silent = Console(file=io.StringIO(), quiet=True)
 
 
 def get_console() -> Console:
-    """The stderr console on rank 0; a silent one everywhere else."""
+    """The stderr console on rank 0; a silent one everywhere else.
+
+    Off a terminal (a log file, a pipe) every message is one line however long: rich would
+    otherwise wrap it at its default 80 columns, one event over several lines of the log.
+    """
     global _console
     if not _is_main_process():
         return _silent
     if _console is None or _console.file is not sys.stderr:
         _console = Console(stderr=True, highlight=False)
+        _console.soft_wrap = not _console.is_terminal
     return _console
 
 
@@ -137,10 +142,11 @@ class PlainLines:
         self.start = time.perf_counter()
         self.last_line = -math.inf
         self.pending = ""
+        self.printed: int | None = None  # the count of the last line printed
         self.interval = progress_seconds()
 
     def update(self, completed: int, **fields: str) -> None:
-        """Record progress; print a line when one is due."""
+        """Record progress; print a line when one is due (never two for the same count)."""
         self.completed = completed
         now = time.perf_counter()
         self.pending = self.line(now, fields)
@@ -149,9 +155,11 @@ class PlainLines:
             self.emit(now)
 
     def emit(self, now: float) -> None:
-        """Print the pending line."""
-        if self.pending:
+        """Print the pending line, unless a line already showed this count: one event, one
+        line (an update repeated at an epoch's end, or the close after the last update)."""
+        if self.pending and self.completed != self.printed:
             get_console().print(self.pending, markup=False, highlight=False, soft_wrap=True)
+            self.printed = self.completed
         self.pending = ""
         self.last_line = now
 

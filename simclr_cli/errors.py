@@ -62,6 +62,13 @@ class CheckpointError(SimCLRError):
         self.problem = problem or message
 
 
+class ResumeConflictError(CheckpointError):
+    """A flag given to a resume disagrees with the run it continues: a bad option value, so
+    exit code 2 like every other."""
+
+    exit_code = 2
+
+
 class DownloadError(SimCLRError):
     """A download failed, was truncated or did not verify."""
 

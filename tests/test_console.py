@@ -67,3 +67,33 @@ def test_smoothed_rate_moves_part_of_the_way_to_a_new_rate(
     assert rate.update(10) == 10.0
     now[0] = 2.0
     assert rate.update(40) == pytest.approx(10 + console.RATE_SMOOTHING * (30 - 10))
+
+
+# ----------------------------------------------------------------------------------------------
+# log files: one event, one line
+
+
+def test_a_long_message_is_one_line_in_a_log(capsys: pytest.CaptureFixture[str]) -> None:
+    message = "skipped 3 unreadable image files in " + "/data/" * 30 + " (a very long path)"
+    console.get_console().print(f"[yellow]{message}")
+    from simclr_cli.storage.fetch import say
+
+    say(True, "connection failed: releases.example did not answer in time; " + "x" * 90)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [message, "connection failed: releases.example did not answer in time; "
+                     + "x" * 90]  # fmt: skip
+
+
+def test_plain_progress_prints_one_line_per_count(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SIMCLR_PROGRESS_SECONDS", "0")
+    with console.StepProgress("pretrain", total=8, unit="step", fields=("epoch",)) as progress:
+        progress.update(4, epoch="1.00/2")
+        progress.update(4, epoch="1.00/2")  # the same count again (an epoch's end)
+        progress.update(8, epoch="2.00/2")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" elapsed")[0] for line in lines] == [
+        "pretrain step 4/8 (50%) epoch 1.00/2",
+        "pretrain step 8/8 (100%) epoch 2.00/2",
+    ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,66 @@ def test_readme_opens_with_two_command_quickstart() -> None:
     assert len(commands) == 2
     assert "simclr pretrain" in commands[0] and "--dataset shapes" in commands[0]
     assert "pytest" in commands[1]
+
+
+def _run_quickstart_install(tmp_path: Path, nvidia_smi: int | None) -> list[str]:
+    """The quickstart's first line, run by bash with stand-ins for python3.11, pip, simclr and
+    (when ``nvidia_smi`` is an exit status) nvidia-smi; returns the commands they were given.
+    Nothing else is on PATH, so a real nvidia-smi of the machine cannot answer."""
+    import subprocess
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    stubs = {
+        "python3.11": "/bin/mkdir -p .venv/bin && : > .venv/bin/activate",
+        "pip": f'echo "pip $*" >> {log}',
+        "simclr": f'echo "simclr $1" >> {log}',
+    }
+    if nvidia_smi is not None:
+        stubs["nvidia-smi"] = f'echo "nvidia-smi $*" >> {log}; exit {nvidia_smi}'
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    subprocess.run(
+        ["/bin/bash", "-c", _quickstart_commands()[0]],
+        cwd=work, env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, check=True, timeout=60,
+    )  # fmt: skip
+    return log.read_text().splitlines()
+
+
+CPU_INDEX = "--index-url https://download.pytorch.org/whl/cpu"
+
+
+@pytest.mark.parametrize(("nvidia_smi", "cpu_build"), [(None, True), (9, True), (0, False)])
+def test_the_quickstart_installs_the_cpu_build_where_there_is_no_nvidia_driver(
+    tmp_path: Path, nvidia_smi: int | None, cpu_build: bool
+) -> None:
+    # No nvidia-smi, or one that fails (no driver): PyTorch's CPU build first, then the package,
+    # which keeps it. A working nvidia-smi: the package alone, with pip's default (CUDA) build.
+    calls = [c for c in _run_quickstart_install(tmp_path, nvidia_smi) if not c.startswith("nv")]
+    pins = _quickstart_commands()[0].split("pip install ", 1)[1].split(" --index-url")[0]
+    expected = [f"pip install {pins} {CPU_INDEX}"] if cpu_build else []
+    assert calls == [*expected, "pip install .", "simclr pretrain", "simclr linear-eval"]
+
+
+def test_the_quickstart_cpu_build_is_the_version_ci_installs_and_the_package_keeps() -> None:
+    from packaging.requirements import Requirement
+
+    line = _quickstart_commands()[0]
+    assert CPU_INDEX in line
+    pins = line.split("pip install ", 1)[1].split(" --index-url")[0].split()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert f"pip install {' '.join(pins)}\n" in ci  # the versions CI tests
+    project = (ROOT / "pyproject.toml").read_text()
+    declared = {
+        Requirement(r).name: Requirement(r).specifier
+        for r in re.findall(r'"((?:torch|torchvision)[<>=!,.\d]+)"', project)
+    }
+    for pin in pins:  # `pip install .` finds them installed and within range: it keeps them
+        name, version = pin.split("==")
+        assert version in declared[name], (pin, declared[name])
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:

@@ -107,8 +107,8 @@ def test_features_with_workers_ends_with_its_error_and_its_workers(
     code, stderr = run_command([*argv, "--workers", "2", "--device", "cpu"], tmp_path)
     assert code == 1, stderr
     assert error_lines(stderr) == [
-        "error: cannot decode d/bad.png (broken data stream when reading image file); "
-        "remove or replace the file"
+        f"error: cannot decode {broken_folder / 'bad.png'} (broken data stream when reading "
+        "image file); remove or replace the file"
     ]
     assert "Traceback" not in stderr and not (tmp_path / "feats").exists()
 
@@ -122,7 +122,7 @@ def test_pretrain_skips_an_image_that_fails_to_decode_and_counts_it(
     said = " ".join(stderr.split())  # the console may wrap the line
     assert (
         "warning: skipped 1 image that failed to decode, each replaced by the next image: "
-        "d/bad.png (1 in all; the run stops past 10)"
+        f"{broken_folder / 'bad.png'} (1 in all; the run stops past 10)"
     ) in said, said
     assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["global_step"] == 1
 
@@ -137,7 +137,8 @@ def test_pretrain_on_a_folder_of_broken_images_fails_and_ends_its_workers(tmp_pa
     assert code == 1, stderr
     (line,) = error_lines(stderr)
     assert re.match(
-        r"error: 11 images of \./g failed to decode \(e\.g\. g/img\d\d\.png\), more than the 10 "
+        rf"error: 11 images of {re.escape(str(tmp_path / 'g'))} failed to decode \(e\.g\. "
+        rf"{re.escape(str(tmp_path / 'g'))}/img\d\d\.png\), more than the 10 "
         r"a run of 15 images skips; replace or remove the broken files",
         line,
     ), line

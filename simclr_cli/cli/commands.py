@@ -82,7 +82,8 @@ def linear_eval(
     workers: Annotated[int | None, shared_option(E, "workers")] = None,
     seed: Annotated[int | None, flag(E, "seed", "Random seed.")] = None,
     limit: Annotated[
-        int | None, flag(E, "limit", "Use only the first N images per split.", "all")
+        int | None,
+        flag(E, "limit", "Use N images per split: a class-stratified sample (--seed).", "all"),
     ] = None,
     knn_k: Annotated[
         int | None,
@@ -135,7 +136,10 @@ def features(
     dataset: Annotated[
         str | None, flag(F, "dataset", "cifar10, cifar100, stl10, shapes or a folder.")
     ] = None,
-    split: Annotated[str | None, flag(F, "split", "train, test, unlabeled (stl10), all.")] = None,
+    split: Annotated[
+        str | None,
+        flag(F, "split", "train, test, unlabeled (stl10), all; a folder is exported whole."),
+    ] = None,
     layer: Annotated[
         str | None, flag(F, "layer", "encoder (h, representation) or projection (z).")
     ] = None,
@@ -146,7 +150,10 @@ def features(
     device: Annotated[str | None, shared_option(F, "device")] = None,
     precision: Annotated[str | None, shared_option(F, "precision")] = None,
     workers: Annotated[int | None, shared_option(F, "workers")] = None,
-    limit: Annotated[int | None, flag(F, "limit", "Export only the first N images.", "all")] = None,
+    limit: Annotated[
+        int | None,
+        flag(F, "limit", "Export N images: a class-stratified sample (seed 0).", "all"),
+    ] = None,
     overwrite: Annotated[bool | None, shared_option(F, "overwrite")] = None,
 ) -> None:
     """Export embeddings (h or z) of a dataset as .npy files, in dataset order."""

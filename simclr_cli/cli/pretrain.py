@@ -46,9 +46,18 @@ def pretrain(
     data_dir: Annotated[
         Path | None, flag(P, "data_dir", "Where datasets are downloaded/read.")
     ] = None,
-    limit: Annotated[int | None, flag(P, "limit", "Use only the first N images.", "all")] = None,
+    limit: Annotated[
+        int | None,
+        flag(P, "limit", "Use N images: a class-stratified sample, seeded by --seed.", "all"),
+    ] = None,
     image_size: Annotated[
-        int | None, flag(P, "image_size", "Crop size; auto = dataset's native size.")
+        int | None,
+        flag(
+            P,
+            "image_size",
+            "Crop size; auto: 32 CIFAR/shapes, 96 STL-10; a folder's median image side, kept "
+            "within 32-224.",
+        ),
     ] = None,
     arch: Annotated[
         str | None, flag(P, "arch", "Encoder: resnet18/34/50/101/152, wide_resnet50_2.")

@@ -10,10 +10,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from simclr_cli.config.fields import (
+    AbsolutePath,
     CheckpointRef,
     DatasetName,
     FrozenModel,
     OutFolder,
+    absolute_path,
     check_device,
     dataset_kind,
     default_cache_dir,
@@ -28,7 +30,7 @@ from simclr_cli.storage.registry import REGISTRY
 
 class _EvalCommon(FrozenModel):
     checkpoint: CheckpointRef
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: AbsolutePath = Field(default_factory=default_data_dir)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     image_size: int | None = Field(default=None, ge=8, le=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -73,7 +75,7 @@ class LinearEvalConfig(_EvalCommon):
     def _dirs(cls, value: Path | None) -> Path | None:
         if value is not None and not value.expanduser().is_dir():
             raise ValueError("folder does not exist")
-        return value
+        return None if value is None else absolute_path(value)  # linear_eval.json records it
 
     @model_validator(mode="after")
     def _which_data(self) -> LinearEvalConfig:
@@ -116,6 +118,12 @@ class FeaturesConfig(_EvalCommon):
 
     @model_validator(mode="after")
     def _split(self) -> FeaturesConfig:
+        if self.dataset_kind == "folder" and "split" in self.model_fields_set:
+            if self.split != "all":
+                raise ValueError(
+                    f"--split {self.split}: a folder has no splits and is exported whole (every "
+                    "image, paths.txt names each row's file); leave out --split"
+                )
         if self.split == "unlabeled" and self.dataset != "stl10":
             raise ValueError("--split unlabeled exists only for stl10")
         return self
@@ -170,7 +178,7 @@ class InfoConfig(FrozenModel):
     target: CheckpointRef | None = None
     as_json: bool = False
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: AbsolutePath = Field(default_factory=default_data_dir)
 
 
 EXPORT_FORMATS = ("torchvision", "torchscript", "onnx", "safetensors")
@@ -217,11 +225,15 @@ class ReportConfig(FrozenModel):
     batch_size: int = Field(default=256, ge=1)
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: AbsolutePath = Field(default_factory=default_data_dir)
 
     @field_validator("run_dir")
     @classmethod
     def _run_dir(cls, value: Path) -> Path:
+        if value.expanduser().is_file():
+            raise ValueError(
+                f"that is a file; give the run folder that holds it: simclr report {value.parent}"
+            )
         if not value.expanduser().is_dir():
             raise ValueError("no such folder; give a run folder written by simclr pretrain")
         return value

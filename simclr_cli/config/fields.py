@@ -29,9 +29,15 @@ def default_cache_dir() -> Path:
 
 
 def default_data_dir() -> Path:
-    """Where datasets are downloaded: ``$SIMCLR_DATA_DIR`` or the user data folder."""
+    """Where datasets are downloaded: ``$SIMCLR_DATA_DIR`` or the user data folder (absolute)."""
     env = os.environ.get("SIMCLR_DATA_DIR")
-    return Path(env).expanduser() if env else Path(platformdirs.user_data_dir("simclr-cli"))
+    return absolute_path(Path(env) if env else Path(platformdirs.user_data_dir("simclr-cli")))
+
+
+def absolute_path(path: Path) -> Path:
+    """``path`` absolute and resolved (``~`` expanded): what a run records, so that its files
+    mean the same folder from any working directory."""
+    return path.expanduser().resolve()
 
 
 def default_workers() -> int:
@@ -40,9 +46,9 @@ def default_workers() -> int:
 
 
 def canonical_dataset(dataset: str) -> str:
-    """The dataset's canonical name (``CIFAR10`` -> ``cifar10``); folder paths as given."""
+    """The dataset's canonical name (``CIFAR10`` -> ``cifar10``); a folder's absolute path."""
     kind = dataset_kind(dataset)
-    return dataset if kind == "folder" else kind
+    return str(absolute_path(Path(dataset))) if kind == "folder" else kind
 
 
 def resolve_device(device: str) -> str:
@@ -115,6 +121,8 @@ CheckpointRef = Annotated[str, AfterValidator(check_checkpoint)]
 CropScale = Annotated[tuple[float, float], BeforeValidator(parse_crop_scale)]
 # The check also rejects '' (an empty --out would write into the current folder).
 OutFolder = Annotated[Path, BeforeValidator(check_out_folder)]
+# A folder a run or its results record (--data-dir, --train-dir): kept absolute.
+AbsolutePath = Annotated[Path, AfterValidator(absolute_path)]
 
 
 class derived(property):  # noqa: N801  (used as a decorator, like property)

@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from simclr_cli.config.fields import (
+    AbsolutePath,
     CropScale,
     DatasetName,
     FrozenModel,
@@ -27,7 +28,13 @@ from simclr_cli.config.fields import (
     derived,
     resolve_device,
 )
-from simclr_cli.data.facts import default_image_size
+from simclr_cli.data.facts import (
+    FOLDER_IMAGE_SIZES,
+    default_image_size,
+    folder_has_classes,
+    folder_image_side,
+    folder_image_size,
+)
 from simclr_cli.devices import resolve_precision
 from simclr_cli.distributed.planning import launcher_world_size
 from simclr_cli.method.archs import ARCHS, IMAGENET_STEM_MIN_SIZE, auto_stem
@@ -79,7 +86,7 @@ class PretrainConfig(FrozenModel):
 
     # data
     dataset: DatasetName = "shapes"
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: AbsolutePath = Field(default_factory=default_data_dir)
     limit: int | None = Field(default=None, ge=1)
     image_size: int | None = Field(default=None, ge=8, le=1024)
     # model
@@ -136,6 +143,8 @@ class PretrainConfig(FrozenModel):
     sync_bn: bool | None = None
     # Processes a torchrun/SLURM launcher started (None: none did), read once at validation.
     _launched_world_size: int | None = PrivateAttr(default=None)
+    # A folder's median image side, read once at validation when --image-size is not given.
+    _folder_side: int | None = PrivateAttr(default=None)
 
     @field_validator("resume")
     @classmethod
@@ -165,6 +174,13 @@ class PretrainConfig(FrozenModel):
     def _read_launcher(self) -> PretrainConfig:
         # Before _cross_field (pydantic runs after-validators in order), which needs world_size.
         self._launched_world_size = launcher_world_size()
+        return self
+
+    @model_validator(mode="after")
+    def _measure_folder(self) -> PretrainConfig:
+        # Before _cross_field too: the stem check needs the resolved image size.
+        if self.image_size is None and self.dataset_kind == "folder":
+            self._folder_side = folder_image_side(Path(self.dataset))
         return self
 
     @model_validator(mode="after")
@@ -202,6 +218,13 @@ class PretrainConfig(FrozenModel):
             )
         if self.per_process_batch_size < 2 and self.world_size == 1:
             raise ValueError("--batch-size must be at least 2 (NT-Xent needs negatives)")
+        if self.knn_every and self.dataset_kind == "folder":
+            if not folder_has_classes(Path(self.dataset)):
+                raise ValueError(
+                    f"--knn-every {self.knn_every}: {self.dataset} has no class subfolders, so "
+                    "there are no labels to monitor; put each class in its own subfolder, or "
+                    "leave out --knn-every"
+                )
         if self.resolved_stem == "imagenet" and self.resolved_image_size < IMAGENET_STEM_MIN_SIZE:
             raise ValueError(
                 f"--image-size {self.resolved_image_size} is too small for the ImageNet stem "
@@ -216,7 +239,28 @@ class PretrainConfig(FrozenModel):
 
     @derived
     def resolved_image_size(self) -> int:
-        return self.image_size or default_image_size(self.dataset_kind)
+        """``--image-size``; else the dataset's native size, for a folder its images' median
+        shorter side kept within 32-224 px (:func:`~simclr_cli.data.facts.folder_image_size`)."""
+        if self.image_size is not None:
+            return self.image_size
+        if self.dataset_kind == "folder":
+            return folder_image_size(self._folder_side)
+        return default_image_size(self.dataset_kind)
+
+    @property
+    def image_size_reason(self) -> str:
+        """Where :attr:`resolved_image_size` comes from (summary, config.json)."""
+        if self.image_size is not None:
+            return "--image-size"
+        if self.dataset_kind != "folder":
+            return f"auto: the native size of {self.dataset_kind}"
+        if self._folder_side is None:
+            return "auto: no image header could be read"
+        low, high = FOLDER_IMAGE_SIZES
+        return (
+            f"auto: the images' median shorter side is {self._folder_side} px, kept within "
+            f"{low}-{high} px"
+        )
 
     @derived
     def resolved_stem(self) -> str:

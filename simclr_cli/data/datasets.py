@@ -7,7 +7,7 @@ evaluation and the kNN monitor use them through :func:`labels_of`.
 
 from __future__ import annotations
 
-import os
+import copy
 import tarfile
 import urllib.error
 import warnings
@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from simclr_cli.data.facts import IMAGE_EXTENSIONS, dataset_kind
+from simclr_cli.data.facts import IMAGE_EXTENSIONS, dataset_kind, find_images
+from simclr_cli.data.sampling import stratified_sample
 from simclr_cli.data.shapes import ShapesDataset
 from simclr_cli.errors import DatasetError, UsageError
 from simclr_cli.method.preprocess import to_rgb
@@ -87,6 +88,7 @@ def build_dataset(
     download: bool = True,
     limit: int | None = None,
     image_size: int | None = None,
+    seed: int = 0,
 ) -> Dataset:
     """Build a dataset yielding ``(image, label)``.
 
@@ -97,8 +99,9 @@ def build_dataset(
         data_dir: Where torchvision datasets live (downloaded there when missing).
         transform: Applied to each PIL image.
         download: Download missing torchvision datasets.
-        limit: Keep only the first ``limit`` items.
+        limit: Keep a seeded, class-stratified sample of ``limit`` items (:func:`limit_dataset`).
         image_size: Resolution ``shapes`` is drawn at (default 32); other datasets ignore it.
+        seed: Seed of the ``limit`` sample.
 
     Raises:
         UsageError: Unknown dataset, split or a non-positive ``limit``.
@@ -117,9 +120,27 @@ def build_dataset(
     else:
         _check_split(kind, split)
         dataset = _build_torchvision(kind, split, Path(data_dir).expanduser(), transform, download)
-    if limit is not None and limit < len(dataset):  # type: ignore[arg-type]
-        dataset = Subset(dataset, range(limit))
-    return dataset
+    return limit_dataset(dataset, limit, seed)
+
+
+def limit_dataset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """``dataset`` cut to ``limit`` items (itself when it has no more): the seeded,
+    class-stratified sample of :func:`~simclr_cli.data.sampling.stratified_sample`, in dataset
+    order. Every command's ``--limit`` goes through here."""
+    if limit is None or limit >= len(dataset):  # type: ignore[arg-type]  # datasets here are Sized
+        return dataset
+    return Subset(dataset, stratified_sample(labels_of(dataset), limit, seed))
+
+
+def with_transform(dataset: Dataset, transform: Callable | None) -> Dataset:
+    """The same items of ``dataset`` (under its ``Subset``s) with another ``transform``, without
+    indexing a folder again: a shallow copy of the dataset inside, sharing its file list."""
+    if isinstance(dataset, Subset):
+        return Subset(with_transform(dataset.dataset, transform), dataset.indices)
+    assert hasattr(dataset, "transform"), f"{type(dataset).__name__} has no transform"
+    copied = copy.copy(dataset)
+    copied.transform = transform  # type: ignore[attr-defined]
+    return copied
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,26 +157,6 @@ class UndecodableImage(DatasetError):
     def __init__(self, message: str, path: Path | None = None) -> None:
         super().__init__(message)  # one argument: torch re-raises a worker's error from its text
         self.path = path
-
-
-def _find_images(root: Path) -> list[Path]:
-    """All image files under ``root`` (recursive, hidden entries skipped), sorted.
-
-    Symlinked folders are followed (class folders are often links), each real folder once.
-    """
-    found = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a link cycle or a second link to the same folder
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for filename in filenames:
-            if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath) / filename)
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
 def _is_readable(path: Path) -> bool:
@@ -203,7 +204,7 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         if not self.root.is_dir():
             raise DatasetError(f"{self.root} is not a folder; pass a folder of images")
-        candidates = _find_images(self.root)
+        candidates = find_images(self.root)
         subfolders = sorted(
             {
                 p.relative_to(self.root).parts[0]
@@ -253,7 +254,7 @@ class ImageFolderDataset(Dataset):
 
 
 def train_test_split(
-    dataset: Dataset, test_fraction: float, seed: int = 0
+    dataset: Dataset, test_fraction: float, seed: int = 0, option: str = "--val-split"
 ) -> tuple[Subset, Subset]:
     """Split a dataset into train and test subsets, stratified by label, with a fixed seed.
 
@@ -264,6 +265,7 @@ def train_test_split(
         dataset: Any dataset :func:`labels_of` understands.
         test_fraction: Fraction of each class put in the test subset, in (0, 1).
         seed: Seed of the shuffle; the same seed gives the same split.
+        option: The flag an error names (the one that asked for the split).
 
     Raises:
         UsageError: ``test_fraction`` is not in (0, 1).
@@ -285,9 +287,11 @@ def train_test_split(
         train += members[n_test:]
     for side, indices in (("training", train), ("test", test)):
         if not indices:  # e.g. classes of one image each
+            what = f"{option} {test_fraction}" if option == "--val-split" else option
             raise DatasetError(
-                f"--val-split {test_fraction} of {len(labels)} images leaves no {side} images; "
-                "add images (at least two per class) or change --val-split"
+                f"{what}: holding out {test_fraction:.0%} of each class of {len(labels)} "
+                f"images leaves no {side} images; add images (at least two per class)"
+                + (" or change --val-split" if option == "--val-split" else "")
             )
     return Subset(dataset, sorted(train)), Subset(dataset, sorted(test))
 

@@ -1,5 +1,5 @@
-"""Facts about the datasets, with no I/O beyond checking a folder exists: names, the default
-image size, normalisation statistics and the pretraining split.
+"""Facts about the datasets, with no I/O beyond listing a folder and reading a few image
+headers: names, the default image size, normalisation statistics and the pretraining split.
 
 A leaf module: the config validates options with it, so it imports nothing of simclr-cli but
 its errors (and neither torch nor torchvision).
@@ -11,7 +11,7 @@ import difflib
 import os
 from pathlib import Path
 
-from simclr_cli.errors import UsageError
+from simclr_cli.errors import DatasetError, UsageError
 
 DATASETS = ("cifar10", "cifar100", "stl10", "shapes")
 """Dataset names accepted by ``--dataset``; any existing folder of images is accepted as well."""
@@ -32,6 +32,12 @@ _NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 
 _DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "shapes": 32, "stl10": 96, "folder": 224}
+# A folder's default image size follows its images: their median shorter side, kept within
+# these bounds (smaller images are scaled up to the size a CIFAR-stem ResNet is built for,
+# larger ones are cropped at the paper's ImageNet size). Headers of at most this many images,
+# spread over the folder, are read to find it.
+FOLDER_IMAGE_SIZES = (32, 224)
+_SIZE_SAMPLE = 256
 
 # Which split pretraining reads: SimCLR pretrains STL-10 on its unlabelled + train images.
 _PRETRAIN_SPLIT = {"stl10": "train+unlabeled"}
@@ -67,6 +73,77 @@ def dataset_kind(name: str) -> str:
 def default_image_size(kind: str) -> int:
     """Return the default training resolution for a dataset kind (32, 96 or 224 px)."""
     return _DEFAULT_IMAGE_SIZE[kind]
+
+
+def find_images(root: Path) -> list[Path]:
+    """All image files under ``root`` (recursive, hidden entries skipped), sorted.
+
+    Symlinked folders are followed (class folders are often links), each real folder once.
+    """
+    found = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link cycle or a second link to the same folder
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for filename in filenames:
+            if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(dirpath) / filename)
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
+def folder_has_classes(root: Path) -> bool:
+    """Whether a folder's images are labelled: some are in first-level subfolders (classes)."""
+    return any(len(p.relative_to(root).parts) > 1 for p in find_images(root))
+
+
+def folder_image_side(root: Path) -> int | None:
+    """The median shorter side of a folder's images (those of its class subfolders, when it
+    has any), from the headers of at most 256 of them spread over the folder; None when none
+    can be read."""
+    from PIL import Image
+
+    images = find_images(root)
+    in_classes = [p for p in images if len(p.relative_to(root).parts) > 1]
+    images = in_classes or images
+    step = max(1, len(images) // _SIZE_SAMPLE)
+    sides = []
+    for path in images[::step][:_SIZE_SAMPLE]:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                sides.append(min(image.size))
+        except Exception:  # PIL raises many types for bad files; the dataset skips them too
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None
+
+
+def folder_image_size(side: int | None) -> int:
+    """A folder's default image size: the images' median shorter side ``side`` kept within
+    :data:`FOLDER_IMAGE_SIZES` (the largest when unknown)."""
+    low, high = FOLDER_IMAGE_SIZES
+    return high if side is None else min(max(side, low), high)
+
+
+def recorded_dataset(name: str, source: Path) -> str:
+    """A ``--dataset`` value read from a run's file, checked before it is used again.
+
+    Raises:
+        DatasetError: ``name`` is a folder that does not exist (any more), naming ``source``.
+    """
+    if name.lower() in DATASETS or Path(name).expanduser().is_dir():
+        return name
+    where = (
+        "it was recorded relative to the folder the run started in, and is not found from here"
+        if not Path(name).expanduser().is_absolute()
+        else "it no longer exists"
+    )
+    raise DatasetError(
+        f"{source} names the dataset folder {name}, but {where}; put the images back at that "
+        "path (or run from the folder the run started in) to use this run's data"
+    )
 
 
 def normalization(kind: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -48,7 +48,9 @@ class PretrainData:
         steps_per_epoch: optimizer steps per epoch (the same on every rank).
         device_augment: the batched augmentation for ``--augment-on device``, else None.
         placement: where the images live (``--data-on``) and why.
-        images: the dataset's images (a resume checks that the run had as many).
+        images: the training images themselves (a ``--limit`` sample of the dataset), as the
+            dataset yields them (PIL images, or uint8 crops for ``--augment-on device``); a
+            resume checks that the run had as many.
         undecodable: the dataset as the loader reads it, with the images that failed to decode
             (:class:`~simclr_cli.data.undecodable.SkipUndecodable`).
     """
@@ -58,7 +60,7 @@ class PretrainData:
     steps_per_epoch: int
     device_augment: BatchedSimCLRAugment | None
     placement: resident.DataPlacement
-    images: int
+    images: Dataset
     undecodable: SkipUndecodable
 
 
@@ -151,8 +153,9 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         device_augment = BatchedSimCLRAugment(size, **view_options(cfg)).to(device)
     # Host views are made by SeededViews around the dataset, which yields PIL images.
     transform = to_uint8_transform(size) if on_device else None
+    split = pretrain_split(cfg.dataset_kind)
     dataset = build_dataset(
-        cfg.dataset, pretrain_split(cfg.dataset_kind), cfg.data_dir, transform, limit=cfg.limit
+        cfg.dataset, split, cfg.data_dir, transform, limit=cfg.limit, seed=cfg.seed
     )
     skipped = skipped_files(dataset)
     if skipped:  # reported once for the run, not per image
@@ -165,6 +168,7 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
             f"{cfg.dataset} has {plural(size_of_dataset, 'training image')}, fewer than one "
             f"batch of {cfg.batch_size}; lower --batch-size or raise --limit"
         )
+    images = dataset
     # An image that fails to decode later is replaced by the next one and counted (capped).
     dataset = undecodable = SkipUndecodable(dataset, cfg.dataset)
     sampler = ResumableSampler(dataset, distributed.world_size(), distributed.rank(), cfg.seed)
@@ -181,9 +185,7 @@ def build_pretrain_data(cfg: PretrainConfig, device: torch.device) -> PretrainDa
         views = SeededViews(dataset, TwoViews(SimCLRAugment(size, **view_options(cfg))), cfg.seed)
         loader = host_loader(views, EpochKeys(sampler), cfg, device)
     steps = len(sampler.inner) // cfg.per_process_batch_size
-    return PretrainData(
-        loader, sampler, steps, device_augment, placement, size_of_dataset, undecodable
-    )
+    return PretrainData(loader, sampler, steps, device_augment, placement, images, undecodable)
 
 
 def view_options(cfg: PretrainConfig) -> dict[str, Any]:

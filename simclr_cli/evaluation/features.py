@@ -52,12 +52,13 @@ def features_dataset(cfg: Any, transform: Any) -> tuple[Dataset, str, list[Path]
     """The dataset a FeaturesConfig names, with the split actually used and image paths.
 
     A folder is exported whole (its split is ``"all"``); ``--split all`` of a named dataset
-    concatenates its splits (train, test; STL-10 also unlabeled) in that order.
+    concatenates its splits (train, test; STL-10 also unlabeled) in that order. ``--limit`` keeps
+    a class-stratified sample (seed 0), in that order.
 
     Returns:
         ``(dataset, split, paths)``; ``paths`` lists one file per row for image folders.
     """
-    from simclr_cli.data.datasets import ImageFolderDataset, build_dataset
+    from simclr_cli.data.datasets import ImageFolderDataset, build_dataset, limit_dataset
 
     if cfg.dataset_kind == "folder":
         folder = ImageFolderDataset(Path(cfg.dataset).expanduser(), transform)
@@ -70,9 +71,9 @@ def features_dataset(cfg: Any, transform: Any) -> tuple[Dataset, str, list[Path]
         parts = [build_dataset(cfg.dataset, s, cfg.data_dir, transform) for s in splits]
         dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         paths = None
-    if cfg.limit is not None and cfg.limit < len(dataset):  # type: ignore[arg-type]
-        dataset = Subset(dataset, range(cfg.limit))
-        paths = None if paths is None else paths[: cfg.limit]
+    dataset = limit_dataset(dataset, cfg.limit, seed=0)
+    if paths is not None and isinstance(dataset, Subset):
+        paths = [paths[i] for i in dataset.indices]
     return dataset, split, paths
 
 
@@ -193,9 +194,12 @@ def build_meta(
     spec = payload["model"]
     mean, std = spec.get("mean"), spec.get("std")
     image_size = checkpoint_image_size(payload, cfg.image_size, cfg.dataset_kind)
-    order = "dataset order: row i is item i of the split"
+    sampled = isinstance(dataset, Subset) and cfg.limit is not None
+    order = "dataset order: row i is item " + ("indices[i]" if sampled else "i") + " of the split"
     if split == "all" and paths is None:
         order += f" ({', '.join(ALL_SPLITS.get(cfg.dataset_kind, ('train', 'test')))} in turn)"
+    if sampled:
+        order += " (a class-stratified --limit sample, seed 0)"
     return {
         "checkpoint": str(checkpoint_path),
         "arch": spec.get("arch"),
@@ -213,6 +217,7 @@ def build_meta(
         "dtype": {"features": "float32", "labels": "int64 (-1 = unlabelled)"},
         "classes": class_names(dataset),
         "skipped_files": skipped_count(dataset),
+        **({"indices": list(dataset.indices)} if sampled else {}),  # type: ignore[union-attr]
     }
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from simclr_cli import allocator
+from simclr_cli.data.sampling import image_names
 from simclr_cli.data.workers import worker_batches
 from simclr_cli.errors import DatasetError, UsageError
 from simclr_cli.evaluation.inference import (
@@ -249,24 +250,17 @@ def evaluate_baselines(
 # `simclr linear-eval`
 
 
-def _limited(dataset: Dataset, limit: int | None) -> Dataset:
-    from torch.utils.data import Subset
-
-    if limit is None or limit >= len(dataset):  # type: ignore[arg-type]
-        return dataset
-    return Subset(dataset, range(limit))
-
-
 def linear_eval_splits(cfg: Any, transform: Callable[[Any], Tensor]) -> tuple[Dataset, Dataset]:
     """The (train, test) datasets a LinearEvalConfig names, both with ``transform``.
 
     Folders: ``--train-dir``/``--test-dir``, a folder ``--dataset`` with ``--test-dir``, or one
-    folder split by ``--val-split`` (stratified, fixed ``--seed``).
+    folder split by ``--val-split`` (stratified, fixed ``--seed``). ``--limit`` keeps a
+    class-stratified sample of each split, seeded by ``--seed``.
     """
     from simclr_cli.data import datasets as data
 
     if cfg.dataset_kind != "folder":
-        kw = {"transform": transform, "limit": cfg.limit}
+        kw = {"transform": transform, "limit": cfg.limit, "seed": cfg.seed}
         return (
             data.build_dataset(cfg.dataset, "train", cfg.data_dir, **kw),
             data.build_dataset(cfg.dataset, "test", cfg.data_dir, **kw),
@@ -282,7 +276,9 @@ def linear_eval_splits(cfg: Any, transform: Callable[[Any], Tensor]) -> tuple[Da
     else:
         _require_labels(train, str(cfg.train_dir or cfg.dataset))
         train, test = data.train_test_split(train, cfg.resolved_val_split, seed=cfg.seed)
-    return _limited(train, cfg.limit), _limited(test, cfg.limit)
+    return data.limit_dataset(train, cfg.limit, cfg.seed), data.limit_dataset(
+        test, cfg.limit, cfg.seed
+    )
 
 
 def _require_labels(dataset: Dataset, name: str) -> None:
@@ -344,6 +340,11 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
         _require_labels(test, f"{name} (test)")
         classes = class_names(train)
         num_classes = len(classes) if classes else max(labels_of(train) + labels_of(test)) + 1
+        if num_classes < 2:
+            raise DatasetError(
+                f"{name} has one class ({classes[0] if classes else 0}); linear evaluation needs "
+                "two or more: put each class in its own subfolder"
+            )
         warning = small_data_warning(len(train), len(test), num_classes)  # type: ignore[arg-type]
         if warning:
             get_console().print(f"[yellow]warning: {warning}")
@@ -367,6 +368,8 @@ def run_linear_eval(cfg: Any) -> dict[str, Any]:
             )
         result = {"checkpoint": str(path), "dataset": name, **result, "classes": classes}
         result.update(skipped_files=skipped, **({"warning": warning} if warning else {}))
+        if cfg.limit is not None:  # which images the --limit samples kept
+            result["images"] = {"train": image_names(train), "test": image_names(test)}
         result["time_s"] = round(time.perf_counter() - start, 3)
         files = write_linear_eval(result, out_dir)
         print_linear_eval(result)

@@ -54,8 +54,10 @@ def run_report(cfg: Any) -> dict[str, Any]:
     Raises:
         MissingExtraError: matplotlib (the ``plots`` extra) is not installed.
         DatasetError, CheckpointError: the folder is not a run, the features do not fit.
+        WriteError: the output folder cannot be written (checked first).
     """
     import_extra("matplotlib", "plots", "simclr report")
+    fileio.check_writable(Path(cfg.resolved_out) / REPORT)  # before the work, not after it
     run = read_run(Path(cfg.run_dir))
     figures: dict[str, Any] = {}
     sections: list[str] = []

@@ -94,7 +94,7 @@ def _neighbours(cfg: Any, run: RunFiles) -> Neighbours:
         gallery, queries, source = _from_features(Path(cfg.features), cfg, size)
     else:
         gallery, queries = _from_dataset(cfg, run, size)
-        source = f"computed from {run.checkpoint}, first {len(gallery.dataset)} images"
+        source = f"computed from {run.checkpoint}, {len(gallery.dataset)} images"
     same = queries is gallery  # one set: each query is left out of its own neighbours
     pool = len(queries.dataset)
     if queries.features is None:  # computed: queries among the first --max-images test images
@@ -148,15 +148,17 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 
 
 def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
-    """Gallery: the first ``--max-images`` training images; queries: the test split. A folder
-    has no test split: its queries come from the gallery itself (leaving each one out)."""
+    """Gallery and queries: ``--max-images`` training and test images (the ``--limit`` sample of
+    every command: class-stratified, seed 0). A folder has no test split: its queries come from
+    the gallery itself (leaving each one out)."""
     from simclr_cli.data.datasets import build_dataset
-    from simclr_cli.data.facts import dataset_kind
+    from simclr_cli.data.facts import dataset_kind, recorded_dataset
     from simclr_cli.method.preprocess import to_uint8_transform
 
     name = str((run.config or {}).get("dataset") or "")
     if not name:
         raise DatasetError("config.json does not name the dataset; pass --features DIR")
+    recorded_dataset(name, run.root / "config.json")
     transform = to_uint8_transform(size)
     data_dir = Path(cfg.data_dir)
     gallery = build_dataset(
@@ -165,7 +167,7 @@ def _from_dataset(cfg: Any, run: RunFiles, size: int) -> tuple[_Split, _Split]:
     if dataset_kind(name) == "folder":
         split = _Split(gallery, Path(name).name or "folder")
         return split, split
-    queries = build_dataset(name, "test", data_dir, transform, download=False)
+    queries = build_dataset(name, "test", data_dir, transform, download=False, limit=cfg.max_images)
     return _Split(gallery, f"{name} train"), _Split(queries, f"{name} test")
 
 
@@ -208,9 +210,12 @@ def _feature_split(folder: Path, size: int, data_dir: Path) -> _Split:
         splits = ALL_SPLITS.get(kind, ("train", "test")) if split == "all" else (split,)
         parts = [build_dataset(name, s, data_dir, transform, download=False) for s in splits]
         dataset = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
-    if len(dataset) < len(features):
+    rows = range(len(features))  # paths.txt: one file per row
+    if not isinstance(dataset, _PathImages) and meta.get("indices"):
+        rows = meta["indices"]  # a --limit sample: row i is item indices[i] of the split
+    if len(rows) != len(features) or max(rows, default=-1) >= len(dataset):
         raise DatasetError(f"{folder}: {len(features)} feature rows but {len(dataset)} images")
-    dataset = torch.utils.data.Subset(dataset, range(len(features)))
+    dataset = torch.utils.data.Subset(dataset, list(rows))
     return _Split(dataset, str(meta.get("split", folder.name)), features, labels)
 
 
@@ -231,19 +236,18 @@ class _PathImages(torch.utils.data.Dataset):
 
 
 def encode_dataset(model: Any, dataset: Any, cfg: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """h and labels of every item, with a progress bar."""
-    from simclr_cli.console import make_progress
+    """h and labels of every item, with a progress bar (plain lines in a log)."""
+    from simclr_cli.console import StepProgress
     from simclr_cli.evaluation.inference import build_loader, iter_features, resolve_device
 
     device = resolve_device(cfg.resolved_device)
     loader = build_loader(dataset, cfg.batch_size, device)
     features, labels = [], []
-    with make_progress(transient=True) as progress:
-        task = progress.add_task(f"h of {what}", total=len(loader))
+    with StepProgress(f"h of {what}", len(loader), unit="batch", transient=True) as progress:
         for h, y in iter_features(model.to(device), loader, device, "encoder", "fp32"):
             features.append(h.numpy())
             labels.append(y.numpy())
-            progress.advance(task)
+            progress.advance()
     return np.concatenate(features), np.concatenate(labels)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,21 +45,55 @@ def build_sections(run: RunFiles, pngs: dict[str, bytes], nb: Neighbours | None)
         sections.append(_figure_section("Nearest neighbours", "neighbours.png", pngs, text))
         text = "The gallery's h on its first two principal components (exact SVD), by class."
         sections.append(_figure_section("Embedding", "embedding.png", pngs, text, narrow=True))
-    sections.append(_table_section("Summary", run_summary(run)))
+    sections.append(_table_section("Summary", run_summary(run), SUMMARY_NOTE))
     if run.config is not None:
         sections.append(_list_section("Configuration", flatten(run.config)))
     return sections
 
 
+def _percent(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and finite(value) else "-"
+
+
 def _linear_eval_header(result: dict[str, Any]) -> str:
     cells = []
     for key, label in (("top1", "linear top-1"), ("top5", "linear top-5"), ("knn_top1", "kNN")):
-        value = result.get(key)
-        shown = f"{100 * value:.1f}%" if isinstance(value, (int, float)) and finite(value) else "-"
+        shown = _percent(result.get(key))
         cells.append(f'<div class="stat"><b>{shown}</b><span>{label}</span></div>')
     where = f"{result.get('dataset', '')}, {result.get('test_images', '?')} test images"
     stats = f'<div class="stats">{"".join(cells)}</div>'
-    return f"<section><h2>Linear evaluation</h2>{stats}<p>{html.escape(where)}</p></section>"
+    return (
+        f"<section><h2>Linear evaluation</h2>{stats}<p>{html.escape(where)}</p>"
+        f"{_baselines_table(result)}</section>"
+    )
+
+
+BASELINE_NAMES = {"random": "random encoder (default init)", "pixels": "raw pixels"}
+
+
+def _baselines_table(result: dict[str, Any]) -> str:
+    """The checkpoint beside the baselines of ``linear-eval --baseline`` (none: nothing)."""
+    baselines = result.get("baselines") or {}
+    if not baselines:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("encoder", "linear top-1", "top-5", "kNN", "gap"))
+    rows = [("this checkpoint", result, "")]
+    for kind, scores in baselines.items():
+        gaps = [
+            100 * (result[k] - scores[k])
+            for k in ("top1", "knn_top1")
+            if finite(result.get(k)) and finite(scores.get(k))
+        ]
+        gap = " / ".join(f"{g:+.1f}" for g in gaps) + " points" if len(gaps) == 2 else "-"
+        rows.append((BASELINE_NAMES.get(kind, kind), scores, gap))
+    body = "".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(f"<td>{_percent(m.get(k))}</td>" for k in ("top1", "top5", "knn_top1"))
+        + f"<td>{html.escape(gap)}</td></tr>"
+        for name, m, gap in rows
+    )
+    caption = "Baselines: the same splits, probe and k (gap: linear / kNN top-1 of the checkpoint)"
+    return f'<table class="baselines"><caption>{caption}</caption><tr>{head}</tr>{body}</table>'
 
 
 def _figure_section(
@@ -75,21 +110,28 @@ def _figure_section(
     )
 
 
-def _table_section(title: str, rows: dict[str, Any]) -> str:
+def _table_section(title: str, rows: dict[str, Any], note: str = "") -> str:
     body = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_text(v))}</td></tr>"
         for k, v in rows.items()
     )
-    return f"<section><h2>{html.escape(title)}</h2><table>{body}</table></section>"
+    note = f'<p class="note">{html.escape(note)}</p>' if note else ""
+    return f"<section><h2>{html.escape(title)}</h2><table>{body}</table>{note}</section>"
 
 
 def _list_section(title: str, rows: dict[str, Any]) -> str:
     """Many short key-value pairs, in columns (``config.json`` has ~50)."""
     items = "".join(
-        f"<div><dt>{html.escape(str(k))}</dt><dd>{html.escape(_text(v))}</dd></div>"
+        f"<div><dt>{_breakable(str(k))}</dt><dd>{_breakable(_text(v))}</dd></div>"
         for k, v in rows.items()
     )
     return f'<section><h2>{html.escape(title)}</h2><dl class="pairs">{items}</dl></section>'
+
+
+def _breakable(text: str) -> str:
+    """``text`` escaped, with line-break opportunities after ``.``, ``_``, ``/`` and ``,``: a
+    long key or path wraps between its parts instead of in the middle of a word."""
+    return re.sub(r"([._/,])", r"\1<wbr>", html.escape(text))
 
 
 def _text(value: Any) -> str:
@@ -101,14 +143,41 @@ def _text(value: Any) -> str:
 
 
 def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"resolved": {"lr": 1}}`` -> ``{"resolved.lr": 1}``."""
+    """``{"resolved": {"lr": 1}}`` -> ``{"resolved.lr": 1}``; a key that repeats its group's
+    name drops it (``{"resolved": {"resolved_lr": 1}}`` -> ``{"resolved.lr": 1}``)."""
     flat: dict[str, Any] = {}
+    group = prefix.rstrip(".").rsplit(".", 1)[-1]
     for key, value in obj.items():
+        if group and key.startswith(f"{group}_") and key != f"{group}_":
+            key = key[len(group) + 1 :]
         if isinstance(value, dict) and value:
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+SUMMARY_NOTE = (
+    "Training time and images/s count the logged training steps, as the summary of simclr "
+    "pretrain does (time_s, images_per_s), here over every command of the run; the wall time "
+    "runs from the first step to the last record of metrics.jsonl and also holds checkpoints, "
+    "the kNN monitor and any pause between a stop and its resume."
+)
+
+
+def training_windows(records: Sequence[dict[str, Any]], batch_size: Any) -> tuple[int, float]:
+    """Images and seconds of the logged training steps: each loss record's window of steps
+    since the record before it, at the window's own rate (``images_per_s``)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        return 0, 0.0
+    images, seconds, previous = 0, 0.0, 0
+    for record in records:
+        step, rate = record["step"], record.get("images_per_s")
+        if finite(record.get("loss")) and finite(rate) and rate > 0 and step > previous:
+            images += (step - previous) * batch_size
+            seconds += (step - previous) * batch_size / rate
+        previous = step
+    return images, seconds
 
 
 def run_summary(run: RunFiles) -> dict[str, Any]:
@@ -117,6 +186,12 @@ def run_summary(run: RunFiles) -> dict[str, Any]:
     times = [r["time"] for r in run.records if finite(r.get("time"))]
     rates = [r["images_per_s"] for r in losses if finite(r.get("images_per_s"))]
     knn = [r["knn_accuracy"] for r in run.records if finite(r.get("knn_accuracy"))]
+    batch = (run.config or {}).get("batch_size")
+    images, seconds = training_windows(run.records, batch)
+    wall = None
+    if losses and finite(losses[0].get("time")) and len(times) > 1:
+        # From the first step: the first record comes one logged window after it.
+        wall = times[-1] - losses[0]["time"] + training_windows(losses[:1], batch)[1]
     return {
         "run folder": str(run.root),
         "checkpoint": str(run.checkpoint) if run.checkpoint else None,
@@ -124,8 +199,10 @@ def run_summary(run: RunFiles) -> dict[str, Any]:
         "epochs": losses[-1].get("epoch") if losses else None,
         "first loss": losses[0]["loss"] if losses else None,
         "final loss": losses[-1]["loss"] if losses else None,
-        "images/s (median)": float(np.median(rates)) if rates else None,
-        "wall time (s)": round(times[-1] - times[0], 1) if len(times) > 1 else None,
+        "training time (s)": round(seconds, 1) if seconds else None,
+        "images/s (over the training time)": round(images / seconds, 1) if seconds else None,
+        "images/s (median of the logged windows)": float(np.median(rates)) if rates else None,
+        "wall time (s, first step to last record)": round(wall, 1) if wall else None,
         "resumes": sum("resumed_from" in r for r in run.records),
         "last kNN accuracy": f"{100 * knn[-1]:.1f}%" if knn else None,
     }
@@ -138,11 +215,16 @@ h1{font-size:1.5rem}h2{font-size:1.15rem;border-bottom:1px solid #ddd;padding-bo
 img{max-width:100%;height:auto}figure{margin:0}figcaption{color:#555;font-size:.9rem}
 table{border-collapse:collapse;font-size:.85rem}th,td{border:1px solid #e3e3e3;
 padding:.2rem .5rem;text-align:left;vertical-align:top}th{background:#f6f6f6;font-weight:600}
-td{word-break:break-all}.stats{display:flex;gap:1rem}.stat{border:1px solid #ddd;
+td{overflow-wrap:anywhere}.stats{display:flex;gap:1rem}.stat{border:1px solid #ddd;
 border-radius:6px;padding:.6rem 1rem;text-align:center}.stat b{display:block;font-size:1.6rem}
-.stat span{color:#555;font-size:.85rem}.pairs{columns:3 260px;font-size:.85rem;margin:0}
-.pairs div{break-inside:avoid;display:flex;gap:.5rem;border-bottom:1px solid #eee;padding:.1rem 0}
-.pairs dt{font-weight:600;min-width:45%}.pairs dd{margin:0;word-break:break-all}
+.stat span{color:#555;font-size:.85rem}.baselines td{text-align:right}
+caption{text-align:left;color:#555;font-size:.85rem;padding-bottom:.3rem}
+.note{color:#555;font-size:.85rem;max-width:60rem}
+.pairs{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:0 1.5rem;
+font-size:.85rem;margin:0}
+.pairs div{display:grid;grid-template-columns:minmax(8rem,45%) 1fr;gap:.5rem;
+border-bottom:1px solid #eee;padding:.15rem 0}
+.pairs dt{font-weight:600;overflow-wrap:anywhere}.pairs dd{margin:0;overflow-wrap:anywhere}
 img.narrow{max-width:760px}.notes{background:#fff7e0;border:1px solid #f0d890;
 padding:.5rem 1rem;border-radius:6px}
 """

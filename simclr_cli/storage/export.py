@@ -281,10 +281,12 @@ def _write_state_dict(payload: Mapping[str, Any], part: str, tmp: Path, meta: di
 
 
 def _write_safetensors(payload: Mapping[str, Any], part: str, tmp: Path, meta: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
-    save_file(part_state_dict(payload["state_dict"], part), str(tmp), metadata=strings)
+    # The bytes into the package's temporary file: save_file() makes a new file of mode 0600,
+    # where every other output gets the mode the umask allows.
+    tmp.write_bytes(save(part_state_dict(payload["state_dict"], part), metadata=strings))
 
 
 def _write_torchscript(payload: Mapping[str, Any], part: str, tmp: Path, meta: dict) -> None:

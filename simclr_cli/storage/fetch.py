@@ -1,8 +1,10 @@
 """HTTP download of one file into a partial file: resume, retries, length check, progress.
 
 :func:`fetch` streams a URL into a ``.part`` file while hashing it, resumes a partial file with
-an HTTP ``Range`` request, retries connection errors and 5xx responses with exponential backoff
-and checks the length the server announced. Verifying the hash and the checkpoint, and moving the
+an HTTP ``Range`` request, retries transient failures (timeouts, dropped connections, 5xx
+responses) with exponential backoff and checks the length the server announced. A host name
+that does not resolve and a refused connection fail at once: offline, or with a wrong host or
+port, waiting changes nothing. Verifying the hash and the checkpoint, and moving the
 file into the cache, is :mod:`simclr_cli.storage.hub`'s job.
 """
 
@@ -51,6 +53,10 @@ class _Retry(Exception):
     """A transient failure: the next attempt resumes from the partial file."""
 
 
+class _Unreachable(Exception):
+    """The host name does not resolve, or the host refuses the connection: no retry helps."""
+
+
 def fetch(
     url: str, part: Path, settings: DownloadSettings, progress: bool, hint: str, label: str
 ) -> tuple[str, int]:
@@ -72,15 +78,19 @@ def fetch(
     """
     attempt = 0
     with _progress_bar(progress) as bar, requests.Session() as session:
-        task = _LazyTask(bar, label)
+        task = _LazyTask(bar, label, progress)
         while True:
             try:
-                return _attempt(session, url, part, settings, task, hint)
+                result = _attempt(session, url, part, settings, task, hint)
+                task.close()
+                return result
             except OSError as e:  # writing the part file (requests' errors are handled inside)
                 raise DownloadError(
                     f"cannot write {part} ({e.strerror or e}); free disk space or choose "
                     "another --cache-dir"
                 ) from None
+            except _Unreachable as e:
+                raise DownloadError(f"download of {url} failed ({e}); {hint}") from None
             except _Retry as e:
                 attempt += 1
                 if attempt > settings.retries:
@@ -103,22 +113,45 @@ def sha256_of(path: Path) -> Any:
 
 class _LazyTask:
     """A progress-bar row that appears on its first update, so that a download that never got
-    an answer leaves no empty ``0/? bytes`` row above its error."""
+    an answer leaves no empty ``0/? bytes`` row above its error. Off a terminal (a log file),
+    plain lines instead (:class:`~simclr_cli.console.PlainLines`: one every 30 s and the last).
+    """
 
-    def __init__(self, bar: Progress, description: str) -> None:
-        self.bar, self.description = bar, description
+    def __init__(self, bar: Progress, description: str, enabled: bool) -> None:
+        self.bar, self.description, self.enabled = bar, description, enabled
         self.task: Any = None
+        self.plain: Any = None
 
     def update(self, **fields: Any) -> None:
         """Create the row on first use, then update it."""
+        if self.bar.disable:  # no terminal (or no progress wanted)
+            self._plain_update(**fields)
+            return
         if self.task is None:
             self.task = self.bar.add_task(self.description, total=fields.get("total"))
         self.bar.update(self.task, **fields)
 
+    def _plain_update(self, total: int | None = None, completed: int | None = None) -> None:
+        from simclr_cli.console import PlainLines
 
-def _connection_problem(error: BaseException, url: str) -> str:
-    """What went wrong under a requests connection error, in words: the root cause is buried
-    in urllib3's exception chain (a failed DNS lookup, a refused connection, a timeout)."""
+        if not self.enabled:
+            return
+        if self.plain is None or total is not None:  # a new attempt announces its length
+            start = completed or 0  # a resumed part file: the rate counts the new bytes only
+            self.plain = PlainLines(f"downloading {self.description}", total or 0, start, "bytes")
+        if completed is not None:
+            self.plain.update(completed)
+
+    def close(self) -> None:
+        """The last plain line of a download that went well (a bar needs nothing)."""
+        if self.plain is not None:
+            self.plain.close()
+
+
+def _connection_problem(error: BaseException, url: str) -> tuple[str, bool]:
+    """What went wrong under a requests connection error, in words, and whether a retry may
+    help: the root cause is buried in urllib3's exception chain (a failed DNS lookup or a
+    refused connection, which no retry mends; a timeout or a reset, which one may)."""
     request = getattr(error, "request", None)  # after a redirect: the host that failed
     host = urlsplit(getattr(request, "url", None) or url).hostname or url
     pending: list[object] = [error]
@@ -129,15 +162,15 @@ def _connection_problem(error: BaseException, url: str) -> str:
             continue
         seen.add(id(cause))
         if isinstance(cause, socket.gaierror):
-            return f"cannot resolve {host} (no network, or no DNS)"
+            return f"cannot resolve {host} (no network, or no DNS)", False
         if isinstance(cause, ConnectionRefusedError):
-            return f"{host} refused the connection"
+            return f"{host} refused the connection (nothing listens on that port)", False
         if isinstance(cause, (TimeoutError, requests.Timeout)):
-            return f"{host} did not answer in time"
+            return f"{host} did not answer in time", True
         # requests wraps urllib3's MaxRetryError (in args), which holds the cause in .reason.
         pending += [cause.__cause__, cause.__context__, getattr(cause, "reason", None)]
         pending += list(cause.args)
-    return type(error).__name__
+    return type(error).__name__, True
 
 
 def _attempt(
@@ -162,7 +195,10 @@ def _attempt(
             timeout=(settings.connect_timeout, settings.read_timeout),
         )
     except (requests.ConnectionError, requests.Timeout) as e:
-        raise _Retry(f"connection failed: {_connection_problem(e, url)}") from None
+        problem, transient = _connection_problem(e, url)
+        if not transient:
+            raise _Unreachable(problem) from None
+        raise _Retry(f"connection failed: {problem}") from None
     except requests.RequestException as e:  # invalid URL, redirect loop, ...
         raise DownloadError(f"request to {url} failed ({type(e).__name__}); {hint}") from None
     with response:
@@ -238,7 +274,8 @@ def _stream(
 
 
 def _progress_bar(enabled: bool) -> Progress:
-    """Bytes, speed and ETA on stderr."""
+    """Bytes, speed and ETA on stderr; disabled off a terminal, where a bar would leave a blank
+    line in the log (:class:`_LazyTask` prints plain lines there)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -246,7 +283,7 @@ def _progress_bar(enabled: bool) -> Progress:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=_console(),
-        disable=not enabled,
+        disable=not (enabled and _console().is_terminal),
         transient=False,
     )
 

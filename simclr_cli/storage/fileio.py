@@ -67,6 +67,23 @@ def temp_path(path: str | os.PathLike[str]) -> Path:
         raise write_error(path, error) from None
 
 
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Fail now, before any work, where ``path`` could not be written later; leave nothing
+    behind (a probe file beside it, and the folders made for it, are removed again).
+
+    Raises:
+        WriteError: the folder cannot be created or written.
+    """
+    path = Path(path)
+    missing = [p for p in path.parents if not p.exists()]  # deepest first
+    try:
+        temp_path(path).unlink()
+    finally:
+        for created in missing:
+            with contextlib.suppress(OSError):
+                created.rmdir()
+
+
 def commit(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """fsync ``tmp``, rename it over ``path`` and fsync the folder; ``tmp`` is gone afterwards.
 

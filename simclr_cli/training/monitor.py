@@ -1,5 +1,11 @@
 """The kNN monitor: weighted kNN top-1 of ``h`` on labelled subsets, during pretraining.
 
+A named dataset is monitored with a bank from its train split and queries from its test split.
+A folder of class subfolders has no test split: a fixed, class-stratified part of the training
+images (:data:`KNN_HELD_OUT`, seeded by ``--seed``) is held out of the bank as the queries. The
+loss never sees a label, so pretraining still uses every image. A folder without classes has
+no labels to monitor, and the config refuses ``--knn-every`` there.
+
 Reference: Wu et al. 2018 (arXiv:1805.01978), section 3.4, as the SimCLR/MoCo monitors.
 """
 
@@ -9,7 +15,12 @@ import torch
 from torch.utils.data import Dataset
 
 from simclr_cli.config import PretrainConfig
-from simclr_cli.data.datasets import build_dataset
+from simclr_cli.data.datasets import (
+    build_dataset,
+    limit_dataset,
+    train_test_split,
+    with_transform,
+)
 from simclr_cli.evaluation import inference, metrics
 from simclr_cli.method.model import SimCLR
 from simclr_cli.method.preprocess import to_uint8_transform
@@ -17,19 +28,45 @@ from simclr_cli.method.preprocess import to_uint8_transform
 # Labelled subsets the kNN monitor embeds: a bank from the train split, queries from the test split.
 KNN_BANK_IMAGES = 10_000
 KNN_QUERY_IMAGES = 2_000
-# Datasets with a labelled train and test split (image folders have no test split).
-LABELLED_KINDS = ("cifar10", "cifar100", "stl10", "shapes")
+# The share of each class of a folder held out of the bank as the monitor's queries.
+KNN_HELD_OUT = 0.2
 
 
-def knn_datasets(cfg: PretrainConfig) -> tuple[Dataset, Dataset]:
-    """Labelled bank (train split) and queries (test split) for the kNN monitor, as uint8 crops
-    (the model normalises them in :func:`~simclr_cli.evaluation.inference.encode`)."""
+def monitor_description(cfg: PretrainConfig, bank: Dataset, queries: Dataset) -> str:
+    """Which images the monitor uses, for the run's summary."""
+    sizes = f"{len(queries)} queries, {len(bank)} bank images"  # type: ignore[arg-type]
+    if cfg.dataset_kind == "folder":
+        return (
+            f"{sizes}: {KNN_HELD_OUT:.0%} of each class held out of the bank as queries (seed "
+            f"{cfg.seed}); pretraining uses every image, without labels"
+        )
+    return f"{sizes}: queries from the test split, the bank from the train split"
+
+
+def knn_datasets(cfg: PretrainConfig, images: Dataset | None = None) -> tuple[Dataset, Dataset]:
+    """Labelled bank and queries for the kNN monitor, as uint8 crops (the model normalises them
+    in :func:`~simclr_cli.evaluation.inference.encode`).
+
+    Args:
+        cfg: the run's options.
+        images: the run's training images; a folder's bank and queries are split from them.
+    """
     transform = to_uint8_transform(cfg.resolved_image_size)
+    if cfg.dataset_kind == "folder":
+        assert images is not None, "a folder's monitor splits the training images"
+        bank, queries = train_test_split(
+            with_transform(images, transform), KNN_HELD_OUT, cfg.seed, option="--knn-every"
+        )
+        return (
+            limit_dataset(bank, KNN_BANK_IMAGES, cfg.seed),
+            limit_dataset(queries, KNN_QUERY_IMAGES, cfg.seed),
+        )
     # A run limited to N training images gets a monitor of at most N bank and N query images.
     bank_size = min(KNN_BANK_IMAGES, cfg.limit or KNN_BANK_IMAGES)
     query_size = min(KNN_QUERY_IMAGES, bank_size)
-    bank = build_dataset(cfg.dataset, "train", cfg.data_dir, transform, limit=bank_size)
-    queries = build_dataset(cfg.dataset, "test", cfg.data_dir, transform, limit=query_size)
+    options = {"transform": transform, "seed": cfg.seed}
+    bank = build_dataset(cfg.dataset, "train", cfg.data_dir, limit=bank_size, **options)
+    queries = build_dataset(cfg.dataset, "test", cfg.data_dir, limit=query_size, **options)
     return bank, queries
 
 

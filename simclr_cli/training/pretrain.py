@@ -132,10 +132,11 @@ def build_trainer(cfg: PretrainConfig) -> Trainer:
         check_resume_compatible(payload, cfg, resume_path)
     check_same_start(payload, resume_path)
     seed_everything(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    phase(f"loading data ({cfg.dataset}{f', first {cfg.limit} images' if cfg.limit else ''})")
+    sample = f", a class-stratified sample of {cfg.limit} images" if cfg.limit else ""
+    phase(f"loading data ({cfg.dataset}{sample})")
     data = build_pretrain_data(cfg, device)
     if payload is not None and resume_path is not None:  # before anything is written
-        check_same_data(payload, cfg, data.images, data.steps_per_epoch, resume_path)
+        check_same_data(payload, cfg, len(data.images), data.steps_per_epoch, resume_path)
     spec = build_spec(cfg)
     phase(f"building the model ({cfg.arch}, {spec['stem']} stem, {device.type})")
     net = build_simclr(spec, zero_init_residual=cfg.zero_init_residual)

@@ -14,7 +14,8 @@ from typing import Any
 
 from simclr_cli import distributed
 from simclr_cli.config import RESUME_LAUNCH_GROUP, RESUME_MAY_CHANGE, PretrainConfig, flag_name
-from simclr_cli.errors import CheckpointError, DatasetError, DistributedError
+from simclr_cli.data.facts import recorded_dataset
+from simclr_cli.errors import CheckpointError, DatasetError, DistributedError, ResumeConflictError
 from simclr_cli.storage import checkpoint
 from simclr_cli.storage.registry import RUN_CHECKPOINT
 
@@ -108,13 +109,13 @@ def refuse_differences(differences: list[tuple[str, str, str]], source: Path) ->
     """Raise one error listing every ``(flag, run's value, given value)`` of ``differences``.
 
     Raises:
-        CheckpointError: when ``differences`` is not empty.
+        ResumeConflictError: when ``differences`` is not empty (exit code 2).
     """
     if not differences:
         return
     listed = "; ".join(f"{flag} {theirs} (given: {ours})" for flag, theirs, ours in differences)
     flags = " ".join(flag for flag, _, _ in differences)
-    raise CheckpointError(
+    raise ResumeConflictError(
         f"{source} belongs to a run with {listed}; leave out {flags} to continue it as it was "
         "(`simclr pretrain --help` lists the options a resume may change), or start a new --out"
     )
@@ -209,6 +210,8 @@ def continue_run_config(cfg: PretrainConfig) -> PretrainConfig:
         return cfg
     saved, source = found
     refuse_differences(resume_differences(saved, cfg), source)
+    if "dataset" in saved:  # a folder that moved: say so, naming the file that records it
+        recorded_dataset(str(saved["dataset"]), source)
     return PretrainConfig(**resume_options(saved, cfg))
 
 

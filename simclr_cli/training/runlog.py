@@ -11,6 +11,8 @@ from simclr_cli.config import PretrainConfig
 from simclr_cli.method.schedule import Schedule
 from simclr_cli.storage import fileio
 
+# The images of a run limited by --limit: one line each, its file (folders) or its index.
+IMAGES_FILE = "images.txt"
 # metrics.jsonl keys that are not curves: the x axes, and the k a kNN accuracy was measured at.
 NOT_SCALARS = ("step", "epoch", "time", "knn_k")
 
@@ -40,6 +42,11 @@ class RunLog:
         # the earlier events from that step on, as truncate_metrics does for metrics.jsonl.
         purge = (resume_step or 0) + 1
         self.writer = SummaryWriter(log_dir=str(self.out), purge_step=purge)
+
+    def write_images(self, names: list[str]) -> None:
+        """Write :data:`IMAGES_FILE`: the file (or the index in its split) of each image."""
+        if self.enabled:
+            fileio.write_text_atomic(self.out / IMAGES_FILE, "".join(f"{n}\n" for n in names))
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one ``metrics.jsonl`` line and mirror numbers to TensorBoard."""

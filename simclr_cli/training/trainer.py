@@ -13,6 +13,7 @@ read (and checked finite) once per ``--log-every`` window. fp16's GradScaler is 
 from __future__ import annotations
 
 import math
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -22,13 +23,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from simclr_cli import distributed, signals
 from simclr_cli.config import PretrainConfig
 from simclr_cli.console import StepProgress, get_console, phase
 from simclr_cli.data import workers
+from simclr_cli.data.datasets import labels_of
 from simclr_cli.data.loader import PretrainData
+from simclr_cli.data.sampling import image_names
 from simclr_cli.data.seeding import seed_everything, step_seed
 from simclr_cli.errors import Interrupted, TrainingError, plural
 from simclr_cli.evaluation import inference
@@ -36,9 +39,9 @@ from simclr_cli.method.model import SimCLR
 from simclr_cli.method.schedule import Schedule
 from simclr_cli.storage import checkpoint, fileio
 from simclr_cli.storage.registry import RUN_CHECKPOINT
-from simclr_cli.training.monitor import LABELLED_KINDS, knn_datasets, knn_eval
+from simclr_cli.training.monitor import knn_datasets, knn_eval, monitor_description
 from simclr_cli.training.recipe import last_step
-from simclr_cli.training.runlog import RunLog, resolved_config
+from simclr_cli.training.runlog import IMAGES_FILE, RunLog, resolved_config
 
 UNDECODABLE_SHOWN = 5  # files a warning names; it counts the rest
 
@@ -139,8 +142,9 @@ class Trainer:
         config["resolved"]["augment_on_reason"] = self.cfg.augment_on_reason
         # What a resume checks the data against (training.resume.check_same_data).
         config["resolved"].update(
-            train_images=self.data.images, steps_per_epoch=self.data.steps_per_epoch
+            train_images=len(self.data.images), steps_per_epoch=self.data.steps_per_epoch
         )
+        config["resolved"]["image_size_reason"] = self.cfg.image_size_reason
         return config
 
     def save(self, final: bool = False) -> Path | None:
@@ -165,6 +169,8 @@ class Trainer:
         """Train until ``--epochs`` (or ``--max-steps``) is reached; return the summary."""
         config = self.run_config()
         self.log.open(config, self.global_step if self.resumed_from else None)
+        if self.cfg.limit is not None:  # which images the --limit sample kept
+            self.log.write_images(image_names(self.data.images))
         if self.resumed_from:
             self.console.print(f"resuming from {self.resumed_from} at step {self.global_step}")
             # A record without a loss: `simclr report` marks where the run was continued.
@@ -310,9 +316,10 @@ class Trainer:
     def interrupt_message(self, stop: signals.StopRequest) -> str:
         """One line: what happened and the command that continues the run."""
         name = signal.Signals(stop.signum).name if stop.signum else "a signal"
+        # The run's options come from its checkpoint: this is the whole command.
         return (
             f"stopped by {name} at step {self.global_step}; checkpoint saved in {self.out}; "
-            f"continue with: simclr pretrain ... --resume auto --out {self.out}"
+            f"continue with: simclr pretrain --resume auto --out {shlex.quote(str(self.out))}"
         )
 
     def end_of_epoch(self) -> Path | None:
@@ -344,9 +351,10 @@ class Trainer:
         )
 
     def knn_due(self) -> bool:
-        """kNN every ``--knn-every`` epochs and at the end, for labelled datasets."""
+        """kNN every ``--knn-every`` epochs and at the end (the config refuses the flag where
+        the images have no labels)."""
         every = self.cfg.knn_every
-        if not every or self.cfg.dataset_kind not in LABELLED_KINDS:
+        if not every:
             return False
         return self.epoch % every == 0 or self.finished()
 
@@ -357,7 +365,7 @@ class Trainer:
         if self.main:
             phase(f"epoch {self.epoch}: kNN monitor")
             if self.knn_sets is None:
-                self.knn_sets = knn_datasets(self.cfg)
+                self.knn_sets = knn_datasets(self.cfg, self.data.images)
             accuracy, k = knn_eval(self.net, *self.knn_sets, self.cfg, self.device)
             self.console.print(f"epoch {self.epoch}: kNN accuracy {accuracy:.2%} (k={k})")
         distributed.barrier()
@@ -382,9 +390,11 @@ class Trainer:
         images_per_s = self.images_seen / self.train_time if self.train_time else math.nan
         epoch_images = self.data.steps_per_epoch * self.cfg.batch_size
         ckpt = checkpoint_path or self.out / RUN_CHECKPOINT
-        return {
+        summary = {
             "out": str(self.out),
             "checkpoint": str(ckpt),
+            "images": self.images_line(),
+            "image_size": f"{self.cfg.resolved_image_size} px ({self.cfg.image_size_reason})",
             "epochs": round(self.epoch_progress, 3),
             "global_step": self.global_step,
             "final_loss": round(self.metrics.get("loss", math.nan), 4),
@@ -397,13 +407,36 @@ class Trainer:
             "data_on": f"{self.data.placement.data_on} ({self.data.placement.reason})",
             "augment_on": f"{self.cfg.resolved_augment_on} ({self.cfg.augment_on_reason})",
             "resumed_from": self.resumed_from,
-            "next_commands": [
-                f"simclr linear-eval --checkpoint {ckpt} --dataset {self.cfg.dataset}",
-                f"simclr export --checkpoint {ckpt} --format torchvision "
-                f"--out {self.out / 'encoder.pt'}",
-                f"simclr report {self.out}",
-            ],
+            "next_commands": self.next_commands(ckpt),
         }
+        if self.knn_sets is not None:  # which images the kNN accuracy comes from
+            summary["knn_monitor"] = monitor_description(self.cfg, *self.knn_sets)
+        return summary
+
+    def images_line(self) -> str:
+        """How many images the run trains on; for a ``--limit`` sample, where they are listed."""
+        images = self.data.images
+        count = len(images)  # type: ignore[arg-type]  # every dataset here is Sized
+        if self.cfg.limit is None:
+            return str(count)
+        whole = len(images.dataset) if isinstance(images, Subset) else count  # type: ignore[arg-type]
+        return (
+            f"{count} of {whole}: a class-stratified sample (--limit, seed {self.cfg.seed}), "
+            f"listed in {self.out / IMAGES_FILE}"
+        )
+
+    def next_commands(self, ckpt: Path) -> list[str]:
+        """What to run next: linear evaluation where the images have two classes or more."""
+        classes = {label for label in labels_of(self.data.images) if label >= 0}
+        commands = []
+        if len(classes) >= 2:
+            commands.append(f"simclr linear-eval --checkpoint {ckpt} --dataset {self.cfg.dataset}")
+        commands += [
+            f"simclr export --checkpoint {ckpt} --format torchvision "
+            f"--out {self.out / 'encoder.pt'}",
+            f"simclr report {self.out}",
+        ]
+        return commands
 
 
 def rng_state() -> dict[str, Any]:

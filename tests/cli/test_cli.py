@@ -493,6 +493,37 @@ def test_derived_defaults_follow_the_paper() -> None:
     assert PretrainConfig(device="cpu", processes=4, batch_size=256).per_process_batch_size == 64
 
 
+@pytest.mark.parametrize(
+    ("size", "expected", "said"),
+    [((8, 8), 32, "8 px"), ((64, 48), 48, "48 px"), ((400, 300), 224, "300 px"), (None, 24, "")],
+)
+def test_a_folder_default_image_size_follows_its_images(
+    size, expected, said, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from simclr_cli.config import PretrainConfig
+
+    for c in ("a", "b"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", size or (30, 30)).save(tmp_path / "photos" / c / f"{i}.png")
+    given = {} if size else {"image_size": 24}
+    cfg = PretrainConfig(dataset=str(tmp_path / "photos"), device="cpu", **given)
+    assert cfg.resolved_image_size == expected
+    assert cfg.resolved_stem == ("cifar" if expected <= 64 else "imagenet")
+    if size:
+        assert cfg.image_size_reason == (
+            f"auto: the images' median shorter side is {said}, kept within 32-224 px"
+        )
+    else:
+        assert cfg.image_size_reason == "--image-size"
+    assert run(["pretrain", "--help"]) == 0
+    out = " ".join(re.sub("[│╭╮╰╯─]", " ", capsys.readouterr().out).split())
+    assert "a folder's median image side, kept within 32-224" in out
+    assert "native size" not in out
+
+
 def test_lr_and_weight_decay_help_agree_with_the_defaults(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

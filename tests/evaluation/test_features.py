@@ -20,6 +20,8 @@ from simclr_cli.evaluation import features as feat
 def features_config(checkpoint, out, **overrides):
     options = {"dataset": "shapes", "split": "test", "limit": 23, "batch_size": 8}
     options.update(device="cpu", workers=0)
+    if overrides.get("dataset", "shapes") != "shapes":
+        del options["split"]  # a folder has no splits
     return FeaturesConfig(checkpoint=str(checkpoint), out=out, **{**options, **overrides})
 
 
@@ -51,11 +53,14 @@ def test_shapes_export_round_trips_in_dataset_order(tmp_path, layer):
     y = np.load(tmp_path / "out" / "labels.npy")
     dim = 512 if layer == "encoder" else 16
     assert x.shape == (23, dim) and x.dtype == np.float32  # 23 = 2 batches of 8 + 7
-    assert y.dtype == np.int64 and y.tolist() == [i % 10 for i in range(23)]
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    items = meta["indices"]  # the --limit sample: row i is item items[i] of the split
+    assert len(items) == 23 and items == sorted(items) and items != list(range(23))
+    assert y.dtype == np.int64 and y.tolist() == [i % 10 for i in items]
     dataset = build_dataset("shapes", "test", tmp_path, reference_transform(ck))
     rows = [0, 9, 22]  # first, mid-batch, last row of the partial batch
-    np.testing.assert_allclose(x[rows], direct_encoding(model, dataset, rows, layer), atol=1e-4)
-    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    expected = direct_encoding(model, dataset, [items[r] for r in rows], layer)
+    np.testing.assert_allclose(x[rows], expected, atol=1e-4)
     assert meta["count"] == 23 and meta["dim"] == dim and meta["layer"] == layer
     assert meta["arch"] == "resnet18" and meta["image_size"] == 32 and meta["split"] == "test"
     assert meta["normalization"]["mean"] == pytest.approx([0.4992, 0.4998, 0.5029])
@@ -83,6 +88,20 @@ def test_folder_export_writes_paths_in_row_order(tmp_path):
     x = np.load(tmp_path / "out" / "features.npy")
     np.testing.assert_allclose(x[[0, 5]], direct_encoding(model, folder, [0, 5]), atol=1e-4)
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["split"] == "all"
+
+
+def test_a_split_of_a_folder_is_refused_in_one_line(tmp_path, capsys):
+    from simclr_cli.cli import run
+
+    write_folder(tmp_path / "photos", ["a", "b"], 2)
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    options = ["--checkpoint", str(ck), "--dataset", str(tmp_path / "photos"), "--device", "cpu"]
+    assert run(["features", *options, "--split", "test", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --split test: a folder has no splits and is exported whole")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert run(["features", *options, "--split", "all", "--out", str(tmp_path / "out")]) == 0
 
 
 def test_unlabelled_folder_exports_minus_one_labels(tmp_path):
@@ -115,7 +134,7 @@ def test_overwrite_replaces_every_file_and_drops_a_stale_paths_list(tmp_path):
     assert (out / "paths.txt").exists()
     feat.export_features(features_config(ck, out, limit=6, overwrite=True))
     assert np.load(out / "features.npy").shape == (6, 512)
-    assert np.load(out / "labels.npy").tolist() == list(range(6))
+    assert sorted(np.load(out / "labels.npy").tolist()) == list(range(6))  # one of 6 classes each
     assert not (out / "paths.txt").exists()  # it described rows that no longer exist
 
 

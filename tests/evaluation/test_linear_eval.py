@@ -121,6 +121,38 @@ def test_folders_without_labels_or_with_other_classes_are_refused(tmp_path):
     assert not list(tmp_path.glob("*.json"))
 
 
+def test_a_folder_of_one_class_is_refused(tmp_path, capsys):
+    from simclr_cli.cli import run
+
+    write_folder(tmp_path / "photos", ["only"], 10)
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    options = ["--checkpoint", str(ck), "--dataset", str(tmp_path / "photos"), "--device", "cpu"]
+    assert run(["linear-eval", *options, "--workers", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"error: {tmp_path / 'photos'} has one class (only); linear evaluation needs two "
+        "or more: put each class in its own subfolder"
+    )
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.csv"))
+
+
+def test_limit_on_a_class_folder_keeps_every_class_and_records_its_images(tmp_path):
+    import json
+    from collections import Counter
+
+    write_folder(tmp_path / "photos", ["a", "b", "c", "d"], 10)  # sorted: 10 a, 10 b, ...
+    ck = tmp_path / "ck.pt"
+    save_native_checkpoint(ck)
+    cfg = eval_config(ck, dataset=str(tmp_path / "photos"), limit=8, out=tmp_path / "out")
+    linear_eval.run_linear_eval(cfg)
+    saved = json.loads((tmp_path / "out" / "linear_eval.json").read_text())
+    train, test = saved["images"]["train"], saved["images"]["test"]
+    assert Counter(Path(p).parent.name for p in train) == dict.fromkeys("abcd", 2)
+    assert Counter(Path(p).parent.name for p in test) == dict.fromkeys("abcd", 2)
+    assert not set(train) & set(test) and all(Path(p).is_file() for p in train + test)
+
+
 @pytest.mark.parametrize("layout", ["1.0", "ddp"])
 def test_linear_eval_reads_release_layout_checkpoints(tmp_path, layout):
     from release_fixtures import make_release_checkpoint

@@ -116,8 +116,9 @@ def test_the_page_embeds_every_image_and_has_no_external_url(full_report) -> Non
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(
         (full_report / name).read_bytes() for name in PNGS
     )
-    for text in ("linear top-1", "kNN", "Configuration", "resolved.resolved_lr", "resumes"):
-        assert text in page
+    for text in ("linear top-1", "kNN", "Configuration", "resolved.lr", "resumes"):
+        assert text in page.replace("<wbr>", "")  # break opportunities in long keys
+    assert "resolved.resolved_" not in page  # a key does not repeat its group's name
     assert not list(full_report.glob(".report-*")), "the staging folder was left behind"
 
 
@@ -134,11 +135,12 @@ def brute_force_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, ski
     return result
 
 
-def export_features(checkpoint: Path, out: Path, split: str, limit: int, dataset="shapes"):
+def export_features(checkpoint: Path, out: Path, split: str | None, limit, dataset="shapes"):
     from simclr_cli.evaluation.features import export_features as export
 
-    export(FeaturesConfig(checkpoint=str(checkpoint), out=out, dataset=dataset, split=split,
-                          limit=limit, device="cpu", workers=0, batch_size=32))  # fmt: skip
+    which = {} if split is None else {"split": split}  # a folder has no splits
+    export(FeaturesConfig(checkpoint=str(checkpoint), out=out, dataset=dataset, limit=limit,
+                          device="cpu", workers=0, batch_size=32, **which))  # fmt: skip
 
 
 def test_neighbours_shown_are_the_brute_force_cosine_ones(full_report, checkpoint, tmp_path):
@@ -178,7 +180,7 @@ def test_a_run_without_labels_reports_neighbours_without_verdicts(checkpoint, tm
     assert_self_contained((run_dir / "report.html").read_text(), ["neighbours.png"])
     # The same folder's features from simclr features: one set, queried against itself.
     feats = tmp_path / "feats"
-    export_features(checkpoint, feats, "test", None, dataset=str(tmp_path / "photos"))
+    export_features(checkpoint, feats, None, None, dataset=str(tmp_path / "photos"))
     assert run(["report", str(run_dir), "--features", str(feats), "--queries", "3"]) == 0
     shown = json.loads((run_dir / "neighbours.json").read_text())
     rows = [q["query"] for q in shown["queries"]]
@@ -212,6 +214,8 @@ def test_no_metrics_and_no_linear_eval_still_give_a_report(checkpoint, tmp_path,
     assert run(["report", str(run_dir), "--device", "cpu", "--max-images", "30"]) == 0
     err = capsys.readouterr().err
     assert "note: no metrics.jsonl" in err and "note: no linear_eval.json" in err
+    # Off a terminal: plain progress lines, and no blank line where a bar would be.
+    assert "h of gallery batch 1/1 (100%)" in err and "" not in err.splitlines()
     assert not (run_dir / "curves.png").exists() and (run_dir / "neighbours.png").exists()
     page = (run_dir / "report.html").read_text()
     assert "no metrics.jsonl: no training curves" in page
@@ -227,6 +231,26 @@ def test_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys) -> None:
     assert "RUN_DIR" in capsys.readouterr().err
 
 
+def test_a_run_file_or_an_unwritable_out_is_one_line_before_any_work(
+    checkpoint, tmp_path, monkeypatch, capsys
+) -> None:
+    run_dir = make_run(tmp_path / "run", checkpoint)
+    assert run(["report", str(run_dir / "checkpoint_last.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: RUN_DIR: invalid value '{run_dir / 'checkpoint_last.pt'}'; that is a file; give "
+        f"the run folder that holds it: simclr report {run_dir}"
+    )
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder would go")
+    read = []
+    monkeypatch.setattr("simclr_cli.report.read_run", lambda root: read.append(root))
+    assert run(["report", str(run_dir), "--out", str(blocker / "report")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write {blocker / 'report' / 'report.html'}: ")
+    assert read == [] and len(err.splitlines()) == 1  # refused before the run was read
+
+
 def test_missing_matplotlib_is_one_line_naming_the_extra(checkpoint, tmp_path, monkeypatch, capsys):
     run_dir = make_run(tmp_path / "run", checkpoint)
     before = sorted(p.name for p in run_dir.iterdir())
@@ -235,6 +259,45 @@ def test_missing_matplotlib_is_one_line_naming_the_extra(checkpoint, tmp_path, m
     err = capsys.readouterr().err
     assert "pip install 'simclr-cli[plots]'" in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_the_page_shows_the_baselines_of_linear_eval_json() -> None:
+    from simclr_cli.report.page import _linear_eval_header
+
+    result = {**linear_eval_result(), "top1": 0.725, "knn_top1": 0.624}
+    result["baselines"] = {"random": {"top1": 0.51, "top5": 0.9, "knn_top1": 0.445}}
+    header = _linear_eval_header(result)
+    assert "random encoder (default init)" in header and "51.0%" in header
+    assert "+21.5 / +17.9 points" in header
+    assert "random encoder" not in _linear_eval_header(linear_eval_result())  # none recorded
+
+
+def test_the_summary_counts_time_as_the_command_does() -> None:
+    from simclr_cli.report.page import run_summary, training_windows
+    from simclr_cli.report.run import RunFiles
+
+    # Windows of 2, 3 and (after a resume at step 5) 1 steps of 16 images, at known rates.
+    records = [
+        {"step": 2, "loss": 4.0, "images_per_s": 32.0, "time": 100.0},  # 1 s
+        {"step": 5, "loss": 3.9, "images_per_s": 48.0, "time": 101.0},  # 1 s
+        {"step": 5, "epoch": 1, "knn_accuracy": 0.2, "time": 140.0},  # monitor: not training
+        {"step": 5, "resumed_from": "ck.pt", "time": 900.0},
+        {"step": 6, "loss": 3.8, "images_per_s": 8.0, "time": 902.0},  # 2 s
+    ]
+    assert training_windows(records, 16) == (96, 4.0)
+    summary = run_summary(RunFiles(Path("run"), config={"batch_size": 16}, records=records))
+    assert summary["training time (s)"] == 4.0
+    assert summary["images/s (over the training time)"] == 24.0  # 96 images in 4 s
+    assert summary["images/s (median of the logged windows)"] == 32.0
+    assert summary["wall time (s, first step to last record)"] == 803.0  # 902 - (100 - 1)
+
+
+def test_the_top1_line_has_no_legend_over_the_bars() -> None:
+    from simclr_cli.report.plots import plot_per_class
+
+    figure = plot_per_class([f"class {i}" for i in range(10)], [0.9] * 10, 0.9)
+    (ax,) = figure.axes
+    assert ax.get_legend() is None and "top-1 90.0%" in ax.get_xlabel()
 
 
 def test_pca_is_the_svd_projection() -> None:
@@ -261,6 +324,6 @@ def test_report_of_a_real_resumed_run(workdir, capsys) -> None:
     page = Path("run/report.html").read_text()
     assert "dashed lines mark where the run was resumed" in page
     assert_self_contained(page, ["curves.png", "neighbours.png", "embedding.png"])
-    assert "first 40 images" in page  # bounded work: 40 gallery images, not the whole split
+    assert ", 40 images)" in page  # bounded work: 40 gallery images, not the whole split
     with Image.open(io.BytesIO(Path("run/curves.png").read_bytes())) as image:
         assert image.size[0] >= 800

@@ -94,6 +94,21 @@ def test_torchvision_and_safetensors_hold_the_same_tensors(checkpoints, tmp_path
     assert header["shape"] == ["batch", 3, 32, 32]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_every_export_gets_the_umask_mode(checkpoints, tmp_path, umask) -> None:
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        for name, fmt in (("e.pt", "torchvision"), ("e.safetensors", "safetensors")):
+            export(checkpoints["imagenet"], tmp_path / name, format=fmt)
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
 def safe_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 

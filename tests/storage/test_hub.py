@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import torch
 import torchvision
 from hub_fixtures import FAST, Loopback, _entry, _Handler, _use_registry
@@ -199,27 +200,73 @@ def test_unusable_cache_folder(tmp_path: Path) -> None:
         hub.download("http://127.0.0.1:9/x.pt", blocker / "cache", progress=False)
 
 
-def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
+def _count_attempts(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[float]]:
+    """Record every GET and every backoff sleep of a download (the sleeps are skipped)."""
+    gets: list[str] = []
+    sleeps: list[float] = []
+    real_get = requests.Session.get
+
+    def get(self: requests.Session, url: str, *args: object, **kwargs: object) -> object:
+        gets.append(url)
+        return real_get(self, url, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "get", get)
+    monkeypatch.setattr(fetch.time, "sleep", sleeps.append)
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    return gets, sleeps
+
+
+@pytest.mark.parametrize(
+    ("where", "problem"),
+    [
+        ("refused", "refused the connection (nothing listens on that port)"),
+        ("no-dns", "cannot resolve simclr-cli-test.invalid (no network, or no DNS)"),
+    ],
+)
+def test_an_unreachable_host_fails_at_once_with_one_line(
+    where: str, problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # Offline (a name that does not resolve) or a wrong port (a refused connection): waiting
+    # changes nothing, so there is one attempt, no backoff and one line, with the default retries.
     probe = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     port = probe.server_address[1]
     probe.server_close()  # nothing listens on this port any more
-    with pytest.raises(DownloadError, match="connection failed") as info:
-        hub.download(f"http://127.0.0.1:{port}/x.pt", tmp_path, progress=False, settings=FAST)
-    assert "(connection failed: 127.0.0.1 refused the connection)" in str(info.value)
+    url = {
+        "refused": f"http://127.0.0.1:{port}/x.pt",
+        "no-dns": "http://simclr-cli-test.invalid/x.pt",  # .invalid never resolves (RFC 2606)
+    }[where]
+    gets, sleeps = _count_attempts(monkeypatch)
+    with pytest.raises(DownloadError) as info:
+        hub.download(url, tmp_path, progress=True)
+    assert (len(gets), sleeps) == (1, [])
+    assert str(info.value).startswith(f"download of {url} failed (")
+    assert problem in str(info.value) and "--from-file" in str(info.value)
+    assert capsys.readouterr().err == ""  # no retry lines before the error
+    assert _visible(tmp_path) == []
 
 
 def test_a_failed_name_lookup_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # What an offline machine sees: DNS cannot resolve the release host.
     def no_dns(*args: object, **kwargs: object) -> None:
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    gets, sleeps = _count_attempts(monkeypatch)
     with pytest.raises(DownloadError) as info:
         hub.download("https://releases.example/x.pt", tmp_path, progress=False, settings=FAST)
-    assert "failed after 3 attempts (connection failed: cannot resolve releases.example " in str(
-        info.value
-    )
-    assert "(no network, or no DNS)" in str(info.value) and "--from-file" in str(info.value)
+    assert "failed (cannot resolve releases.example (no network, or no DNS))" in str(info.value)
+    assert "--from-file" in str(info.value) and (len(gets), sleeps) == (1, [])
+
+
+def test_a_dropped_connection_is_still_retried(
+    server: Loopback, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = server.add("/flaky.pt", b"", mode="500")  # a 5xx: transient, retried with backoff
+    gets, sleeps = _count_attempts(monkeypatch)
+    with pytest.raises(DownloadError, match="after 3 attempts"):
+        hub.download(url, tmp_path, progress=False, settings=FAST)
+    assert len(gets) == 1 + FAST.retries and len(sleeps) == FAST.retries
 
 
 def test_a_refused_redirect_names_the_host_it_was_sent_to(server: Loopback, tmp_path: Path) -> None:
@@ -233,7 +280,7 @@ def test_a_refused_redirect_names_the_host_it_was_sent_to(server: Loopback, tmp_
     assert url.startswith("http://127.0.0.1:")
     with pytest.raises(DownloadError) as info:
         hub.download(url, tmp_path, progress=False, settings=FAST)
-    assert "(connection failed: localhost refused the connection)" in str(info.value)
+    assert "failed (localhost refused the connection" in str(info.value)
 
 
 def test_a_server_that_never_answers_is_named(tmp_path: Path) -> None:
@@ -475,8 +522,10 @@ def test_release_names_feed_linear_eval_and_features(
     state = torch.load(cache / "r18.tar", weights_only=True)
     theirs.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     images = ShapesDataset(split="test", image_size=32, transform=eval_transform(32))
+    rows = json.loads((tmp_path / "features" / "meta.json").read_text())["indices"]  # --limit 4
+    assert len(rows) == 4
     with torch.no_grad():
-        want = theirs.eval()(torch.stack([images[i][0] for i in range(4)])).numpy()
+        want = theirs.eval()(torch.stack([images[i][0] for i in rows])).numpy()
     got = np.load(tmp_path / "features" / "features.npy")
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 

@@ -105,7 +105,11 @@ def test_sigint_mid_epoch_checkpoints_and_resume_matches(
     with pytest.raises(errors.Interrupted) as caught:
         train.run_pretrain(config(tmp_path / "b"))
     assert caught.value.exit_code == 130
-    assert "--resume auto --out" in str(caught.value) and "\n" not in str(caught.value)
+    # The whole command that continues the run: its options come from its checkpoint.
+    assert str(caught.value).endswith(
+        f"continue with: simclr pretrain --resume auto --out {tmp_path / 'b'}"
+    )
+    assert "\n" not in str(caught.value)
     payload = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
     # The step in flight when the signal came was finished, then the run stopped.
     assert payload["global_step"] == STEPS_PER_EPOCH + 2 and payload["epoch"] == 1
@@ -390,8 +394,11 @@ def test_run_folder_and_checkpoint_format(tmp_path: Path) -> None:
         "checkpoint_epoch_2.pt",
         "checkpoint_last.pt",
         "config.json",
+        "images.txt",  # the --limit sample: indices of shapes' training split
         "metrics.jsonl",
     ]
+    listed = [int(line) for line in (tmp_path / "images.txt").read_text().splitlines()]
+    assert len(listed) == 16 and listed == sorted(set(listed)) and listed != list(range(16))
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["batch_size"] == 8 and saved["resolved"]["resolved_stem"] == "cifar"
     assert saved["resolved"]["resolved_lr"] == pytest.approx(cfg.resolved_lr)
@@ -589,10 +596,11 @@ def test_pretraining_on_a_folder_of_images_skips_unreadable_files(
     for i in range(24):
         shapes[i][0].save(images / f"{i:02d}.png")
     (images / "broken.jpg").write_bytes(b"not an image")
-    cfg = config(tmp_path / "run", dataset=str(images), image_size=8, max_steps=2, knn_every=1)
+    cfg = config(tmp_path / "run", dataset=str(images), image_size=8, max_steps=2)
     summary = train.run_pretrain(cfg)
 
-    assert summary["global_step"] == 2 and summary["knn_accuracy"] is None  # unlabelled: no kNN
+    assert summary["global_step"] == 2 and summary["knn_accuracy"] is None
+    assert not any("linear-eval" in line for line in summary["next_commands"])  # no labels
     assert "skipped 1 unreadable image" in capsys.readouterr().err
     payload = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
     assert payload["model"]["mean"] is None and payload["dataset"] == str(images)

@@ -128,8 +128,10 @@ def test_two_processes_write_once_and_resume_with_one(tmp_path: Path) -> None:
         "checkpoint_epoch_1.pt",
         "checkpoint_last.pt",
         "config.json",
+        "images.txt",  # the --limit sample, written once
         "metrics.jsonl",
     ]
+    assert len((tmp_path / "images.txt").read_text().splitlines()) == 16
     assert len(events) <= 1  # TensorBoard (when installed) writes on rank 0 only
     assert metric_steps(tmp_path) == [1, 2]  # one writer: no line twice
     payload = load_checkpoint(tmp_path / "checkpoint_last.pt")
