@@ -140,7 +140,7 @@ def ignore_stop_signals(worker_id: int) -> None:
 # folders of images
 
 
-def _find_images(root: Path) -> list[Path]:
+def find_images(root: Path) -> list[Path]:
     """All image files under ``root`` (recursive, hidden entries skipped), sorted.
 
     Symlinked folders are followed (class folders are often links), each real folder once.
@@ -205,7 +205,7 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         if not self.root.is_dir():
             raise DatasetError(f"{self.root} is not a folder; pass a folder of images")
-        candidates = _find_images(self.root)
+        candidates = find_images(self.root)
         subfolders = sorted(
             {
                 p.relative_to(self.root).parts[0]

@@ -115,3 +115,32 @@ class Schedule:
     def __call__(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based)."""
         return warmup_cosine(step, self.total_steps, self.warmup_steps, self.base_lr)
+
+
+# -- fine-tuning on few labels ---------------------------------------------------------------
+
+FINETUNE_OPTIMIZERS = ("sgd", "lars")
+# SimCLR fine-tunes with Nesterov momentum at 0.05 x B/256 (appendix B.5); SimCLRv2 with LARS at
+# 0.005 x sqrt(B) (its appendix: 0.16 at B = 1024). Neither warms up or decays weights.
+FINETUNE_BASE_LRS = {"sgd": 0.05, "lars": 0.005}
+# Epochs: 60 on 1% of the labels, 30 on 10% (appendix B.5); the switch sits between the two.
+FINETUNE_EPOCHS_FEW, FINETUNE_EPOCHS_MORE, FINETUNE_FEW_SHARE = 60, 30, 0.05
+
+
+def finetune_lr(optimizer: str, batch_size: int) -> float:
+    """The fine-tuning lr of the paper for ``optimizer`` at a batch of ``batch_size`` images.
+
+    References: Chen et al. 2020 (arXiv:2002.05709), appendix B.5; Chen et al. 2020b
+    (arXiv:2006.10029), appendix (fine-tuning).
+    """
+    if optimizer not in FINETUNE_OPTIMIZERS:
+        raise UsageError("--optimizer", optimizer, "choose sgd or lars")
+    if optimizer == "sgd":
+        return scaled_lr(FINETUNE_BASE_LRS["sgd"], batch_size, "linear")
+    return FINETUNE_BASE_LRS["lars"] * math.sqrt(batch_size)
+
+
+def finetune_epochs(label_share: float) -> int:
+    """Fine-tuning epochs for a subset holding ``label_share`` of the training labels: 60 up to
+    5% (the paper's 1% setting), else 30 (its 10% setting)."""
+    return FINETUNE_EPOCHS_FEW if label_share <= FINETUNE_FEW_SHARE else FINETUNE_EPOCHS_MORE
