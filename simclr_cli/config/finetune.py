@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from simclr_cli.config.fields import (
     CheckpointRef,
@@ -168,11 +168,20 @@ class FinetuneConfig(FrozenModel):
         return self.out
 
 
+def _exists(value: Path) -> Path:
+    if not value.expanduser().exists():
+        raise ValueError("no such file or folder")
+    return value
+
+
+ExistingPath = Annotated[Path, AfterValidator(_exists)]
+
+
 class PredictConfig(FrozenModel):
     """Options of ``simclr predict``: the classes of images from a classifier checkpoint."""
 
     checkpoint: CheckpointRef
-    images: tuple[Path, ...]
+    images: tuple[ExistingPath, ...]
     out: Path | None = None
     top_k: int = Field(default=5, ge=1)
     batch_size: int = Field(default=256, ge=1)
@@ -187,9 +196,6 @@ class PredictConfig(FrozenModel):
     def _images(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
         if not value:
             raise ValueError("give image files or a folder of images")
-        missing = [str(p) for p in value if not p.expanduser().exists()]
-        if missing:
-            raise ValueError(f"no such file or folder: {missing[0]}")
         return value
 
     @field_validator("out")

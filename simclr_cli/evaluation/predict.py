@@ -114,7 +114,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     print_predictions(rows, out)
     bad = [row for row in rows if row["error"]]
     for row in bad:
-        get_console().print(f"unreadable: {row['path']} ({row['error']})", markup=False)
+        line = f"unreadable: {row['path']} ({row['error']})"
+        get_console().print(line, markup=False, highlight=False, soft_wrap=True)
     return {
         "images": len(rows),
         "classified": len(rows) - len(bad),
@@ -166,7 +167,8 @@ def print_predictions(rows: Sequence[dict[str, Any]], out: Path | None) -> None:
     shown = rows if out is None else rows[:TABLE_ROWS]
     table = Table(title=f"Predictions ({plural(len(rows), 'image')})")
     for column in ("image", "class", "probability", "top-k"):
-        table.add_column(column, justify="right" if column == "probability" else "left")
+        justify = "right" if column == "probability" else "left"
+        table.add_column(column, justify=justify, overflow="fold")  # paths are never cut
     for row in shown:
         if row["error"]:
             table.add_row(row["path"], "[red]unreadable", "", row["error"])

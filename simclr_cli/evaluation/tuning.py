@@ -184,6 +184,8 @@ class Tuner:
         self.selection: dict[str, Any] | None = None  # best held-out epoch so far
         self.train_time = 0.0
         self.last: dict[str, Any] = {}
+        # per-step losses and correct predictions of the epoch so far (saved when stopped)
+        self.partial: dict[str, Any] = {"losses": [], "correct": 0}
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -203,6 +205,7 @@ class Tuner:
         self.global_step = int(payload["global_step"])
         self.selection = payload.get("selection")
         self.last = dict(payload.get("metrics") or {})
+        self.partial = self.last.pop("partial_epoch", None) or {"losses": [], "correct": 0}
 
     def payload(self, final: bool = False) -> dict[str, Any]:
         """The resumable state, or with ``final`` the kept weights without the optimizer."""
@@ -215,7 +218,9 @@ class Tuner:
             state_dict={k: v.detach().cpu() for k, v in state.items()},
             epoch=epoch,
             global_step=self.global_step,
-            metrics=self.last,
+            metrics=self.last
+            if final or not self.partial["losses"]
+            else {**self.last, "partial_epoch": self.partial},
             optimizer=None if final else self.optimizer.state_dict(),
             scaler=None if final or self.scaler is None else self.scaler.state_dict(),
             selection=None if final else self.selection,
@@ -240,23 +245,25 @@ class Tuner:
         self.model.train()  # batch norm in train mode, as the paper fine-tunes
         start, done = time.perf_counter(), self.global_step % self.recipe.steps_per_epoch
         self.sampler.set_epoch(self.epoch, skip=done * self.recipe.batch_size)
-        loss_sum: Tensor | None = None
-        correct: Tensor | None = None
-        steps = 0
+        losses: list[Tensor] = []
+        hits: list[Tensor] = []
         for images, labels in self.loader:
-            loss, hits = self.step(images, labels)
-            loss_sum = loss if loss_sum is None else loss_sum + loss
-            correct = hits if correct is None else correct + hits
-            steps += 1
+            loss, correct = self.step(images, labels)
+            losses.append(loss)
+            hits.append(correct)
             self.global_step += 1
             progress.update(self.global_step, **self.shown())
             if stop.requested or self.global_step % self.recipe.steps_per_epoch == 0:
                 break
-        self.train_time += time.perf_counter() - start
-        if steps:
-            assert loss_sum is not None and correct is not None
-            self.record(loss_sum.item() / steps, correct.item() / (steps * self.recipe.batch_size),
-                        steps, time.perf_counter() - start)  # fmt: skip
+        seconds = time.perf_counter() - start
+        self.train_time += seconds
+        if not losses:
+            return
+        # the epoch's one host sync; a stopped epoch keeps its steps for the resumed one
+        self.partial["losses"] += torch.stack(losses).double().cpu().tolist()
+        self.partial["correct"] += int(torch.stack(hits).sum().item())
+        if self.global_step % self.recipe.steps_per_epoch == 0:
+            self.record(len(losses), seconds)
 
     def step(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """One optimizer step; returns the detached loss and the count of correct predictions
@@ -281,8 +288,13 @@ class Tuner:
             self.optimizer.step()
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
-    def record(self, loss: float, train_top1: float, steps: int, seconds: float) -> None:
-        """Check the epoch's loss and keep it for the log and the progress line."""
+    def record(self, steps: int, seconds: float) -> None:
+        """Check the completed epoch's mean loss and keep it for the log and the progress line
+        (``steps`` of them in ``seconds`` by this command)."""
+        losses, correct = self.partial["losses"], self.partial["correct"]
+        self.partial = {"losses": [], "correct": 0}
+        loss = sum(losses) / len(losses)  # in step order: a resumed epoch sums the same values
+        train_top1 = correct / (len(losses) * self.recipe.batch_size)
         if not math.isfinite(loss):
             raise TrainingError(
                 f"the {self.name} loss became non-finite ({loss}) by step {self.global_step}; "
