@@ -211,7 +211,7 @@ def load_checkpoint(
 
     Raises:
         CheckpointError: the file is missing, corrupt, needs arbitrary unpickling (refused),
-            holds no encoder, or is of a kind not in ``kinds``.
+            or is of a kind not in ``kinds``.
     """
     path = Path(path)
     shown = shown or str(path)
@@ -322,12 +322,20 @@ def _check_native(obj: Mapping[str, Any], path: str, kinds: tuple[str, ...]) -> 
     missing = [k for k in ("model", "state_dict") if not isinstance(obj.get(k), Mapping)]
     if missing:
         raise CheckpointError(f"{path} is incomplete (no {', '.join(missing)}); it cannot be used")
-    if not any(str(key).startswith("encoder.") for key in obj["state_dict"]):
+    return dict(obj)
+
+
+def check_encoder(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a payload without encoder weights before a model is built from it.
+
+    Raises:
+        CheckpointError: no ``encoder.*`` tensor in its state dict.
+    """
+    if not any(str(key).startswith("encoder.") for key in payload["state_dict"]):
         raise CheckpointError(
             f"{path} holds no encoder weights (no encoder.* tensors); give a checkpoint written "
             "by `simclr pretrain`, a run folder or a release name (simclr download --list)"
         )
-    return dict(obj)
 
 
 def _check_kind(kind: Any, kinds: tuple[str, ...], path: str) -> None:

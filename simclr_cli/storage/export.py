@@ -112,6 +112,7 @@ def load_export_model(ref: str, cache_dir: Path) -> tuple[nn.Module, dict[str, A
     from simclr_cli.storage.checkpoint import (
         CLASSIFIER_KIND,
         PRETRAIN_KIND,
+        check_encoder,
         load_checkpoint,
         load_model,
     )
@@ -120,6 +121,7 @@ def load_export_model(ref: str, cache_dir: Path) -> tuple[nn.Module, dict[str, A
 
     path = resolve_checkpoint(ref, cache_dir)
     payload = load_checkpoint(path, kinds=(PRETRAIN_KIND, CLASSIFIER_KIND))
+    check_encoder(payload, path)
     if payload["kind"] == CLASSIFIER_KIND:
         payload = check_classifier(payload, path)
         return load_classifier(payload).requires_grad_(False), payload, path
