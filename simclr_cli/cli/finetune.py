@@ -70,7 +70,8 @@ def finetune(
         int | None, flag(T, "epochs", "Epochs; auto = 60 up to 5% of the labels, else 30.")
     ] = None,
     batch_size: Annotated[
-        int | None, flag(T, "batch_size", "Images per step (at most the labelled images).")
+        int | None,
+        flag(T, "batch_size", "Images per step; auto = 256, at most 1/4 of the labelled images."),
     ] = None,
     optimizer: Annotated[
         str | None, flag(T, "optimizer", "sgd (Nesterov momentum) or lars.")

@@ -60,7 +60,7 @@ class FinetuneConfig(FrozenModel):
     # model and recipe
     from_head_layer: int = Field(default=0, ge=0)
     epochs: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=256, ge=2)
+    batch_size: int | None = Field(default=None, ge=2)  # auto: see finetune_batch_size
     optimizer: Literal["sgd", "lars"] = "sgd"
     lr: float | None = Field(default=None, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)

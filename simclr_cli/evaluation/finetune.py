@@ -58,6 +58,8 @@ STATE_FILES = {"finetune": "finetune_last.pt", "scratch": "scratch_last.pt"}
 # A folder holding any of these holds a run: a fresh fine-tune does not start there.
 RUN_FILES = (CONFIG, subsets.SUBSET_FILE, "metrics.jsonl", *STATE_FILES.values(), CLASSIFIER,
              RESULTS, CONFUSION)  # fmt: skip
+# Images per forward pass when scoring the test split and extracting the probe's features.
+EVAL_BATCH = 256
 ARM_NAMES = {
     "finetune": "fine-tuned from the checkpoint",
     "scratch": "from scratch (default init)",
@@ -289,7 +291,7 @@ def train_and_test(
         tuner.fit(stop, progress)
     model = tuner.kept()
     logits, labels = classifier_logits(
-        model, data.test, recipe.batch_size, device, recipe.precision, tuner.workers,
+        model, data.test, EVAL_BATCH, device, recipe.precision, tuner.workers,
         description=f"testing the {tuner.name} classifier",
     )  # fmt: skip
     metrics = classification_metrics(logits, labels, len(data.classes), data.classes)
@@ -315,7 +317,7 @@ def linear_baseline(
     model = pretrained.to(device, memory_format=torch.channels_last)
     metrics = evaluate_frozen(
         model, Subset(data.train, data.fit), data.test, len(data.classes), device,
-        batch_size=min(cfg.batch_size, 512), precision=cfg.resolved_precision,
+        batch_size=EVAL_BATCH, precision=cfg.resolved_precision,
         workers=cfg.workers, seed=cfg.seed, class_names=data.classes,
     )  # fmt: skip
     keys = ("top1", "top5", "per_class", "confusion_matrix", "knn_top1", "weight_decay", "knn")

@@ -16,7 +16,7 @@ from simclr_cli.evaluation import subset as subsets
 from simclr_cli.evaluation.inference import class_names, report_skipped
 from simclr_cli.evaluation.tuning import Recipe
 from simclr_cli.method.preprocess import to_uint8_transform
-from simclr_cli.method.schedule import finetune_epochs, finetune_lr
+from simclr_cli.method.schedule import finetune_batch_size, finetune_epochs, finetune_lr
 
 
 @dataclass
@@ -105,8 +105,9 @@ def load_labelled(cfg: FinetuneConfig, size: int, saved_subset: Path | None) -> 
 
 
 def build_recipe(cfg: FinetuneConfig, data: LabelledData, size: int) -> Recipe:
-    """The paper's recipe for this subset: the batch is at most the images trained on (so
-    every epoch takes a step), the lr follows the optimiser's rule at that batch
+    """The paper's recipe for this subset: the batch is at most the images trained on (by
+    default 256, at most a quarter of them: :func:`~simclr_cli.method.schedule.
+    finetune_batch_size`), the lr follows the optimiser's rule at that batch
     (:func:`~simclr_cli.method.schedule.finetune_lr`) and the epochs the share of the labels
     (:func:`~simclr_cli.method.schedule.finetune_epochs`).
 
@@ -119,7 +120,7 @@ def build_recipe(cfg: FinetuneConfig, data: LabelledData, size: int) -> Recipe:
             f"{plural(images, 'labelled image')} to train on; batch norm in train mode needs "
             "two: use more labels (--labels-per-class, --label-fraction) or a smaller --val-split"
         )
-    batch = min(cfg.batch_size, images)
+    batch = finetune_batch_size(images, cfg.batch_size)
     return Recipe(
         epochs=cfg.epochs or finetune_epochs(len(data.subset) / data.labelled),
         batch_size=batch,

@@ -127,6 +127,20 @@ FINETUNE_BASE_LRS = {"sgd": 0.05, "lars": 0.005}
 FINETUNE_EPOCHS_FEW, FINETUNE_EPOCHS_MORE, FINETUNE_FEW_SHARE = 60, 30, 0.05
 
 
+# The batch when none is given: the paper's 4096 is a few steps per epoch of ImageNet's 1%; on
+# small subsets a batch of 256 would be one step per epoch, so it is at most a quarter of them.
+FINETUNE_BATCH, FINETUNE_MIN_STEPS = 256, 4
+
+
+def finetune_batch_size(images: int, batch_size: int | None = None) -> int:
+    """The fine-tuning batch for ``images`` training images: ``batch_size`` (at most
+    ``images``), else 256 but at most ``images // 4`` (at least 2: batch norm in train mode),
+    so an epoch takes at least four steps."""
+    if batch_size is not None:
+        return min(batch_size, images)
+    return max(2, min(FINETUNE_BATCH, images // FINETUNE_MIN_STEPS))
+
+
 def finetune_lr(optimizer: str, batch_size: int) -> float:
     """The fine-tuning lr of the paper for ``optimizer`` at a batch of ``batch_size`` images.
 
