@@ -95,11 +95,33 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     size = checkpoint_image_size(payload, cfg.image_size, cfg.dataset_kind)
     data = load_labelled(cfg, size, out / subsets.SUBSET_FILE if resuming else None)
     recipe = build_recipe(cfg, data, size)
-    open_run_folder(out)  # every input checked: from here on, the run writes into `out`
-    if not resuming:
-        write_run_start(cfg, data, out)
+    with run_folder(out):  # every input checked: from here on, the run writes into `out`
+        if not resuming:
+            write_run_start(cfg, data, out)
+        results = train_classifiers(cfg, payload, ck_path, data, recipe, device, resuming)
+        if "linear" in cfg.baseline:
+            with timed(results, "linear"):
+                results["linear"] = linear_baseline(pretrained, data, cfg, device)
+        result = finetune_result(cfg, ck_path, data, recipe, results, time.perf_counter() - start)
+        files = write_results(result, out)
+    print_finetune(result)
+    return finetune_summary(result, files, out)
+
+
+def train_classifiers(
+    cfg: FinetuneConfig,
+    payload: dict[str, Any],
+    ck_path: Path,
+    data: LabelledData,
+    recipe: Recipe,
+    device: torch.device,
+    resuming: bool,
+) -> dict[str, dict[str, Any]]:
+    """Train and score the fine-tuned classifier (and the one from scratch with ``--baseline
+    scratch``), each from its saved state when resuming; SIGINT/SIGTERM save and stop."""
+    out = cfg.resolved_out
     cspec = classifier_spec(payload["model"], len(data.classes), cfg.from_head_layer)
-    cspec["image_size"] = size  # what the classifier was trained and is evaluated at
+    cspec["image_size"] = recipe.image_size  # what the classifier is trained and evaluated at
     fields = {"model": cspec, "dataset": data.name, "config": json_config(cfg),
               "classes": data.classes}  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
@@ -114,13 +136,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             )  # fmt: skip
             with timed(results, arm):
                 results[arm] = train_and_test(tuner, data, device, out, resuming, stop)
-    if "linear" in cfg.baseline:
-        with timed(results, "linear"):
-            results["linear"] = linear_baseline(pretrained, data, cfg, device)
-    result = finetune_result(cfg, ck_path, data, recipe, results, time.perf_counter() - start)
-    files = write_results(result, out)
-    print_finetune(result)
-    return finetune_summary(result, files, out)
+    return results
 
 
 @contextlib.contextmanager
@@ -136,7 +152,7 @@ def timed(results: dict[str, dict[str, Any]], arm: str) -> Iterator[None]:
 def continue_run_config(cfg: FinetuneConfig) -> FinetuneConfig:
     """The options of the run ``--resume auto --out DIR`` continues (its ``config.json``), with
     what this command may change (:data:`~simclr_cli.config.FINETUNE_MAY_CHANGE`); a fresh run
-    gets its checkpoint path made absolute, so a resume from another folder finds it.
+    gets its paths made absolute, so a resume from another folder finds them.
 
     Raises:
         CheckpointError: nothing to continue, an unreadable run, or given options that differ
@@ -148,7 +164,7 @@ def continue_run_config(cfg: FinetuneConfig) -> FinetuneConfig:
                 f"{cfg.resolved_out} holds no fine-tuning run to continue (no {CONFIG}); start "
                 f"one with simclr finetune --checkpoint ... --out {cfg.resolved_out}"
             )
-        return cfg.model_copy(update={"checkpoint": absolute_ref(cfg.checkpoint)})
+        return with_absolute_paths(cfg)
     path = cfg.resolved_out / CONFIG
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -161,9 +177,7 @@ def continue_run_config(cfg: FinetuneConfig) -> FinetuneConfig:
             f"{path} is not the config of a fine-tuning run; give the --out of a `simclr "
             "finetune` run"
         )
-    given = cfg.model_dump(mode="json")
-    if cfg.checkpoint is not None:
-        given["checkpoint"] = absolute_ref(cfg.checkpoint)
+    given = with_absolute_paths(cfg).model_dump(mode="json")
     fixed = set(cfg.model_fields_set) - set(FINETUNE_MAY_CHANGE) - {"resume", "out"}
     differ = [
         name
@@ -177,13 +191,24 @@ def continue_run_config(cfg: FinetuneConfig) -> FinetuneConfig:
             f"{' '.join(map(flag_name, differ))} to continue it as it was, or start a new --out"
         )
     options = {k: v for k, v in saved.items() if k in FinetuneConfig.model_fields}
-    options.update(
-        {
-            k: getattr(cfg, k)
-            for k in {"resume", "out"} | (set(cfg.model_fields_set) & set(FINETUNE_MAY_CHANGE))
-        }
-    )
+    here = {"resume", "out"} | (set(cfg.model_fields_set) & set(FINETUNE_MAY_CHANGE))
+    options.update({name: getattr(cfg, name) for name in here})
     return FinetuneConfig(**options)
+
+
+def with_absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``cfg`` with its checkpoint, folders and subset file as absolute paths (what
+    ``config.json`` records for a resume)."""
+    update: dict[str, Any] = {}
+    if cfg.checkpoint is not None:
+        update["checkpoint"] = absolute_ref(cfg.checkpoint)
+    if cfg.dataset is not None and cfg.dataset_kind == "folder":
+        update["dataset"] = str(Path(cfg.dataset).expanduser().resolve())
+    for name in ("train_dir", "test_dir", "subset"):
+        value = getattr(cfg, name)
+        if value is not None:
+            update[name] = Path(value).expanduser().resolve()
+    return cfg.model_copy(update=update)
 
 
 def absolute_ref(ref: str) -> str:
@@ -207,12 +232,13 @@ def refuse_existing_run(out: Path) -> None:
         )
 
 
-def open_run_folder(out: Path) -> Path:
-    """Create the output folder (the one place a fine-tune opens it) and remove the temporary
-    files of saves that were killed."""
+@contextlib.contextmanager
+def run_folder(out: Path) -> Iterator[Path]:
+    """The output folder, for the part of the run that writes into it: the one place a
+    fine-tune opens it (created here; temporary files of saves that were killed removed)."""
     out.mkdir(parents=True, exist_ok=True)
     fileio.remove_dead_temps(out)
-    return out
+    yield out
 
 
 # ----------------------------------------------------------------------------------------------
