@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from simclr_cli.cli.app import app, build, examples, flag, print_summary, shared_option
-from simclr_cli.config import FinetuneConfig, PredictConfig
+from simclr_cli.config import FINETUNE_MAY_CHANGE, FinetuneConfig, PredictConfig, flag_name
 
 T = FinetuneConfig
 
@@ -129,7 +129,7 @@ def finetune(
         typer.Option(
             metavar="auto",
             help="Continue the run in --out (its options come from its config.json; "
-            "--device, --precision, --workers, --data-dir, --cache-dir may change).",
+            f"{', '.join(map(flag_name, FINETUNE_MAY_CHANGE))} may change).",
         ),
     ] = None,
 ) -> None:

@@ -166,7 +166,7 @@ def print_predictions(rows: Sequence[dict[str, Any]], out: Path | None) -> None:
 
     shown = rows if out is None else rows[:TABLE_ROWS]
     table = Table(title=f"Predictions ({plural(len(rows), 'image')})")
-    for column in ("image", "class", "probability", "top-k"):
+    for column in ("image", "class", "probability", "next most probable"):
         justify = "right" if column == "probability" else "left"
         table.add_column(column, justify=justify, overflow="fold")  # paths are never cut
     for row in shown:

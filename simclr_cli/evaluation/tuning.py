@@ -159,18 +159,15 @@ class Tuner:
         device: torch.device,
         payload_fields: dict[str, Any],
         state_path: Path,
-        log: Any,
+        log: Any,  # RunRecords: .log(record) appends one metrics.jsonl line
         checkpoint_every: int = 10,
         workers: int = 0,
     ) -> None:
         self.name, self.model, self.recipe, self.device = name, model, recipe, device
-        self.val, self.payload_fields, self.state_path, self.log = (
-            val,
-            payload_fields,
-            state_path,
-            log,
-        )
-        self.checkpoint_every, self.workers = checkpoint_every, workers
+        self.val, self.workers = val, workers
+        # where it writes: its state (resumable), metrics records
+        self.payload_fields, self.state_path = payload_fields, state_path
+        self.log, self.checkpoint_every = log, checkpoint_every
         self.loader, self.sampler = subset_loader(train, recipe, workers, device)
         self.optimizer = build_finetune_optimizer(model, recipe)
         fp16 = recipe.precision == "fp16"
@@ -213,14 +210,15 @@ class Tuner:
         epoch = self.epoch
         if final and self.selection is not None:
             state, epoch = self.selection["state_dict"], self.selection["epoch"]
+        metrics = dict(self.last)
+        if not final and self.partial["losses"]:
+            metrics["partial_epoch"] = self.partial  # the steps of a stopped epoch, for a resume
         return build_classifier_payload(
             **self.payload_fields,
             state_dict={k: v.detach().cpu() for k, v in state.items()},
             epoch=epoch,
             global_step=self.global_step,
-            metrics=self.last
-            if final or not self.partial["losses"]
-            else {**self.last, "partial_epoch": self.partial},
+            metrics=metrics,
             optimizer=None if final else self.optimizer.state_dict(),
             scaler=None if final or self.scaler is None else self.scaler.state_dict(),
             selection=None if final else self.selection,

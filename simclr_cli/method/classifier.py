@@ -157,9 +157,8 @@ class CropFlip(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(B, 3, H, W) uint8 -> (B, 3, S, S) float32 views (draws from ``generator``)."""
-        if generator is not None and generator.device != x.device:
-            raise ValueError("the generator must be on the images' device")
+        """(B, 3, H, W) uint8 -> (B, 3, S, S) float32 views (draws from ``generator``, which
+        must be on the images' device)."""
         u = draw_views(generator, x.shape[0], x.device)
         crop = _crop_boxes(x.shape[2], x.shape[3], self.recipe.crop_scale, u)
         flip = (u.flip < P_FLIP) & self.recipe.flip
