@@ -53,3 +53,28 @@ def write_broken_png(path, size=40):
     header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB
     body = chunk(b"IHDR", header) + chunk(b"IDAT", os.urandom(600)) + chunk(b"IEND", b"")
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def save_classifier_checkpoint(path, classes=("cat", "dog", "owl"), stem="cifar", image_size=16,
+                               from_head_layer=0, seed=0, **spec):  # fmt: skip
+    """A classifier checkpoint (kind "classifier") of a randomly initialised ResNet-18, as
+    `simclr finetune` writes it; returns the classifier module."""
+    from simclr_cli.data.facts import normalization
+    from simclr_cli.method.classifier import build_classifier, classifier_spec
+    from simclr_cli.method.model import model_spec
+    from simclr_cli.storage.classifier import build_classifier_payload, save_classifier
+
+    mean, std = normalization("shapes")
+    spec = model_spec("resnet18", stem, image_size=image_size, mean=mean, std=std, **spec)
+    cspec = classifier_spec(spec, len(classes), from_head_layer)
+    torch.manual_seed(seed)
+    model = build_classifier(cspec).eval()
+    linear = model.fc[-1] if from_head_layer else model.fc
+    with torch.no_grad():  # logits that differ visibly between images (a new layer starts tiny)
+        linear.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(seed))
+    payload = build_classifier_payload(
+        model=cspec, classes=list(classes), state_dict=model.state_dict(), dataset="folder",
+        epoch=1, global_step=1,
+    )  # fmt: skip
+    save_classifier(payload, path)
+    return model

@@ -227,6 +227,43 @@ def test_a_second_writer_of_the_same_results_is_refused(
     assert not locked.parent.exists()  # the holder's lock file and folder are gone
 
 
+HOLD_FOLDER = """
+import sys
+from pathlib import Path
+from simclr_cli.storage import runlock
+with runlock.hold_folder(Path(sys.argv[1]), "simclr finetune"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_finetune_into_one_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_native_checkpoint(tmp_path / "ck.pt")
+    out = tmp_path / "ft"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FOLDER, str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"  # type: ignore[union-attr]
+        argv = ["finetune", "--checkpoint", str(tmp_path / "ck.pt"), "--dataset", "shapes"]
+        code = run([*argv, "--labels-per-class", "2", "--out", str(out)])
+    finally:
+        holder.communicate(timeout=HANG_GUARD_S)
+    assert code == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line == (
+        f"error: {out} is being written by another process (pid {holder.pid}: simclr "
+        "finetune); wait for it to finish, or choose another --out"
+    )
+    assert not out.exists()  # the holder's lock file and folder are gone
+
+
 # ------------------------------------------------------------------------------ changed data
 
 

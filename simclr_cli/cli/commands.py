@@ -118,6 +118,9 @@ def linear_eval(
     print_summary("Linear evaluation", result)
 
 
+# finetune and predict are registered here, so --help lists them after linear-eval
+from simclr_cli.cli import finetune  # noqa: E402, F401
+
 F = FeaturesConfig
 
 
@@ -173,12 +176,16 @@ X = ExportConfig
         "simclr export --checkpoint runs/quickstart --format onnx --out encoder.onnx",
         "simclr export --checkpoint resnet50-stl10 --format safetensors --out r50.safetensors",
         "simclr export --checkpoint ck.pt --format torchvision --part both --out simclr.pt",
+        "simclr export --checkpoint runs/ft/classifier.pt --format onnx --out classifier.onnx",
     )
 )
 def export(
     checkpoint: Annotated[
         str,
-        typer.Option(help="Run folder, checkpoint file or release name (simclr download --list)."),
+        typer.Option(
+            help="Run folder, checkpoint file or release name (simclr download --list), or a "
+            "classifier.pt of simclr finetune."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="The file to write (a <file>.meta.json goes beside).")],
     format: Annotated[
@@ -186,7 +193,13 @@ def export(
         flag(X, "format", "torchvision, torchscript, onnx or safetensors.", name="--format"),
     ] = None,
     part: Annotated[
-        str | None, flag(X, "part", "encoder, projector or both (torchvision/safetensors only).")
+        str | None,
+        flag(
+            X,
+            "part",
+            "encoder, projector or both (torchvision/safetensors only); classifier or encoder "
+            "of a classifier checkpoint; auto = encoder, or the whole classifier.",
+        ),
     ] = None,
     image_size: Annotated[
         int | None, flag(X, "image_size", "Input size of the graph; auto = checkpoint's.")
@@ -196,8 +209,8 @@ def export(
         bool | None, flag(X, "overwrite", "Replace an existing --out file.")
     ] = None,
 ) -> None:
-    """Export the encoder for other code: a torchvision state_dict, TorchScript, ONNX or
-    safetensors, verified against the checkpoint before it is written."""
+    """Export the encoder (or a fine-tuned classifier) for other code: a torchvision
+    state_dict, TorchScript, ONNX or safetensors, verified before it is written."""
     cfg = build(ExportConfig, **locals())
     from simclr_cli.storage.export import run_export
 

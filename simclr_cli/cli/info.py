@@ -73,13 +73,19 @@ def system_info(cfg: InfoConfig) -> dict[str, Any]:
 
 
 def checkpoint_info(cfg: InfoConfig) -> dict[str, Any]:
-    """What a checkpoint (file or release name, downloaded on first use) holds."""
-    from simclr_cli.storage import checkpoint, hub
+    """What a checkpoint (file or release name, downloaded on first use, or a classifier of
+    ``simclr finetune``) holds."""
+    from simclr_cli.storage import checkpoint, classifier, hub
 
     assert cfg.target is not None
     path = hub.resolve_checkpoint(cfg.target, cfg.cache_dir)
-    payload = checkpoint.load_checkpoint(path)
-    return {"path": str(path), "size_bytes": path.stat().st_size, **checkpoint.describe(payload)}
+    kinds = (checkpoint.PRETRAIN_KIND, checkpoint.CLASSIFIER_KIND)
+    payload = checkpoint.load_checkpoint(path, kinds=kinds)
+    if payload["kind"] == checkpoint.CLASSIFIER_KIND:
+        described = classifier.describe_classifier(classifier.check_classifier(payload, path))
+    else:
+        described = checkpoint.describe(payload)
+    return {"path": str(path), "size_bytes": path.stat().st_size, **described}
 
 
 # -- rendering -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from simclr_cli.config.fields import (
     derived,
     flag_name,
 )
+from simclr_cli.config.finetune import FINETUNE_MAY_CHANGE, FinetuneConfig, PredictConfig
 from simclr_cli.config.pretrain import (
     RESUME_LAUNCH_GROUP,
     RESUME_MAY_CHANGE,
@@ -35,14 +36,17 @@ from simclr_cli.config.pretrain import (
 
 __all__ = [
     "EXPORT_FORMATS",
+    "FINETUNE_MAY_CHANGE",
     "GRAPH_FORMATS",
     "RESUME_LAUNCH_GROUP",
     "RESUME_MAY_CHANGE",
     "DownloadConfig",
     "ExportConfig",
     "FeaturesConfig",
+    "FinetuneConfig",
     "InfoConfig",
     "LinearEvalConfig",
+    "PredictConfig",
     "PretrainConfig",
     "ReportConfig",
     "default_cache_dir",

@@ -187,12 +187,14 @@ GRAPH_FORMATS = ("torchscript", "onnx")
 
 
 class ExportConfig(FrozenModel):
-    """Options of ``simclr export``: the encoder (or head) as a file other code can load."""
+    """Options of ``simclr export``: the encoder (or head), or a fine-tuned classifier, as a file
+    other code can load."""
 
     checkpoint: CheckpointRef
     format: Literal[EXPORT_FORMATS] = "torchvision"  # type: ignore[valid-type]
     out: Path
-    part: Literal["encoder", "projector", "both"] = "encoder"
+    # None: the encoder, or a classifier checkpoint's whole classifier (resolved when loaded)
+    part: Literal["encoder", "projector", "both", "classifier"] | None = None
     image_size: int | None = Field(default=None, ge=8, le=1024)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     overwrite: bool = False
@@ -206,10 +208,10 @@ class ExportConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _graph_part(self) -> ExportConfig:
-        if self.format in GRAPH_FORMATS and self.part != "encoder":
+        if self.format in GRAPH_FORMATS and self.part in ("projector", "both"):
             raise ValueError(
-                f"--part {self.part}: --format {self.format} exports the encoder (images -> h); "
-                "use --format torchvision or safetensors for the projection head"
+                f"--part {self.part}: --format {self.format} exports the encoder (images -> h) or "
+                "a classifier; use --format torchvision or safetensors for the projection head"
             )
         return self
 

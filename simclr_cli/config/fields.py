@@ -158,6 +158,7 @@ _FLAGS = {
     "as_json": "--json",
     "list_only": "--list",
     "run_dir": "RUN_DIR",
+    "images": "IMAGES",
 }
 
 

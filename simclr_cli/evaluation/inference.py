@@ -80,13 +80,15 @@ def load_frozen_model(checkpoint_ref: str, cache_dir: Path) -> tuple[nn.Module, 
         ``(model in eval mode with requires_grad off, payload, checkpoint path)``.
 
     Raises:
-        CheckpointError: missing, corrupt, unsafe or not a pretraining checkpoint.
+        CheckpointError: missing, corrupt, unsafe, without an encoder or not a pretraining
+            checkpoint.
     """
-    from simclr_cli.storage.checkpoint import load_checkpoint, load_model
+    from simclr_cli.storage.checkpoint import check_encoder, load_checkpoint, load_model
     from simclr_cli.storage.hub import resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint_ref, cache_dir)
     payload = load_checkpoint(path)
+    check_encoder(payload, path)
     model = load_model(payload).eval().requires_grad_(False)
     return model, payload, path
 

@@ -39,6 +39,7 @@ from simclr_cli.evaluation.inference import (
 from simclr_cli.evaluation.metrics import (
     KNN_TEMPERATURE,
     classification_metrics,
+    confusion_csv,
     knn_accuracy,
     knn_k_for,
     topk_accuracy,
@@ -402,16 +403,12 @@ def linear_eval_summary(result: dict[str, Any], files: dict[str, Path]) -> dict[
 def write_linear_eval(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write ``linear_eval.json`` and ``confusion_matrix.csv`` (rows true, columns predicted)."""
     names = [row["class"] for row in result["per_class"]]
-    rows = [",".join(["true\\predicted", *names])]
-    rows += [
-        ",".join([n, *map(str, r)]) for n, r in zip(names, result["confusion_matrix"], strict=True)
-    ]
     return {
         "results": fileio.write_text_atomic(
             out_dir / "linear_eval.json", json.dumps(result, indent=2)
         ),
         "confusion": fileio.write_text_atomic(
-            out_dir / "confusion_matrix.csv", "\n".join(rows) + "\n"
+            out_dir / "confusion_matrix.csv", confusion_csv(names, result["confusion_matrix"])
         ),
     }
 

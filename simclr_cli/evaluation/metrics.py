@@ -89,6 +89,13 @@ def classification_metrics(
     }
 
 
+def confusion_csv(names: Sequence[str], matrix: Sequence[Sequence[int]]) -> str:
+    """A confusion matrix as CSV: a header of predicted classes, then one row per true class."""
+    rows = [",".join(["true\\predicted", *names])]
+    rows += [",".join([n, *map(str, r)]) for n, r in zip(names, matrix, strict=True)]
+    return "\n".join(rows) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------
 # kNN
 

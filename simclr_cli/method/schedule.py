@@ -115,3 +115,46 @@ class Schedule:
     def __call__(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based)."""
         return warmup_cosine(step, self.total_steps, self.warmup_steps, self.base_lr)
+
+
+# -- fine-tuning on few labels ---------------------------------------------------------------
+
+FINETUNE_OPTIMIZERS = ("sgd", "lars")
+# SimCLR fine-tunes with Nesterov momentum at 0.05 x B/256 (appendix B.5); SimCLRv2 with LARS at
+# 0.005 x sqrt(B) (its appendix: 0.16 at B = 1024). Neither warms up or decays weights.
+FINETUNE_BASE_LRS = {"sgd": 0.05, "lars": 0.005}
+# Epochs: 60 on 1% of the labels, 30 on 10% (appendix B.5); the switch sits between the two.
+FINETUNE_EPOCHS_FEW, FINETUNE_EPOCHS_MORE, FINETUNE_FEW_SHARE = 60, 30, 0.05
+
+
+# The batch when none is given: the paper's 4096 is a few steps per epoch of ImageNet's 1%; on
+# small subsets a batch of 256 would be one step per epoch, so it is at most a quarter of them.
+FINETUNE_BATCH, FINETUNE_MIN_STEPS = 256, 4
+
+
+def finetune_batch_size(images: int, batch_size: int | None = None) -> int:
+    """The fine-tuning batch for ``images`` training images: ``batch_size`` (at most
+    ``images``), else 256 but at most ``images // 4`` (at least 2: batch norm in train mode),
+    so an epoch takes at least four steps."""
+    if batch_size is not None:
+        return min(batch_size, images)
+    return max(2, min(FINETUNE_BATCH, images // FINETUNE_MIN_STEPS))
+
+
+def finetune_lr(optimizer: str, batch_size: int) -> float:
+    """The fine-tuning lr of the paper for ``optimizer`` at a batch of ``batch_size`` images.
+
+    References: Chen et al. 2020 (arXiv:2002.05709), appendix B.5; Chen et al. 2020b
+    (arXiv:2006.10029), appendix (fine-tuning).
+    """
+    if optimizer not in FINETUNE_OPTIMIZERS:
+        raise UsageError("--optimizer", optimizer, "choose sgd or lars")
+    if optimizer == "sgd":
+        return scaled_lr(FINETUNE_BASE_LRS["sgd"], batch_size, "linear")
+    return FINETUNE_BASE_LRS["lars"] * math.sqrt(batch_size)
+
+
+def finetune_epochs(label_share: float) -> int:
+    """Fine-tuning epochs for a subset holding ``label_share`` of the training labels: 60 up to
+    5% (the paper's 1% setting), else 30 (its 10% setting)."""
+    return FINETUNE_EPOCHS_FEW if label_share <= FINETUNE_FEW_SHARE else FINETUNE_EPOCHS_MORE

@@ -1,7 +1,9 @@
 """``simclr report``: one self-contained HTML page about a run folder, and the PNGs it shows.
 
 Sections, each present when its inputs are: training curves (``metrics.jsonl``), linear
-evaluation (``linear_eval.json``: header numbers, confusion matrix, per-class accuracy),
+evaluation (``linear_eval.json``: header numbers, confusion matrix, per-class accuracy) or, for
+a ``simclr finetune`` folder, the fine-tuned classifier (``finetune.json``: its accuracy beside
+the baselines, curves of each classifier, confusion matrix, per-class accuracy),
 nearest neighbours and a 2-D PCA map of ``h`` (the run's checkpoint and its dataset, or features
 exported by ``simclr features``), and the run's configuration and summary. A missing input
 becomes a note on the page and on the terminal, not a failure. Images are embedded as base64,
@@ -30,10 +32,11 @@ from simclr_cli.report.plots import (
     figure_png,
     plot_curves,
     plot_embedding,
+    plot_finetune_curves,
     plot_linear_eval,
     plot_neighbours,
 )
-from simclr_cli.report.run import read_run
+from simclr_cli.report.run import is_finetune_run, read_run
 from simclr_cli.storage import fileio
 
 REPORT = "report.html"
@@ -61,9 +64,12 @@ def run_report(cfg: Any) -> dict[str, Any]:
     run = read_run(Path(cfg.run_dir))
     figures: dict[str, Any] = {}
     sections: list[str] = []
+    finetuned = is_finetune_run(run)
     if run.records:
-        figures["curves.png"] = plot_curves(run.records)
-    if run.linear_eval is not None:
+        figures["curves.png"] = (plot_finetune_curves if finetuned else plot_curves)(run.records)
+    if run.finetune is not None:
+        figures.update(plot_linear_eval(run.finetune, "fine-tuned classifier"))
+    elif run.linear_eval is not None:
         figures.update(plot_linear_eval(run.linear_eval))
     neighbours = find_neighbours(cfg, run)
     if neighbours is not None:

@@ -13,23 +13,30 @@ from typing import Any
 import numpy as np
 
 from simclr_cli.report.neighbours import Neighbours
-from simclr_cli.report.run import RunFiles, finite
+from simclr_cli.report.run import RunFiles, finite, is_finetune_run
 
 
 def build_sections(run: RunFiles, pngs: dict[str, bytes], nb: Neighbours | None) -> list[str]:
     """The page's sections as HTML fragments, in reading order."""
     sections = []
-    if run.linear_eval is not None:
+    finetuned = is_finetune_run(run)
+    if run.finetune is not None:
+        sections.append(_finetune_header(run.finetune))
+    elif run.linear_eval is not None:
         sections.append(_linear_eval_header(run.linear_eval))
     if "curves.png" in pngs:
         text = "Loss, learning rate and throughput per logged step; epochs on the top axis"
+        if finetuned:
+            text = "Per epoch and classifier: loss and top-1 on its augmented batches, held-out "
+            text += "top-1 with --val-split, learning rate"
         if any("resumed_from" in r for r in run.records):
             text += "; dashed lines mark where the run was resumed"
         sections.append(_figure_section("Training", "curves.png", pngs, text + "."))
+    what = "Fine-tuned classifier" if run.finetune is not None else "Linear probe"
     for name, title, text in (
         ("confusion.png", "Confusion matrix", "Rows: true class; columns: predicted class; "
          "numbers: test images; colour: share of the true class."),
-        ("per_class.png", "Per-class accuracy", "Linear probe accuracy per class; dashed: top-1."),
+        ("per_class.png", "Per-class accuracy", f"{what} accuracy per class; dashed: top-1."),
     ):  # fmt: skip
         if name in pngs:
             sections.append(_figure_section(title, name, pngs, text, narrow=True))
@@ -45,7 +52,8 @@ def build_sections(run: RunFiles, pngs: dict[str, bytes], nb: Neighbours | None)
         sections.append(_figure_section("Nearest neighbours", "neighbours.png", pngs, text))
         text = "The gallery's h on its first two principal components (exact SVD), by class."
         sections.append(_figure_section("Embedding", "embedding.png", pngs, text, narrow=True))
-    sections.append(_table_section("Summary", run_summary(run), SUMMARY_NOTE))
+    summary = finetune_summary(run) if finetuned else run_summary(run)
+    sections.append(_table_section("Summary", summary, "" if finetuned else SUMMARY_NOTE))
     if run.config is not None:
         sections.append(_list_section("Configuration", flatten(run.config)))
     return sections
@@ -94,6 +102,26 @@ def _baselines_table(result: dict[str, Any]) -> str:
     )
     caption = "Baselines: the same splits, probe and k (gap: linear / kNN top-1 of the checkpoint)"
     return f'<table class="baselines"><caption>{caption}</caption><tr>{head}</tr>{body}</table>'
+
+
+def _finetune_header(result: dict[str, Any]) -> str:
+    """The fine-tuned classifier's top-1/top-5 and each baseline's top-1 with the gap."""
+    cells = []
+    rows = [("top1", "top-1", result), ("top5", "top-5", result)]
+    names = {"scratch": "from scratch", "linear": "linear probe"}
+    rows += [("top1", names.get(arm, arm), m) for arm, m in result.get("baselines", {}).items()]
+    for key, label, metrics in rows:
+        value = metrics.get(key)
+        shown = f"{100 * value:.1f}%" if isinstance(value, (int, float)) and finite(value) else "-"
+        cells.append(f'<div class="stat"><b>{shown}</b><span>{html.escape(label)}</span></div>')
+    subset = result.get("subset") or {}
+    where = (
+        f"{result.get('dataset', '')}: fine-tuned on {subset.get('images', '?')} labelled images "
+        f"({subset.get('train_images', '?')} trained on), {result.get('test_images', '?')} test "
+        f"images; from {result.get('checkpoint', '?')}"
+    )
+    stats = f'<div class="stats">{"".join(cells)}</div>'
+    return f"<section><h2>Fine-tuning</h2>{stats}<p>{html.escape(where)}</p></section>"
 
 
 def _figure_section(
@@ -178,6 +206,25 @@ def training_windows(records: Sequence[dict[str, Any]], batch_size: Any) -> tupl
             seconds += (step - previous) * batch_size / rate
         previous = step
     return images, seconds
+
+
+def finetune_summary(run: RunFiles) -> dict[str, Any]:
+    """Per classifier: epochs, final loss and time; the labels and the recipe."""
+    result = run.finetune or {}
+    rows: dict[str, Any] = {"run folder": str(run.root)}
+    for arm in dict.fromkeys(r["arm"] for r in run.records if "arm" in r):
+        last = [r for r in run.records if r.get("arm") == arm and finite(r.get("loss"))]
+        if last:
+            rows[f"{arm}: epochs"] = last[-1].get("epoch")
+            rows[f"{arm}: final loss"] = last[-1]["loss"]
+    for arm, metrics in {"finetune": result, **(result.get("baselines") or {})}.items():
+        if finite(metrics.get("cpu_s")):
+            rows[f"{arm}: time (s, wall / CPU)"] = f"{metrics.get('time_s')} / {metrics['cpu_s']}"
+    recipe = result.get("recipe") or {}
+    for key in ("optimizer", "lr", "batch_size", "epochs", "from_head_layer"):
+        if key in recipe:
+            rows[f"recipe: {key}"] = recipe[key]
+    return rows
 
 
 def run_summary(run: RunFiles) -> dict[str, Any]:

@@ -77,22 +77,53 @@ def _mark_resumes(ax: Any, steps: Sequence[float], legend: bool) -> None:
         ax.legend(loc="best", fontsize=8)
 
 
-def plot_linear_eval(result: dict[str, Any]) -> dict[str, Any]:
-    """The confusion matrix (row-normalised colours, counts) and per-class accuracy."""
+def plot_finetune_curves(records: Sequence[dict[str, Any]]) -> Any:
+    """A fine-tuning run's loss, training (and held-out) top-1 and lr against epoch, one line
+    per classifier (fine-tuned, from scratch)."""
+    runs = [r for r in records if "arm" in r]
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    panels = [("loss", "cross-entropy loss"), ("train_top1", "top-1 on the augmented batches (%)")]
+    if any("val_top1" in r for r in runs):
+        panels.append(("val_top1", "held-out top-1 (%)"))
+    panels.append(("lr", "learning rate"))
+    rows = math.ceil(len(panels) / 2)
+    fig = _figure(10, 3.2 * rows)
+    axes = fig.subplots(rows, 2, squeeze=False).ravel()
+    for ax, (key, title) in zip(axes, panels, strict=False):
+        scale = 100.0 if key.endswith("top1") else 1.0
+        for arm in arms:
+            points = [(r["epoch"], scale * r[key]) for r in runs
+                      if r["arm"] == arm and finite(r.get(key))]  # fmt: skip
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o" if len(points) < 30 else None, ms=3, lw=1.4, label=arm)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if arms:
+        axes[0].legend(loc="best", fontsize=8)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    return fig
+
+
+def plot_linear_eval(result: dict[str, Any], what: str = "linear probe") -> dict[str, Any]:
+    """The confusion matrix (row-normalised colours, counts) and per-class accuracy of ``what``
+    (the linear probe, or a fine-tuned classifier)."""
     names = [str(row["class"]) for row in result.get("per_class", [])]
     figures: dict[str, Any] = {}
     matrix = np.asarray(result.get("confusion_matrix") or [], dtype=float)
     if matrix.ndim == 2 and matrix.size and len(names) == len(matrix):
-        figures["confusion.png"] = plot_confusion(matrix, names)
+        figures["confusion.png"] = plot_confusion(matrix, names, what)
     if names:
         accuracy = [row.get("accuracy") for row in result["per_class"]]
         support = [row.get("support") for row in result["per_class"]]
         labelled = [n if k is None else f"{n} ({k})" for n, k in zip(names, support, strict=True)]
-        figures["per_class.png"] = plot_per_class(labelled, accuracy, result.get("top1"))
+        figures["per_class.png"] = plot_per_class(labelled, accuracy, result.get("top1"), what)
     return figures
 
 
-def plot_confusion(matrix: np.ndarray, names: Sequence[str]) -> Any:
+def plot_confusion(matrix: np.ndarray, names: Sequence[str], what: str = "linear probe") -> Any:
     """Heatmap: true class rows, predicted columns, colour = share of the row."""
     n = len(names)
     side = min(12.0, max(5.0, 0.45 * n + 2.5))
@@ -106,7 +137,7 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str]) -> Any:
     ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("Confusion matrix (linear probe, test split)")
+    ax.set_title(f"Confusion matrix ({what}, test split)")
     if n <= 20:
         for i in range(n):
             for j in range(n):
@@ -116,7 +147,9 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str]) -> Any:
     return fig
 
 
-def plot_per_class(names: Sequence[str], accuracy: Sequence[Any], top1: Any) -> Any:
+def plot_per_class(
+    names: Sequence[str], accuracy: Sequence[Any], top1: Any, what: str = "linear probe"
+) -> Any:
     """Horizontal bars of per-class accuracy, with the overall top-1 as a line."""
     n = len(names)
     fig = _figure(8, max(2.5, 0.3 * n + 1.2))
@@ -127,7 +160,7 @@ def plot_per_class(names: Sequence[str], accuracy: Sequence[Any], top1: Any) -> 
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%)")
-    ax.set_title("Per-class accuracy (linear probe; test images per class in brackets)")
+    ax.set_title(f"Per-class accuracy ({what}; test images per class in brackets)")
     if finite(top1):
         # Named under the axis, not in a legend box, which would cover the last bars' labels.
         ax.axvline(100 * top1, color="black", ls="--", lw=1)

@@ -21,12 +21,14 @@ class RunFiles:
     config: dict[str, Any] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     linear_eval: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None  # finetune.json of a `simclr finetune` run
     checkpoint: Path | None = None
     notes: list[str] = field(default_factory=list)
 
 
 def read_run(root: Path) -> RunFiles:
-    """Read ``config.json``, ``metrics.jsonl``, ``linear_eval.json`` and find the checkpoint.
+    """Read ``config.json``, ``metrics.jsonl``, ``linear_eval.json`` (or a fine-tuning run's
+    ``finetune.json``) and find the checkpoint.
 
     Raises:
         DatasetError: the folder holds none of them (not a run folder).
@@ -35,13 +37,17 @@ def read_run(root: Path) -> RunFiles:
     run.config = read_json(root / "config.json", run.notes)
     run.records = read_metrics(root / "metrics.jsonl", run.notes)
     run.linear_eval = read_json(root / "linear_eval.json", run.notes, missing_note=False)
+    run.finetune = read_json(root / "finetune.json", run.notes, missing_note=False)
     last = root / RUN_CHECKPOINT
     run.checkpoint = last if last.is_file() else None
-    if run.config is None and not run.records and run.linear_eval is None and not run.checkpoint:
+    found = (run.config, run.linear_eval, run.finetune, run.checkpoint)
+    if not run.records and all(part is None for part in found):
         raise DatasetError(
-            f"{root} holds no config.json, metrics.jsonl, linear_eval.json or checkpoint_last.pt; "
-            "give a run folder written by simclr pretrain"
+            f"{root} holds no config.json, metrics.jsonl, linear_eval.json, finetune.json or "
+            "checkpoint_last.pt; give a run folder written by simclr pretrain or simclr finetune"
         )
+    if is_finetune_run(run):
+        return run  # no linear evaluation or pretraining checkpoint to miss
     if run.linear_eval is None:
         run.notes.append(
             "no linear_eval.json: run `simclr linear-eval --checkpoint "
@@ -50,6 +56,11 @@ def read_run(root: Path) -> RunFiles:
     if run.checkpoint is None:
         run.notes.append("no checkpoint_last.pt: no nearest neighbours or embedding map")
     return run
+
+
+def is_finetune_run(run: RunFiles) -> bool:
+    """A folder of ``simclr finetune``: its results, or records of its classifiers."""
+    return run.finetune is not None or any("arm" in record for record in run.records)
 
 
 def read_json(path: Path, notes: list[str], missing_note: bool = True) -> dict | None:

@@ -12,6 +12,10 @@ Payload layout (``FORMAT_VERSION`` 1), written by :func:`build_payload` only::
     optimizer (state_dict | None), scaler (state_dict | None), rng (dict),
     converted_from (None | dict)
 
+A fine-tuned classifier (kind ``"classifier"``, :mod:`simclr_cli.storage.classifier`) shares the
+header and the loading rules; a command accepts the kinds it names (``kinds``) and refuses the
+other with a line that says what the file is and which command takes it.
+
 :func:`load_checkpoint` also reads the release files of Spijkervet/SimCLR (bare ``state_dict`` s):
 :mod:`simclr_cli.storage.release` infers their model and this module lays them out as above.
 """
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 FORMAT = "simclr-cli-checkpoint"
 FORMAT_VERSION = 1
 PRETRAIN_KIND = "pretrain"
+CLASSIFIER_KIND = "classifier"
 # The keys that mark a file as ours; every payload starts with them.
 _HEADER: Mapping[str, Any] = MappingProxyType(
     {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": PRETRAIN_KIND}
@@ -183,7 +188,11 @@ def _check_weights_only_safe(obj: Any, where: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str | os.PathLike[str], shown: str | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    shown: str | None = None,
+    kinds: tuple[str, ...] = (PRETRAIN_KIND,),
+) -> dict[str, Any]:
     """Load a simclr-cli checkpoint or a Spijkervet/SimCLR release file, without running its code.
 
     A file in torch's zip format has its archive CRCs checked first: ``torch.load`` does not, so
@@ -193,6 +202,8 @@ def load_checkpoint(path: str | os.PathLike[str], shown: str | None = None) -> d
         path: the checkpoint file.
         shown: how messages name the file (default: ``path``), e.g. the source of a download
             that is still in a temporary file.
+        kinds: the kinds the caller accepts (``"pretrain"``, which release files are too, and
+            ``"classifier"``).
 
     Returns:
         A payload in the layout of this module (release files are converted; what was inferred is
@@ -200,19 +211,21 @@ def load_checkpoint(path: str | os.PathLike[str], shown: str | None = None) -> d
 
     Raises:
         CheckpointError: the file is missing, corrupt, needs arbitrary unpickling (refused),
-            or is not a pretraining checkpoint.
+            or is of a kind not in ``kinds``.
     """
     path = Path(path)
     shown = shown or str(path)
     obj = _torch_load(path, shown)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        return _check_native(obj, shown)
+        return _check_native(obj, shown, kinds)
     if _is_state_dict(obj):
         try:
-            return convert_release_state_dict(obj, name=path.name)
+            payload = convert_release_state_dict(obj, name=path.name)
         except CheckpointError as e:  # named after the file as the caller knows it
-            problem = str(e).removeprefix(f"{path.name}: ").removeprefix(path.name)
+            problem = str(e).removeprefix(f"{path.name}: ").removeprefix(path.name).strip()
             raise CheckpointError(f"{shown}: {problem}", problem=problem) from None
+        _check_kind(PRETRAIN_KIND, kinds, shown)
+        return payload
     problem = f"it is not a simclr-cli pretraining checkpoint ({_summarize(obj)})"
     raise CheckpointError(
         f"{shown} is not a simclr-cli pretraining checkpoint ({_summarize(obj)}); "
@@ -297,7 +310,7 @@ def _refused_global(message: str) -> str:
     return f"it references {match.group(1)}" if match else "it references a non-tensor object"
 
 
-def _check_native(obj: Mapping[str, Any], path: str) -> dict[str, Any]:
+def _check_native(obj: Mapping[str, Any], path: str, kinds: tuple[str, ...]) -> dict[str, Any]:
     """Validate a payload that carries our FORMAT marker."""
     version = obj.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -305,16 +318,45 @@ def _check_native(obj: Mapping[str, Any], path: str) -> dict[str, Any]:
             f"{path} has checkpoint format version {version!r}, newer than this simclr-cli "
             f"understands ({FORMAT_VERSION}); upgrade simclr-cli"
         )
-    kind = obj.get("kind")
-    if kind != PRETRAIN_KIND:
-        raise CheckpointError(
-            f"{path} is not a simclr-cli pretraining checkpoint (kind {kind!r}); "
-            "give a checkpoint written by `simclr pretrain`"
-        )
+    _check_kind(obj.get("kind"), kinds, path)
     missing = [k for k in ("model", "state_dict") if not isinstance(obj.get(k), Mapping)]
     if missing:
         raise CheckpointError(f"{path} is incomplete (no {', '.join(missing)}); it cannot be used")
     return dict(obj)
+
+
+def check_encoder(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a payload without encoder weights before a model is built from it.
+
+    Raises:
+        CheckpointError: no ``encoder.*`` tensor in its state dict.
+    """
+    if not any(str(key).startswith("encoder.") for key in payload["state_dict"]):
+        raise CheckpointError(
+            f"{path} holds no encoder weights (no encoder.* tensors); give a checkpoint written "
+            "by `simclr pretrain`, a run folder or a release name (simclr download --list)"
+        )
+
+
+def _check_kind(kind: Any, kinds: tuple[str, ...], path: str) -> None:
+    """Refuse a checkpoint of a kind the caller does not take, saying what it is instead."""
+    if kind in kinds:
+        return
+    if kind == CLASSIFIER_KIND:
+        raise CheckpointError(
+            f"{path} is a fine-tuned classifier (written by `simclr finetune`), not a pretraining "
+            "checkpoint; use it with `simclr predict` or `simclr export`, or give a checkpoint "
+            "written by `simclr pretrain`"
+        )
+    if kind == PRETRAIN_KIND:
+        raise CheckpointError(
+            f"{path} is a pretraining checkpoint, not a classifier; fine-tune one first: "
+            f"simclr finetune --checkpoint {path} --dataset ... --labels-per-class N"
+        )
+    raise CheckpointError(
+        f"{path} is not a simclr-cli pretraining checkpoint (kind {kind!r}); "
+        "give a checkpoint written by `simclr pretrain`"
+    )
 
 
 def _is_state_dict(obj: Any) -> bool:

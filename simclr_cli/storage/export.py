@@ -1,4 +1,5 @@
-"""``simclr export``: the encoder (or the projection head) as a file other code loads alone.
+"""``simclr export``: the encoder (or the projection head), or a fine-tuned classifier, as a
+file other code loads alone.
 
 Four formats:
 
@@ -6,13 +7,16 @@ Four formats:
   ResNet built in a few lines (:func:`load_snippet`; the README shows them);
 - ``safetensors``: the same tensors in the safetensors format;
 - ``torchscript`` and ``onnx``: the encoder as a self-contained graph from normalised float images
-  ``(B, 3, S, S)`` to ``h`` with a dynamic batch dimension. They record the input size and
-  normalisation they expect (TorchScript: an embedded ``meta.json``; ONNX: ``metadata_props``).
+  ``(B, 3, S, S)`` to ``h`` (a classifier's: to ``logits``) with a dynamic batch dimension. They
+  record the input size and normalisation they expect, and a classifier's class names
+  (TorchScript: an embedded ``meta.json``; ONNX: ``metadata_props``).
 
 Every export also writes ``<out>.meta.json`` (what the file holds and how to load it). Nothing is
 reported done before it is verified: the file is written under a temporary name, loaded back
 the way a user would load it, run on a fixed batch and compared with the checkpoint's own ``h``
-(and ``z``); only then is it renamed into place. A failed verification leaves no file.
+(and ``z``, or a classifier's logits); only then is it renamed into place. A failed verification
+leaves no file. The plain modules and the loading lines are in
+:mod:`~simclr_cli.storage.plain_modules`.
 """
 
 from __future__ import annotations
@@ -21,25 +25,32 @@ import contextlib
 import json
 import os
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
-from simclr_cli.errors import ExportError, OutputExistsError, import_extra
-from simclr_cli.method.model import build_layer, head_layers
+from simclr_cli.errors import ExportError, OutputExistsError, UsageError, import_extra
 from simclr_cli.storage import fileio, runlock
+from simclr_cli.storage.plain_modules import (  # noqa: F401 - also this module's interface
+    load_snippet,
+    part_state_dict,
+    plain_classifier,
+    plain_encoder,
+    plain_module,
+    plain_projector,
+)
 
 # Images in the fixed verification batch; more than one, so the batch dimension is exercised.
 VERIFY_BATCH = 4
 # Largest allowed difference from the checkpoint's output, relative to max(1, max |h|).
 TOLERANCE = 1e-4
-INPUT_NAME, OUTPUT_NAME = "images", "h"
+INPUT_NAME = "images"
+# The parts each kind of checkpoint exports, the first by default.
+PARTS = {"pretrain": ("encoder", "projector", "both"), "classifier": ("classifier", "encoder")}
 
 
 @dataclass(frozen=True)
@@ -48,100 +59,13 @@ class Reference:
 
     x: Tensor  # (B, 3, S, S) normalised float images
     h: Tensor  # (B, feature_dim)
-    z: Tensor  # (B, projection_dim)
+    z: Tensor | None  # (B, projection_dim); None for a classifier
+    logits: Tensor | None = None  # (B, num_classes) of a classifier
 
 
-# -- plain torchvision modules (what a user builds without simclr-cli) -----------------------
-
-
-def plain_encoder(spec: Mapping[str, Any]) -> nn.Module:
-    """The torchvision ResNet whose ``state_dict`` the encoder export loads into, strictly.
-
-    Exactly the README's lines: the torchvision model, ``fc`` replaced by the identity (h is
-    the pooled feature) and, for the CIFAR stem, a 3x3/1 ``conv1`` and no max-pool.
-    """
-    model = getattr(torchvision.models, spec["arch"])()
-    model.fc = nn.Identity()
-    if spec["stem"] == "cifar":
-        model.conv1, model.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
-    return model
-
-
-def plain_projector(spec: Mapping[str, Any]) -> nn.Sequential:
-    """The projection head as a plain ``torch.nn.Sequential`` (same keys as the checkpoint's)."""
-    modules = []
-    for layer in _head_layers(spec):
-        module = build_layer(layer)
-        if isinstance(module, nn.ReLU):
-            module = nn.ReLU()  # what the load snippet writes
-        modules.append(module)
-    return nn.Sequential(*modules)
-
-
-def plain_module(spec: Mapping[str, Any], part: str) -> nn.Module:
-    """What a ``part`` export loads into: the encoder, the head, or both in a ``ModuleDict``."""
-    if part == "encoder":
-        return plain_encoder(spec)
-    if part == "projector":
-        return plain_projector(spec)
-    return nn.ModuleDict({"encoder": plain_encoder(spec), "projector": plain_projector(spec)})
-
-
-def _head_layers(spec: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    feature = int(spec["feature_dim"])
-    hidden, out = int(spec.get("hidden_dim") or feature), int(spec["projection_dim"])
-    return head_layers(feature, hidden, out, spec["head"], bool(spec.get("head_bias", True)))
-
-
-def load_snippet(spec: Mapping[str, Any], part: str, filename: str, fmt: str) -> str:
-    """Python lines that rebuild the plain module and load a ``torchvision``/``safetensors``
-    export of ``part`` strictly (recorded in ``meta.json``; the README shows the encoder's)."""
-    lines = ["import torch, torchvision"]
-    if part in ("encoder", "both"):
-        lines += [f"model = torchvision.models.{spec['arch']}()", "model.fc = torch.nn.Identity()"]
-        if spec["stem"] == "cifar":
-            lines.append(
-                "model.conv1, model.maxpool = "
-                "torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False), torch.nn.Identity()"
-            )
-    if part in ("projector", "both"):
-        lines.append(f"head = {_head_code(spec)}")
-    target = {"encoder": "model", "projector": "head"}.get(
-        part, 'torch.nn.ModuleDict({"encoder": model, "projector": head})'
-    )
-    if fmt == "safetensors":
-        lines += ["from safetensors.torch import load_file", f"state = load_file({filename!r})"]
-    else:
-        lines.append(f"state = torch.load({filename!r}, weights_only=True)")
-    lines.append(f"{target}.load_state_dict(state, strict=True)")
-    return "\n".join(lines)
-
-
-def _head_code(spec: Mapping[str, Any]) -> str:
-    """``torch.nn.Sequential(...)`` source of the head (a last batch norm without a shift
-    loads as a plain one: the shift is a stored zero)."""
-    code = {
-        "linear": lambda a, b, bias: f"torch.nn.Linear({a}, {b}, bias={bias})",
-        "bn": lambda dim, shift: f"torch.nn.BatchNorm1d({dim})",
-        "relu": lambda: "torch.nn.ReLU()",
-    }
-    layers = [code[layer[0]](*layer[1:]) for layer in _head_layers(spec)]
-    return f"torch.nn.Sequential({', '.join(layers)})"
-
-
-# -- tensors of a part -----------------------------------------------------------------------
-
-
-def part_state_dict(state_dict: Mapping[str, Tensor], part: str) -> OrderedDict[str, Tensor]:
-    """The checkpoint's tensors of ``part``: ``encoder.``/``projector.`` stripped for one part,
-    kept for ``both``; contiguous CPU copies (safetensors refuses shared or strided storage)."""
-    prefixes = ("encoder.", "projector.") if part == "both" else (f"{part}.",)
-    out: OrderedDict[str, Tensor] = OrderedDict()
-    for key, value in state_dict.items():
-        if key.startswith(prefixes):
-            name = key if part == "both" else key[len(prefixes[0]) :]
-            out[name] = value.detach().cpu().contiguous().clone()
-    return out
+def output_name(part: str) -> str:
+    """The graph's output: ``h`` of the encoder, ``logits`` of a classifier."""
+    return "logits" if part == "classifier" else "h"
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -171,29 +95,71 @@ def run_export(cfg: Any) -> dict[str, Any]:
 
 def _export(cfg: Any, out: Path) -> dict[str, Any]:
     """The body of :func:`run_export`, holding the lock of ``out``."""
-    from simclr_cli.evaluation.inference import load_frozen_model
-
     meta_path = meta_path_for(out)
     _check_free(out, meta_path, cfg.overwrite)
     _require_packages(cfg.format)
-    model, payload, path = load_frozen_model(cfg.checkpoint, cfg.cache_dir)
+    model, payload, path = load_export_model(cfg.checkpoint, cfg.cache_dir)
+    part = export_part(cfg.part, payload, cfg.format)
     size = int(cfg.image_size or payload["model"].get("image_size") or 224)
     reference = make_reference(model, size)
-    meta = build_meta(payload["model"], cfg, path, size)
-    error = write_verified(payload, cfg, out, meta, reference)
+    meta = build_meta(payload, cfg, path, size, part)
+    error = write_verified(payload, cfg, out, meta, reference, part)
     return {
         "file": str(out),
         "meta": str(meta_path),
         "format": cfg.format,
-        "part": cfg.part,
+        "part": part,
         "checkpoint": str(path),
         "input": f"(batch, 3, {size}, {size}) float32, {meta['input']['value_range']}",
-        "verified_max_error": f"{error:.2e} (<= {TOLERANCE:g} x max(1, |h|))",
+        "verified_max_error": f"{error:.2e} (<= {TOLERANCE:g} x max(1, |{output_name(part)}|))",
     }
 
 
+def load_export_model(ref: str, cache_dir: Path) -> tuple[nn.Module, dict[str, Any], Path]:
+    """The model of a pretraining or classifier checkpoint (eval mode), its payload and path."""
+    from simclr_cli.storage.checkpoint import (
+        CLASSIFIER_KIND,
+        PRETRAIN_KIND,
+        check_encoder,
+        load_checkpoint,
+        load_model,
+    )
+    from simclr_cli.storage.classifier import check_classifier, load_classifier
+    from simclr_cli.storage.hub import resolve_checkpoint
+
+    path = resolve_checkpoint(ref, cache_dir)
+    payload = load_checkpoint(path, kinds=(PRETRAIN_KIND, CLASSIFIER_KIND))
+    check_encoder(payload, path)
+    if payload["kind"] == CLASSIFIER_KIND:
+        payload = check_classifier(payload, path)
+        return load_classifier(payload).requires_grad_(False), payload, path
+    return load_model(payload).requires_grad_(False), payload, path
+
+
+def export_part(part: str | None, payload: Mapping[str, Any], fmt: str) -> str:
+    """``--part`` for this checkpoint: by default the encoder, or a classifier's whole model.
+
+    Raises:
+        UsageError: a part the checkpoint does not hold, or a head part in a graph format.
+    """
+    kind = payload.get("kind", "pretrain")
+    allowed = PARTS[kind]
+    part = part or allowed[0]
+    if part not in allowed:
+        what = "a classifier" if kind == "classifier" else "a pretraining checkpoint"
+        raise UsageError("--part", part, f"{what} exports {' or '.join(allowed)}")
+    if fmt in ("torchscript", "onnx") and part not in ("encoder", "classifier"):
+        raise UsageError("--part", part, f"--format {fmt} exports the encoder or a classifier")
+    return part
+
+
 def write_verified(
-    payload: Mapping[str, Any], cfg: Any, out: Path, meta: dict[str, Any], reference: Reference
+    payload: Mapping[str, Any],
+    cfg: Any,
+    out: Path,
+    meta: dict[str, Any],
+    reference: Reference,
+    part: str,
 ) -> float:
     """Write the export and its meta.json under temporary names, verify, then rename both.
 
@@ -202,8 +168,8 @@ def write_verified(
     """
     meta_path = meta_path_for(out)
     with _new_folders(out.parent), _staged(out) as tmp, _staged(meta_path) as tmp_meta:
-        WRITERS[cfg.format](payload, cfg.part, tmp, meta)
-        error = verify(cfg.format, cfg.part, tmp, payload["model"], reference)
+        WRITERS[cfg.format](payload, part, tmp, meta)
+        error = verify(cfg.format, part, tmp, payload["model"], reference)
         meta["verified"] = {"batch": VERIFY_BATCH, "max_abs_error": error, "tolerance": TOLERANCE}
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         fileio.commit(tmp, out)  # fsync, rename, fsync the folder: simclr_cli.storage.fileio
@@ -234,22 +200,29 @@ def _require_packages(fmt: str) -> None:
 
 
 def make_reference(model: nn.Module, size: int, seed: int = 0) -> Reference:
-    """A fixed, seeded batch of normalised images and the checkpoint model's ``h`` and ``z``."""
+    """A fixed, seeded batch of normalised images and the checkpoint model's ``h`` and ``z``
+    (a classifier's ``h`` and logits)."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(VERIFY_BATCH, 3, size, size, generator=generator)
     with torch.no_grad():
+        if hasattr(model, "fc"):  # a classifier: encoder, then fc
+            h = model.encoder(x)
+            return Reference(x, h, None, model.fc(h))
         h, z = model(x)
     return Reference(x, h, z)
 
 
-def build_meta(spec: Mapping[str, Any], cfg: Any, checkpoint: Path, size: int) -> dict[str, Any]:
+def build_meta(
+    payload: Mapping[str, Any], cfg: Any, checkpoint: Path, size: int, part: str
+) -> dict[str, Any]:
     """What the export holds and expects: JSON-able, also embedded where the format allows."""
     from simclr_cli import __version__
 
+    spec = payload["model"]
     mean, std = spec.get("mean"), spec.get("std")
     meta: dict[str, Any] = {
         "format": cfg.format,
-        "part": cfg.part,
+        "part": part,
         "checkpoint": str(checkpoint),
         "arch": spec["arch"],
         "stem": spec["stem"],
@@ -263,13 +236,17 @@ def build_meta(spec: Mapping[str, Any], cfg: Any, checkpoint: Path, size: int) -
             "mean": mean,
             "std": std,
         },
-        "output": "h, (batch, feature_dim)" if cfg.part == "encoder" else cfg.part,
+        "output": "h, (batch, feature_dim)" if part == "encoder" else part,
         "simclr_cli_version": __version__,
     }
+    if part == "classifier":
+        classes = list(payload["classes"])
+        meta.update(classes=classes, num_classes=len(classes))
+        meta["output"] = "logits, (batch, num_classes); softmax gives the probability of classes[i]"
     if mean is None:
         meta["input"]["value_range"] = "images scaled to [0, 1]; no normalisation"
     if cfg.format in ("torchvision", "safetensors"):
-        meta["load"] = load_snippet(spec, cfg.part, Path(cfg.out).name, cfg.format)
+        meta["load"] = load_snippet(spec, part, Path(cfg.out).name, cfg.format)
     return meta
 
 
@@ -291,7 +268,7 @@ def _write_safetensors(payload: Mapping[str, Any], part: str, tmp: Path, meta: d
 
 def _write_torchscript(payload: Mapping[str, Any], part: str, tmp: Path, meta: dict) -> None:
     with _no_jit_deprecation():
-        scripted = torch.jit.script(standalone_encoder(payload))
+        scripted = torch.jit.script(standalone_module(payload, part))
         torch.jit.save(scripted, str(tmp), _extra_files={"meta.json": json.dumps(meta)})
 
 
@@ -302,10 +279,10 @@ def _write_onnx(payload: Mapping[str, Any], part: str, tmp: Path, meta: dict) ->
     example = torch.randn(2, 3, size, size)  # batch 2: a batch of 1 would be specialised
     with _quiet_stdout():
         program = torch.onnx.export(
-            standalone_encoder(payload),
+            standalone_module(payload, part),
             (example,),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[output_name(part)],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             dynamo=True,
             external_data=False,
@@ -327,11 +304,12 @@ WRITERS: dict[str, Callable[[Mapping[str, Any], str, Path, dict], None]] = {
 }
 
 
-def standalone_encoder(payload: Mapping[str, Any]) -> nn.Module:
-    """The checkpoint's encoder as a plain torchvision module with its weights, in eval mode."""
-    encoder = plain_encoder(payload["model"])
-    encoder.load_state_dict(part_state_dict(payload["state_dict"], "encoder"), strict=True)
-    return encoder.eval()
+def standalone_module(payload: Mapping[str, Any], part: str) -> nn.Module:
+    """The checkpoint's encoder (or classifier) as a plain torchvision module with its weights,
+    in eval mode."""
+    module = plain_module(payload["model"], part)
+    module.load_state_dict(part_state_dict(payload["state_dict"], part), strict=True)
+    return module.eval()
 
 
 @contextlib.contextmanager
@@ -393,6 +371,8 @@ def _run_plain(state: Mapping[str, Tensor], spec: Mapping[str, Any], part: str, 
     with torch.no_grad():
         if part == "encoder":
             return [("h", module(ref.x), ref.h)]
+        if part == "classifier":
+            return [("logits", module(ref.x), ref.logits)]
         if part == "projector":
             return [("z", module(ref.h), ref.z)]
         assert isinstance(module, nn.ModuleDict)
@@ -414,15 +394,22 @@ def _load_torchscript(tmp: Path, spec: Mapping[str, Any], part: str, ref: Refere
     with _no_jit_deprecation():
         module = torch.jit.load(str(tmp), map_location="cpu")
     with torch.no_grad():
-        return [("h", module(ref.x), ref.h)]
+        return [_graph_output(part, module(ref.x), ref)]
 
 
 def _load_onnx(tmp: Path, spec: Mapping[str, Any], part: str, ref: Reference):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    (h,) = session.run([OUTPUT_NAME], {INPUT_NAME: ref.x.numpy()})
-    return [("h", torch.from_numpy(h), ref.h)]
+    (y,) = session.run([output_name(part)], {INPUT_NAME: ref.x.numpy()})
+    return [_graph_output(part, torch.from_numpy(y), ref)]
+
+
+def _graph_output(part: str, got: Tensor, ref: Reference) -> tuple[str, Tensor, Tensor]:
+    """A graph's one output beside what the checkpoint computes: ``h`` or the logits."""
+    expected = ref.logits if part == "classifier" else ref.h
+    assert expected is not None
+    return output_name(part), got, expected
 
 
 LOADERS = {

@@ -15,7 +15,17 @@ import pytest
 from simclr_cli import __version__, allocator
 from simclr_cli.cli import run
 
-COMMANDS = ("pretrain", "linear-eval", "features", "export", "report", "download", "info")
+COMMANDS = (
+    "pretrain",
+    "linear-eval",
+    "finetune",
+    "predict",
+    "features",
+    "export",
+    "report",
+    "download",
+    "info",
+)
 
 
 def _listing(root: Path) -> set[str]:
@@ -33,6 +43,9 @@ def test_top_level_help_lists_every_command(flag: str, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     for command in COMMANDS:
         assert command in out
+    listed = [line.split()[1] for line in out.splitlines() if line.startswith("│ ") and
+              line.split()[1] in COMMANDS]  # fmt: skip
+    assert listed == list(COMMANDS)  # finetune and predict after linear-eval
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -142,6 +155,42 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["export", "--checkpoint", "FILE", "--out", "e.pt", "--format", "tflite"], "--format"),
     (["export", "--checkpoint", "FILE", "--out", "e.pt", "--part", "neck"], "--part"),
     (["export", "--checkpoint", "FILE", "--out", "."], "--out"),
+    (["finetune", "--dataset", "shapes"], "--checkpoint"),
+    (["finetune", "--checkpoint", "FILE"], "--dataset"),
+    (
+        ["finetune", "--checkpoint", "FILE", "--dataset", "shapes", "--label-fraction", "2"],
+        "--label-fraction",
+    ),
+    (
+        ["finetune", "--checkpoint", "FILE", "--dataset", "shapes", "--labels-per-class", "0"],
+        "--labels-per-class",
+    ),
+    (
+        ["finetune", "--checkpoint", "FILE", "--dataset", "shapes", "--subset", "missing.txt"],
+        "--subset",
+    ),
+    (
+        ["finetune", "--checkpoint", "FILE", "--dataset", "shapes", "--val-split", "1"],
+        "--val-split",
+    ),
+    (
+        ["finetune", "--checkpoint", "FILE", "--dataset", "shapes", "--optimizer", "adam"],
+        "--optimizer",
+    ),
+    (
+        ["finetune", "--checkpoint", "FILE", "--dataset", "shapes", "--baseline", "random"],
+        "--baseline",
+    ),
+    (
+        ["finetune", "--checkpoint", "FILE", "--dataset", "shapes", "--test-split", "0.2"],
+        "--test-split",
+    ),
+    (["finetune", "--resume", "auto"], "--out"),
+    (["finetune", "--resume", "yes", "--out", "x"], "--resume"),
+    (["predict", "--checkpoint", "FILE", "missing.png"], "IMAGES"),
+    (["predict", "--checkpoint", "FILE", ".", "--top-k", "0"], "--top-k"),
+    (["predict", "--checkpoint", "FILE", ".", "--out", "."], "--out"),
+    (["predict", "--checkpoint", "missing.pt", "."], "--checkpoint"),
     (["report", "missing-run"], "RUN_DIR"),
     (["report", ".", "--queries", "0"], "--queries"),
     (["report", ".", "--features", "missing"], "--features"),
@@ -373,6 +422,53 @@ def test_linear_eval_baseline_flag_reaches_the_config(
     assert run(argv) == 0
     assert seen[0].baseline == ("random", "pixels") and seen[1].baseline == ()
     assert seen[1].knn_k is None  # chosen from the data
+
+
+def test_finetune_flags_reach_the_config(
+    monkeypatch: pytest.MonkeyPatch, workdir: Path, a_file: Path
+) -> None:
+    from simclr_cli.evaluation import finetune
+
+    seen: list = []
+    monkeypatch.setattr(finetune, "run_finetune", lambda cfg: seen.append(cfg) or {"top1": 1})
+    argv = ["finetune", "--checkpoint", str(a_file), "--dataset", "shapes"]
+    assert (
+        run(
+            [
+                *argv,
+                "--labels-per-class",
+                "10",
+                "--baseline",
+                "scratch",
+                "--baseline",
+                "linear",
+                "--from-head-layer",
+                "1",
+                "--crop-scale",
+                "0.5",
+                "--no-flip",
+            ]
+        )
+        == 0
+    )
+    assert run([*argv, "--label-fraction", "0.1", "--optimizer", "lars"]) == 0  # fmt: skip
+    assert seen[0].baseline == ("scratch", "linear") and seen[0].labels_per_class == 10
+    assert seen[0].from_head_layer == 1 and seen[0].crop_scale == (0.5, 1.0) and not seen[0].flip
+    assert seen[1].label_fraction == 0.1 and seen[1].optimizer == "lars" and seen[1].epochs is None
+    assert seen[1].weight_decay == 0.0 and seen[1].out.parts[0] == "runs"  # the paper's default
+    assert not (workdir / "runs").exists()  # the folder is made by the run, not the config
+
+
+def test_info_describes_a_classifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from eval_fixtures import save_classifier_checkpoint
+
+    save_classifier_checkpoint(tmp_path / "classifier.pt", classes=("cat", "dog"))
+    assert run(["info", str(tmp_path / "classifier.pt"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kind"] == "classifier" and data["classes"] == "cat, dog"
+    assert data["parameters"]["fc"] == 512 * 2 + 2 and not data["resumable"]
 
 
 def test_info_json_reports_this_machine(workdir: Path) -> None:

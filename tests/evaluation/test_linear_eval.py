@@ -71,8 +71,11 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     from simclr_cli.errors import CheckpointError
 
     ck = tmp_path / "ck.pt"
-    save_native_checkpoint(ck, kind="classifier")
+    save_native_checkpoint(ck, kind="distilled")
     with pytest.raises(CheckpointError, match="not a simclr-cli pretraining checkpoint"):
+        linear_eval.run_linear_eval(eval_config(ck))
+    save_native_checkpoint(ck, kind="classifier")  # says what it is, and where it goes
+    with pytest.raises(CheckpointError, match="is a fine-tuned classifier .* `simclr predict`"):
         linear_eval.run_linear_eval(eval_config(ck))
     assert not (tmp_path / "linear_eval.json").exists()
 

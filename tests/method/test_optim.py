@@ -335,3 +335,14 @@ def test_default_warmup_is_capped_for_short_runs_an_explicit_one_is_not(
     epochs: float | None, per_epoch: int, total: int, want: int
 ) -> None:
     assert warmup_steps_for(epochs, per_epoch, total) == want
+
+
+def test_the_fine_tuning_recipe_follows_the_papers() -> None:
+    from simclr_cli.method.schedule import finetune_batch_size, finetune_epochs, finetune_lr
+
+    assert finetune_lr("sgd", 4096) == pytest.approx(0.8)  # SimCLR B.5: 0.05 x B/256
+    assert finetune_lr("lars", 1024) == pytest.approx(0.16)  # SimCLRv2: 0.005 x sqrt(B)
+    assert (finetune_epochs(0.01), finetune_epochs(0.1)) == (60, 30)  # 1% and 10% of labels
+    assert finetune_batch_size(10_000) == 256  # big subsets: the batch of the rule
+    assert finetune_batch_size(100) == 25  # small ones: four steps an epoch
+    assert finetune_batch_size(5) == 2 and finetune_batch_size(100, 500) == 100

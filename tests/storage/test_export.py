@@ -313,3 +313,101 @@ def test_every_head_kind_loads_into_its_snippet_and_plain_module(head: str) -> N
     build = build_simclr(spec).projector
     build.load_state_dict(trained)
     assert torch.allclose(plain.eval()(x), build.eval()(x), atol=1e-6)
+
+
+# -- a fine-tuned classifier -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classifiers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Classifier checkpoints: a linear head on h (CIFAR stem), and one that kept the first
+    layer of a v2 projection head (ImageNet stem)."""
+    from eval_fixtures import save_classifier_checkpoint
+
+    root = tmp_path_factory.mktemp("export-classifiers")
+    save_classifier_checkpoint(root / "linear.pt", stem="cifar", image_size=16, seed=3)
+    save_classifier_checkpoint(root / "head1.pt", classes=("a", "b", "c", "d"), stem="imagenet",
+                               image_size=32, from_head_layer=1, seed=4, head="v2",
+                               hidden_dim=32, projection_dim=8)  # fmt: skip
+    return {"linear": root / "linear.pt", "head1": root / "head1.pt"}
+
+
+def classifier_logits(ck: Path, x: torch.Tensor) -> torch.Tensor:
+    """The classifier checkpoint's own logits in PyTorch (independent of the export code)."""
+    from simclr_cli.storage.classifier import load_classifier, load_classifier_payload
+
+    with torch.no_grad():
+        return load_classifier(load_classifier_payload(ck))(x)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "which"),
+    [(fmt, which) for fmt in ("torchvision", "safetensors", "torchscript")
+     for which in ("linear", "head1")] + [("onnx", "head1")],  # one ONNX export: the slow one
+)  # fmt: skip
+def test_a_classifier_exports_its_logits_and_class_names(
+    classifiers, tmp_path, monkeypatch, fmt, which
+) -> None:
+    ck, size = classifiers[which], 16 if which == "linear" else 32
+    out = tmp_path / f"classifier.{fmt}"
+    summary = export(ck, out, format=fmt)
+    meta = json.loads(Path(summary["meta"]).read_text())
+    classes = ["cat", "dog", "owl"] if which == "linear" else ["a", "b", "c", "d"]
+    assert summary["part"] == meta["part"] == "classifier" and meta["classes"] == classes
+    assert meta["output"].startswith("logits") and meta["verified"]["max_abs_error"] <= 1e-4
+    x = images(3, size)
+    expected = classifier_logits(ck, x)
+    if fmt in ("torchvision", "safetensors"):
+        monkeypatch.chdir(tmp_path)
+        scope: dict = {}
+        exec(meta["load"], scope)  # noqa: S102 - the recorded lines, verbatim
+        model = scope["model"]
+        assert isinstance(model, torchvision_resnet())
+        with torch.no_grad():
+            got = model.eval()(x)
+    elif fmt == "torchscript":
+        got = torch.jit.load(str(out))(x)
+    else:
+        onnx = pytest.importorskip("onnx")
+        import onnxruntime
+
+        props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert json.loads(props["classes"]) == classes
+        session = onnxruntime.InferenceSession(str(out))
+        got = torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+    assert got.shape == (3, len(classes))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def torchvision_resnet() -> type:
+    import torchvision
+
+    return torchvision.models.ResNet
+
+
+def test_the_encoder_of_a_classifier_exports_and_a_head_part_is_refused(
+    classifiers, tmp_path, capsys
+) -> None:
+    from simclr_cli.storage.classifier import load_classifier, load_classifier_payload
+
+    ck = classifiers["linear"]
+    export(ck, tmp_path / "encoder.pt", part="encoder")
+    encoder = ex.plain_encoder(load_classifier_payload(ck)["model"])
+    encoder.load_state_dict(torch.load(tmp_path / "encoder.pt", weights_only=True), strict=True)
+    x = images(2, 16)
+    with torch.no_grad():
+        expected = load_classifier(load_classifier_payload(ck)).encoder(x)
+        torch.testing.assert_close(encoder.eval()(x), expected, atol=1e-5, rtol=0)
+    code = run(["export", "--checkpoint", str(ck), "--part", "projector",
+                "--out", str(tmp_path / "head.pt")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "a classifier exports classifier or encoder" in err
+    assert not (tmp_path / "head.pt").exists()
+
+
+def test_a_pretraining_checkpoint_has_no_classifier_part(checkpoints, tmp_path, capsys) -> None:
+    code = run(["export", "--checkpoint", str(checkpoints["imagenet"]), "--part", "classifier",
+                "--out", str(tmp_path / "x.pt")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "a pretraining checkpoint exports encoder or projector or both" in err
+    assert listing(tmp_path) == []
