@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from simclr_cli.config.fields import (
+    AbsolutePath,
     CheckpointRef,
     CropScale,
     DatasetName,
@@ -49,7 +50,7 @@ class FinetuneConfig(FrozenModel):
     train_dir: Path | None = None
     test_dir: Path | None = None
     test_split: float | None = Field(default=None, gt=0, lt=1)
-    data_dir: Path = Field(default_factory=default_data_dir)
+    data_dir: AbsolutePath = Field(default_factory=default_data_dir)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     image_size: int | None = Field(default=None, ge=8, le=1024)
     # the labels

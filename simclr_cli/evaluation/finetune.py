@@ -3,7 +3,8 @@ the same labels give without the pretraining.
 
 Phases: the run's options (a resume takes them from the run's ``config.json``), the checkpoint,
 the labelled splits and the class-balanced subset (:mod:`.subset`), the recipe, then the output
-folder (nothing is written before every input was checked), the classifiers
+folder (held by one process from the start, and nothing is written into it before every input
+was checked), the classifiers
 (:mod:`.tuning`: fine-tuned from the checkpoint, and from scratch with ``--baseline scratch``),
 the frozen-encoder probe (``--baseline linear``, :mod:`.linear_eval`), and the results:
 ``classifier.pt``, ``finetune.json``, ``confusion_matrix.csv``, ``metrics.jsonl``.
@@ -27,6 +28,7 @@ from torch.utils.data import Subset
 from simclr_cli import allocator, signals
 from simclr_cli.config import FINETUNE_MAY_CHANGE, FinetuneConfig, flag_name
 from simclr_cli.console import StepProgress, get_console, phase
+from simclr_cli.data.facts import recorded_dataset
 from simclr_cli.errors import CheckpointError, OutputExistsError, plural
 from simclr_cli.evaluation import subset as subsets
 from simclr_cli.evaluation.finetune_data import LabelledData, build_recipe, load_labelled
@@ -199,6 +201,9 @@ def continue_run_config(cfg: FinetuneConfig) -> FinetuneConfig:
             f"{' '.join(map(flag_name, differ))} to continue it as it was, or start a new --out"
         )
     options = {k: v for k, v in saved.items() if k in FinetuneConfig.model_fields}
+    for name in ("dataset", "train_dir", "test_dir"):  # a folder that moved: name the run file
+        if options.get(name) is not None:
+            recorded_dataset(str(options[name]), path)
     here = {"resume", "out"} | (set(cfg.model_fields_set) & set(FINETUNE_MAY_CHANGE))
     options.update({name: getattr(cfg, name) for name in here})
     return FinetuneConfig(**options)
@@ -242,8 +247,9 @@ def refuse_existing_run(out: Path) -> None:
 
 @contextlib.contextmanager
 def run_folder(out: Path) -> Iterator[Path]:
-    """The output folder, for the part of the run that writes into it: the one place a
-    fine-tune opens it (created here; temporary files of saves that were killed removed)."""
+    """The output folder, for the part of the run that writes into it (already made and locked
+    by :func:`run_finetune`; made here too if missing; temporary files of saves that were
+    killed removed)."""
     out.mkdir(parents=True, exist_ok=True)
     fileio.remove_dead_temps(out)
     yield out

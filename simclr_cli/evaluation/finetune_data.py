@@ -57,7 +57,7 @@ def finetune_splits(cfg: FinetuneConfig, size: int) -> tuple[Dataset, Dataset]:
         )
     train = data.ImageFolderDataset(Path(cfg.train_dir or cfg.dataset).expanduser(), transform)
     if cfg.test_dir is None:
-        return data.train_test_split(train, cfg.resolved_test_split, seed=0)
+        return data.train_test_split(train, cfg.resolved_test_split, seed=0, option="--test-split")
     test = data.ImageFolderDataset(Path(cfg.test_dir).expanduser(), transform)
     if test.classes != train.classes:
         raise DatasetError(

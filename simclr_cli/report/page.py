@@ -111,8 +111,7 @@ def _finetune_header(result: dict[str, Any]) -> str:
     names = {"scratch": "from scratch", "linear": "linear probe"}
     rows += [("top1", names.get(arm, arm), m) for arm, m in result.get("baselines", {}).items()]
     for key, label, metrics in rows:
-        value = metrics.get(key)
-        shown = f"{100 * value:.1f}%" if isinstance(value, (int, float)) and finite(value) else "-"
+        shown = _percent(metrics.get(key))
         cells.append(f'<div class="stat"><b>{shown}</b><span>{html.escape(label)}</span></div>')
     subset = result.get("subset") or {}
     where = (

@@ -168,6 +168,18 @@ def test_a_resume_refuses_other_options(uninterrupted, tmp_path, capsys) -> None
     assert code == 1 and "--labels-per-class 8 (given: 2)" in one_error(capsys.readouterr().err)
 
 
+def test_a_resume_names_a_training_folder_that_moved(uninterrupted, tmp_path, capsys) -> None:
+    out = tmp_path / "copy"
+    out.mkdir()
+    config = json.loads((uninterrupted / "config.json").read_text())
+    config["train_dir"] = str(tmp_path / "gone")  # recorded absolute, since deleted
+    (out / "config.json").write_text(json.dumps(config))
+    assert run(["finetune", "--resume", "auto", "--out", str(out)]) == 1
+    line = one_error(capsys.readouterr().err)
+    assert f"{out / 'config.json'} names the dataset folder {tmp_path / 'gone'}" in line
+    assert "no longer exists" in line and listing(out) == ["config.json"]
+
+
 def test_a_fresh_run_into_a_run_folder_is_refused(uninterrupted, data, capsys) -> None:
     before = listing(uninterrupted)
     assert finetune(data, uninterrupted, "--labels-per-class", "2") == 1
