@@ -25,6 +25,7 @@ modifier changing ONE difference, so that arms differing by one modifier isolate
                 Linear-BN), ``NTXentLoss``, two encoder passes per step, and the recipe of its
                 CIFAR-10 benchmark: crop 0.08-1, temperature 0.5, SGD lr 0.06 x B/128, momentum
                 0.9, weight decay 5e-4 on every parameter, cosine annealing per epoch.
+      +crop=0.5           the published recipe with simclr-cli's crop (0.5-1) alone
       +recipe=ours        all of simclr-cli's settings above (crop, temperature, optimiser,
                           weight-decay rule, warmup and per-step cosine, normalisation)
       +head=v1|v1-bn|v2   simclr-cli's projection head instead of lightly's
@@ -94,6 +95,7 @@ MODIFIERS = {
     "ours": {"head": ("v1", "v1-bn", "v2"), "views": ("batched", "pil")},
     "lightly": {
         "recipe": ("published", "ours"),
+        "crop": ("0.08", "0.5"),
         "head": ("lightly", "v1", "v1-bn", "v2"),
         "passes": ("2", "1"),
         "views": ("pil", "batched"),
@@ -292,7 +294,8 @@ class Recipe:
     def of(cls, arm: Arm, bench: Bench) -> Recipe:
         if arm.get("recipe") == "ours":
             return cls(OURS["crop_scale"][0], OURS["temperature"], bench.normalize)
-        return cls(0.08, 0.5, IMAGENET_NORMALIZE)  # lightly's defaults and benchmark
+        # lightly's defaults and benchmark; +crop=0.5 changes the crop alone
+        return cls(float(arm.get("crop")), 0.5, IMAGENET_NORMALIZE)
 
 
 def lightly_head(arm: Arm, dim: int) -> nn.Module:
