@@ -50,7 +50,7 @@ def _run_quickstart_install(tmp_path: Path, nvidia_smi: int | None) -> list[str]
     work.mkdir()
     subprocess.run(
         ["/bin/bash", "-c", _quickstart_commands()[0]],
-        cwd=work, env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, check=True, timeout=60,
+        cwd=work, env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, check=True, timeout=600,
     )  # fmt: skip
     return log.read_text().splitlines()
 

@@ -457,18 +457,14 @@ def print_finetune(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     from simclr_cli.console import stdout_console
+    from simclr_cli.evaluation.linear_eval import add_per_class_rows
 
     table = Table(
         title=f"Fine-tuned from {result['checkpoint']} on {result['subset']['images']} labels"
     )
     for column in ("class", "accuracy", "test images"):
         table.add_column(column, justify="left" if column == "class" else "right")
-    for row in result["per_class"]:
-        acc = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f}%"
-        table.add_row(row["class"], acc, str(row["support"]))
-    table.add_section()
-    table.add_row("[bold]top-1", f"[bold]{100 * result['top1']:.2f}%", str(result["test_images"]))
-    table.add_row("top-5", f"{100 * result['top5']:.2f}%", str(result["test_images"]))
+    add_per_class_rows(table, result)
     console = stdout_console()
     console.print(table)
     if result["baselines"]:

@@ -423,12 +423,7 @@ def print_linear_eval(result: dict[str, Any]) -> None:
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     table.add_column("test images", justify="right")
-    for row in result["per_class"]:
-        acc = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f}%"
-        table.add_row(row["class"], acc, str(row["support"]))
-    table.add_section()
-    table.add_row("[bold]top-1", f"[bold]{100 * result['top1']:.2f}%", str(result["test_images"]))
-    table.add_row("top-5", f"{100 * result['top5']:.2f}%", str(result["test_images"]))
+    add_per_class_rows(table, result)
     knn = result["knn"]
     table.add_row(
         f"kNN (k={knn['k']}, T={knn['temperature']})", f"{100 * result['knn_top1']:.2f}%", ""
@@ -468,3 +463,13 @@ def baseline_table(result: dict[str, Any]) -> Any:
     for name, m in rows:
         table.add_row(name, *(f"{100 * m[k]:.2f}%" for k in ("top1", "top5", "knn_top1")))
     return table
+
+
+def add_per_class_rows(table: Any, result: dict[str, Any]) -> None:
+    """Rows of a (class, accuracy, test images) table: each class, then top-1 and top-5."""
+    for row in result["per_class"]:
+        acc = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f}%"
+        table.add_row(row["class"], acc, str(row["support"]))
+    table.add_section()
+    table.add_row("[bold]top-1", f"[bold]{100 * result['top1']:.2f}%", str(result["test_images"]))
+    table.add_row("top-5", f"{100 * result['top5']:.2f}%", str(result["test_images"]))

@@ -28,7 +28,7 @@ import re
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -395,16 +395,32 @@ def load_model(payload: Mapping[str, Any]) -> SimCLR:
     """
     from simclr_cli.method.model import build_simclr
 
+    return build_and_load(build_simclr, payload, "checkpoint")
+
+
+def build_and_load(
+    build: Callable[[dict[str, Any]], torch.nn.Module], payload: Mapping[str, Any], what: str
+) -> Any:
+    """``build(payload["model"])`` with the payload's weights loaded strictly, in eval mode.
+
+    Args:
+        build: the model factory of the payload's kind (SimCLR, classifier).
+        payload: a loaded payload.
+        what: the kind's name for the messages (``"checkpoint"``, ``"classifier"``).
+
+    Raises:
+        CheckpointError: the description is invalid or the weights do not match it.
+    """
     try:
-        model = build_simclr(dict(payload["model"]))
+        model = build(dict(payload["model"]))
     except (KeyError, ValueError, TypeError, UsageError) as e:
-        raise CheckpointError(f"checkpoint model description is invalid ({e})") from None
+        raise CheckpointError(f"{what} model description is invalid ({e})") from None
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1:2] or [str(e)]
         raise CheckpointError(
-            f"checkpoint weights do not match its model description ({first[0].strip()})"
+            f"{what} weights do not match its model description ({first[0].strip()[:200]})"
         ) from None
     return model.eval()
 

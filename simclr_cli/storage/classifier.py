@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from simclr_cli.errors import CheckpointError, UsageError
+from simclr_cli.errors import CheckpointError
 from simclr_cli.method.classifier import Classifier, build_classifier
 from simclr_cli.storage import checkpoint
 from simclr_cli.storage.checkpoint import CLASSIFIER_KIND, FORMAT, FORMAT_VERSION
@@ -114,18 +114,7 @@ def load_classifier(payload: Mapping[str, Any]) -> Classifier:
     Raises:
         CheckpointError: the description is invalid or the weights do not match it.
     """
-    try:
-        model = build_classifier(dict(payload["model"]))
-    except (KeyError, ValueError, TypeError, UsageError) as e:
-        raise CheckpointError(f"classifier model description is invalid ({e})") from None
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1:2] or [str(e)]
-        raise CheckpointError(
-            f"classifier weights do not match its model description ({first[0].strip()[:200]})"
-        ) from None
-    return model.eval()
+    return checkpoint.build_and_load(build_classifier, payload, "classifier")
 
 
 def describe_classifier(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from simclr_cli.errors import OutputBusyError
 from simclr_cli.storage import runlock
 
 ROOT = Path(__file__).resolve().parents[2]
-GUARD_S = 120  # a hang guard
+GUARD_S = 600  # a hang guard, far beyond a busy machine
 
 HOLD = """
 import sys
