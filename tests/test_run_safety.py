@@ -338,5 +338,14 @@ def test_a_truncated_last_checkpoint_names_the_intact_epoch_checkpoint_and_its_c
         f"{out} holds an intact checkpoint_epoch_1.pt: continue from it with `{command}` "
         "(the steps after it are trained again)"
     )
+    # A command that reads the run's checkpoint (info, linear-eval, export...) names it too.
+    assert run(["info", str(out)]) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: {last}: it is corrupt or truncated"), line
+    assert line.endswith(
+        f"{out} holds an intact checkpoint_epoch_1.pt (an earlier epoch of the run): "
+        f"give {intact} instead"
+    )
+    assert run(["info", str(intact)]) == 0
     assert run(shlex.split(command)[1:]) == 0  # the command it names: epoch 2 again
     assert_same_weights(weights(last), finished)

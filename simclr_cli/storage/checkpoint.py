@@ -22,6 +22,7 @@ other with a line that says what the file is and which command takes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -37,6 +38,7 @@ import torch
 
 from simclr_cli.errors import CheckpointError, UsageError
 from simclr_cli.storage import fileio, release
+from simclr_cli.storage.registry import RUN_CHECKPOINT, epoch_checkpoints
 
 if TYPE_CHECKING:
     from simclr_cli.method.model import SimCLR
@@ -215,7 +217,19 @@ def load_checkpoint(
     """
     path = Path(path)
     shown = shown or str(path)
-    obj = _torch_load(path, shown)
+    try:
+        obj = _torch_load(path, shown)
+    except CheckpointError as error:  # of a run folder's last file: name the epoch file to give
+        intact = path.name == RUN_CHECKPOINT and newest_intact_epoch_file(
+            path, lambda p: load_checkpoint(p, kinds=kinds)
+        )
+        if not intact:
+            raise
+        raise CheckpointError(
+            f"{shown}: {error.problem}; {path.parent} holds an intact {intact.name} (an earlier "
+            f"epoch of the run): give {intact} instead",
+            problem=error.problem,  # a resume words its own advice with it
+        ) from None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         return _check_native(obj, shown, kinds)
     if _is_state_dict(obj):
@@ -232,6 +246,17 @@ def load_checkpoint(
         "give a file written by `simclr pretrain` or a Spijkervet/SimCLR release checkpoint",
         problem=problem,
     )
+
+
+def newest_intact_epoch_file(damaged: Path, check: Callable[[Path], Any]) -> Path | None:
+    """The newest epoch file beside ``damaged`` that ``check`` raises no CheckpointError for, or
+    None (the last epoch's file, a hard link to ``checkpoint_last.pt``, is damaged with it)."""
+    for candidate in epoch_checkpoints(damaged.parent):
+        with contextlib.suppress(CheckpointError):
+            if candidate != damaged:
+                check(candidate)
+                return candidate
+    return None
 
 
 # No torch checkpoint is this small (an empty dict saves to ~700 bytes in zip, ~300 legacy).

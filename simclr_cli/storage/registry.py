@@ -18,6 +18,21 @@ from simclr_cli.method.archs import FEATURE_DIMS
 
 # The file of a run folder that ``--checkpoint RUN_DIR`` and ``--resume auto`` mean.
 RUN_CHECKPOINT = "checkpoint_last.pt"
+# The epoch files ``--checkpoint-every`` keeps beside it (the last one a hard link to it).
+_EPOCH_CHECKPOINT = "checkpoint_epoch_{}.pt"
+
+
+def epoch_checkpoint(folder: Path, epoch: int) -> Path:
+    """The file ``--checkpoint-every`` keeps for ``epoch`` in run folder ``folder``."""
+    return folder / _EPOCH_CHECKPOINT.format(epoch)
+
+
+def epoch_checkpoints(folder: Path) -> list[Path]:
+    """The epoch files of run folder ``folder``, the newest first."""
+    prefix, suffix = _EPOCH_CHECKPOINT.split("{}")
+    numbered = {p: p.name.removeprefix(prefix).removesuffix(suffix) for p in folder.glob("*")}
+    found = [p for p, n in numbered.items() if p.name.startswith(prefix) and n.isdigit()]
+    return sorted(found, key=lambda p: int(numbered[p]), reverse=True)
 
 
 @dataclass(frozen=True)

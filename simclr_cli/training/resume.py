@@ -58,24 +58,12 @@ def load_resume_checkpoint(path: Path, cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def intact_epoch_checkpoint(damaged: Path) -> Path | None:
-    """The newest ``checkpoint_epoch_N.pt`` beside ``damaged`` that loads and resumes, or None.
+    """The newest ``checkpoint_epoch_N.pt`` beside ``damaged`` that loads and resumes, or None."""
 
-    The last epoch's file is a hard link to ``checkpoint_last.pt``: damage done to that file
-    in place shows in both, and the link is skipped as damaged too.
-    """
+    def resumable(candidate: Path) -> None:
+        check_resumable(checkpoint.load_checkpoint(candidate), candidate)
 
-    def epoch_of(path: Path) -> int:
-        number = path.stem.removeprefix("checkpoint_epoch_")
-        return int(number) if number.isdigit() else -1
-
-    candidates = sorted(damaged.parent.glob("checkpoint_epoch_*.pt"), key=epoch_of, reverse=True)
-    for candidate in candidates:
-        if candidate == damaged or epoch_of(candidate) < 0:
-            continue
-        with contextlib.suppress(CheckpointError):
-            check_resumable(checkpoint.load_checkpoint(candidate), candidate)
-            return candidate
-    return None
+    return checkpoint.newest_intact_epoch_file(damaged, resumable)
 
 
 def check_resume_compatible(payload: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:

@@ -38,7 +38,7 @@ from simclr_cli.evaluation import inference
 from simclr_cli.method.model import SimCLR
 from simclr_cli.method.schedule import Schedule
 from simclr_cli.storage import checkpoint, fileio
-from simclr_cli.storage.registry import RUN_CHECKPOINT
+from simclr_cli.storage.registry import RUN_CHECKPOINT, epoch_checkpoint
 from simclr_cli.training.monitor import knn_datasets, knn_eval, monitor_description
 from simclr_cli.training.recipe import last_step
 from simclr_cli.training.runlog import IMAGES_FILE, RunLog, resolved_config
@@ -159,7 +159,7 @@ class Trainer:
         if self.epoch_complete() and self.epoch > 0 and due:
             # One copy on disk: the numbered file is a hard link to the complete last one. The
             # next save renames a new file over checkpoint_last.pt and leaves this one as it is.
-            numbered = self.out / f"checkpoint_epoch_{self.epoch}.pt"
+            numbered = epoch_checkpoint(self.out, self.epoch)
             fileio.link_or_copy(last, numbered)
             return numbered
         return last
