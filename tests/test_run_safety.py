@@ -349,3 +349,28 @@ def test_a_truncated_last_checkpoint_names_the_intact_epoch_checkpoint_and_its_c
     assert run(["info", str(intact)]) == 0
     assert run(shlex.split(command)[1:]) == 0  # the command it names: epoch 2 again
     assert_same_weights(weights(last), finished)
+
+
+@pytest.mark.usefixtures("tiny")
+def test_epoch_files_without_a_last_checkpoint_are_not_trained_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = [*pretrain_argv(out, epochs=3), "--checkpoint-every", "1"]
+    assert run([*argv, "--max-steps", "8"]) == 0  # two of three epochs (4 steps each)
+    (out / "checkpoint_last.pt").unlink()  # checkpoint_epoch_2.pt, its hard link, stays
+    newest = out / "checkpoint_epoch_2.pt"
+    assert load_checkpoint(newest)["global_step"] == 8
+    command = f"simclr pretrain --resume {newest} --out {out}"
+    for extra in ([], ["--resume", "auto"]):  # a fresh run, and auto (which found no last)
+        before = snapshot(out)
+        capsys.readouterr()
+        assert run([*argv, *extra]) == 1
+        (line,) = error_lines(capsys.readouterr().err)
+        assert line == (
+            f"error: {out} holds a run's checkpoint_epoch_2.pt but no checkpoint_last.pt; "
+            f"continue from it with `{command}`, or choose another --out"
+        )
+        assert snapshot(out) == before
+    assert run(shlex.split(command)[1:]) == 0  # the command it names: the third epoch
+    assert load_checkpoint(out / "checkpoint_last.pt")["global_step"] == 12

@@ -220,8 +220,10 @@ def load_checkpoint(
     try:
         obj = _torch_load(path, shown)
     except CheckpointError as error:  # of a run folder's last file: name the epoch file to give
-        intact = path.name == RUN_CHECKPOINT and newest_intact_epoch_file(
-            path, lambda p: load_checkpoint(p, kinds=kinds)
+        intact = (
+            path.name == RUN_CHECKPOINT
+            and path.is_file()
+            and newest_intact_epoch_file(path, lambda p: load_checkpoint(p, kinds=kinds))
         )
         if not intact:
             raise

@@ -43,7 +43,7 @@ from simclr_cli.method import optim
 from simclr_cli.method.loss import NTXentLoss
 from simclr_cli.method.model import SimCLR, build_simclr
 from simclr_cli.storage import checkpoint, runlock
-from simclr_cli.storage.registry import RUN_CHECKPOINT
+from simclr_cli.storage.registry import RUN_CHECKPOINT, epoch_checkpoints
 from simclr_cli.training.memory import check_memory
 from simclr_cli.training.recipe import build_schedule, build_spec, continued_schedule
 from simclr_cli.training.resume import (
@@ -98,13 +98,22 @@ def check_run_dir(cfg: PretrainConfig) -> None:
     """Refuse to start a fresh run on top of an existing one (its checkpoints would be replaced).
 
     Raises:
-        OutputExistsError: the run folder has ``checkpoint_last.pt`` and ``--resume`` is unset.
+        OutputExistsError: the run folder has ``checkpoint_last.pt`` and ``--resume`` is unset;
+            or it has no ``checkpoint_last.pt`` but epoch files, and ``--resume`` is unset or
+            ``auto`` (which would start afresh over them): the message names the newest.
     """
     last = cfg.resolved_out / RUN_CHECKPOINT
     if cfg.resume is None and last.exists():
         raise OutputExistsError(
             f"{cfg.resolved_out} already holds a run ({last.name}); continue it with "
             f"--resume auto --out {cfg.resolved_out}, or choose another --out"
+        )
+    epochs = [] if last.exists() else epoch_checkpoints(cfg.resolved_out)
+    if epochs and cfg.resume in (None, "auto"):
+        raise OutputExistsError(
+            f"{cfg.resolved_out} holds a run's {epochs[0].name} but no {last.name}; continue "
+            f"from it with `simclr pretrain --resume {epochs[0]} --out {cfg.resolved_out}`, or "
+            "choose another --out"
         )
 
 
