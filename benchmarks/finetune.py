@@ -193,7 +193,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--dataset", choices=("shapes", "mnist-sample"), default="shapes")
     parser.add_argument(
-        "--data-dir", type=Path, default=Path("data"), help="where the MNIST sample is written"
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "simclr",  # quality.py's: one copy for both
+        help="where the MNIST sample is written",
     )
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="no mirrored views")
     parser.add_argument("--pretrain-epochs", type=int, default=8, help="quickstart: 8 (128 steps)")
