@@ -30,6 +30,7 @@ import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -220,11 +221,8 @@ def load_checkpoint(
     try:
         obj = _torch_load(path, shown)
     except CheckpointError as error:  # of a run folder's last file: name the epoch file to give
-        intact = (
-            path.name == RUN_CHECKPOINT
-            and path.is_file()
-            and newest_intact_epoch_file(path, lambda p: load_checkpoint(p, kinds=kinds))
-        )
+        damaged = path.name == RUN_CHECKPOINT and path.is_file()
+        intact = damaged and newest_intact_epoch_file(path, partial(load_checkpoint, kinds=kinds))
         if not intact:
             raise
         raise CheckpointError(
