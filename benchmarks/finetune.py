@@ -28,8 +28,9 @@ class folders with ``benchmarks/quality.py``'s fixed 4,000 / 1,000 split (28 px,
 the 1,000 test digits score every classifier. ``--no-flip`` turns horizontal flips off in the
 pretraining and the fine-tuning (a mirrored digit is another symbol).
 
-``--json FILE`` appends each finished run as one JSON line and skips runs already in it, so a
-long comparison that was stopped continues where it was.
+``--json FILE`` appends each finished run as one JSON line and skips runs already in it (same
+dataset, labels, seed, flips and checkpoint), so a long comparison that was stopped continues
+where it was. Keep one file per comparison: the table is printed over every row of the dataset.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def pretrained(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, An
 
 def finetune_run(args: argparse.Namespace, checkpoint: Path, labels: int, seed: int, work: Path):
     """One ``simclr finetune`` run with both baselines; a row per classifier."""
-    out = work / f"finetune-{labels}-per-class-seed{seed}"
+    flip = "" if args.flip else "-noflip"
+    out = work / f"finetune-{args.dataset}{flip}-{labels}-per-class-seed{seed}"
     cfg = FinetuneConfig(
         checkpoint=str(checkpoint), **labelled_data(args), labels_per_class=labels, seed=seed,
         baseline=("scratch", "linear"), crop_scale=args.crop_scale, flip=args.flip, out=out,
@@ -219,7 +221,7 @@ def main() -> None:
     if args.json and args.json.exists():
         rows = [json.loads(line) for line in args.json.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("dataset", "shapes") == args.dataset]
-    done = {(r["labels_per_class"], r["seed"]) for r in rows}
+    done = {(r["labels_per_class"], r["seed"], r["recipe"]["flip"], r["checkpoint"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         checkpoint, pretraining = pretrained(args, work)
@@ -227,7 +229,7 @@ def main() -> None:
               f"{json.dumps(pretraining)}", flush=True)  # fmt: skip
         for labels in (int(n) for n in args.labels.split(",")):
             for seed in (int(s) for s in args.seeds.split(",")):
-                if (labels, seed) in done:
+                if (labels, seed, args.flip, pretraining["checkpoint"]) in done:
                     continue
                 for row in finetune_run(args, checkpoint, labels, seed, work):
                     row.update(pretraining)

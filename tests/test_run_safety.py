@@ -373,4 +373,13 @@ def test_epoch_files_without_a_last_checkpoint_are_not_trained_over(
         )
         assert snapshot(out) == before
     assert run(shlex.split(command)[1:]) == 0  # the command it names: the third epoch
-    assert load_checkpoint(out / "checkpoint_last.pt")["global_step"] == 12
+    last = out / "checkpoint_last.pt"
+    assert load_checkpoint(last)["global_step"] == 12
+    # A last file deleted because it was damaged: its hard link, epoch 3, is damaged too.
+    with open(last, "r+b") as f:
+        f.truncate(last.stat().st_size // 2)
+    last.unlink()
+    capsys.readouterr()
+    assert run([*argv, "--resume", "auto"]) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "holds a run's checkpoint_epoch_2.pt but no checkpoint_last.pt" in line, line

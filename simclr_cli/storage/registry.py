@@ -19,20 +19,20 @@ from simclr_cli.method.archs import FEATURE_DIMS
 # The file of a run folder that ``--checkpoint RUN_DIR`` and ``--resume auto`` mean.
 RUN_CHECKPOINT = "checkpoint_last.pt"
 # The epoch files ``--checkpoint-every`` keeps beside it (the last one a hard link to it).
-_EPOCH_CHECKPOINT = "checkpoint_epoch_{}.pt"
+_EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch_([0-9]+)\.pt")
 
 
 def epoch_checkpoint(folder: Path, epoch: int) -> Path:
     """The file ``--checkpoint-every`` keeps for ``epoch`` in run folder ``folder``."""
-    return folder / _EPOCH_CHECKPOINT.format(epoch)
+    return folder / f"checkpoint_epoch_{epoch}.pt"
 
 
 def epoch_checkpoints(folder: Path) -> list[Path]:
-    """The epoch files of run folder ``folder``, the newest first."""
-    prefix, suffix = _EPOCH_CHECKPOINT.split("{}")
-    numbered = {p: p.name.removeprefix(prefix).removesuffix(suffix) for p in folder.glob("*")}
-    found = [p for p, n in numbered.items() if p.name.startswith(prefix) and n.isdigit()]
-    return sorted(found, key=lambda p: int(numbered[p]), reverse=True)
+    """The epoch files of run folder ``folder`` (files named as :func:`epoch_checkpoint`
+    names them), the newest first."""
+    epochs = {p: _EPOCH_CHECKPOINT.fullmatch(p.name) for p in folder.glob("checkpoint_epoch_*.pt")}
+    found = {p: int(m.group(1)) for p, m in epochs.items() if m and p.is_file()}
+    return sorted(found, key=found.__getitem__, reverse=True)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from simclr_cli.training.resume import (
     check_same_data,
     check_same_start,
     continue_run_config,
+    intact_epoch_checkpoint,
     resume_checkpoint_path,
 )
 from simclr_cli.training.trainer import Trainer
@@ -110,9 +111,10 @@ def check_run_dir(cfg: PretrainConfig) -> None:
         )
     epochs = [] if last.exists() else epoch_checkpoints(cfg.resolved_out)
     if epochs and cfg.resume in (None, "auto"):
+        newest = intact_epoch_checkpoint(last) or epochs[0]  # a deleted last may have been damaged
         raise OutputExistsError(
-            f"{cfg.resolved_out} holds a run's {epochs[0].name} but no {last.name}; continue "
-            f"from it with `simclr pretrain --resume {epochs[0]} --out {cfg.resolved_out}`, or "
+            f"{cfg.resolved_out} holds a run's {newest.name} but no {last.name}; continue "
+            f"from it with `simclr pretrain --resume {newest} --out {cfg.resolved_out}`, or "
             "choose another --out"
         )
 

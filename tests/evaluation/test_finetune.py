@@ -103,7 +103,7 @@ def test_outputs_hold_the_subset_recipe_and_baselines(uninterrupted, data, capsy
         assert 0 <= result["baselines"][arm]["top1"] <= 1 and result["baselines"][arm]["cpu_s"] >= 0
     # each classifier's own wall time; the command's (data, three classifiers) is longer
     arms = [result, *result["baselines"].values()]
-    assert sum(m["time_s"] for m in arms) <= result["run_time_s"]
+    assert sum(m["time_s"] for m in arms) <= result["run_time_s"] + 0.2  # each rounded to 0.1 s
     csv = (out / "confusion_matrix.csv").read_text().splitlines()
     assert csv[0] == "true\\predicted,one,three,two" and len(csv) == 4
     # the fine-tuned classifier kept the first layer of the v2 head: fc = Linear, BN, ReLU, Linear
