@@ -100,12 +100,16 @@ def pretrain_recipe(args: argparse.Namespace) -> dict[str, Any]:
     return recipe
 
 
+def variant(args: argparse.Namespace) -> str:
+    """The dataset and flips of a comparison, as its run folders are named."""
+    return args.dataset + ("" if args.flip else "-noflip")
+
+
 def pretrained(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]]:
     """The checkpoint to fine-tune, pretrained here unless ``--checkpoint`` names one."""
     if args.checkpoint is not None:
         return args.checkpoint, {"checkpoint": str(args.checkpoint)}
-    flip = "" if args.flip else "-noflip"
-    out = work / f"pretrain-{args.dataset}-{args.pretrain_epochs}ep{flip}"
+    out = work / f"pretrain-{variant(args)}-{args.pretrain_epochs}ep"
     if (out / "checkpoint_last.pt").is_file():
         return out, {"checkpoint": str(out), "pretrained": "earlier run"}
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -120,8 +124,7 @@ def pretrained(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, An
 
 def finetune_run(args: argparse.Namespace, checkpoint: Path, labels: int, seed: int, work: Path):
     """One ``simclr finetune`` run with both baselines; a row per classifier."""
-    flip = "" if args.flip else "-noflip"
-    out = work / f"finetune-{args.dataset}{flip}-{labels}-per-class-seed{seed}"
+    out = work / f"finetune-{variant(args)}-{labels}-per-class-seed{seed}"
     cfg = FinetuneConfig(
         checkpoint=str(checkpoint), **labelled_data(args), labels_per_class=labels, seed=seed,
         baseline=("scratch", "linear"), crop_scale=args.crop_scale, flip=args.flip, out=out,
